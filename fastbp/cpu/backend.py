@@ -1,0 +1,80 @@
+"""The CPU backend: owns the per-batch-size workspaces and makes one compiled call per operation.
+
+Inputs arrive validated and converted by the Trainer (see validation.py); nothing here checks user data.
+"""
+import numpy as np
+
+from ..options import ACTIVATIONS, LOSSES
+from . import step
+from .dense_forward import activation_offsets
+from .optimizers import OptimizerSettings
+
+_EMPTY_LABELS = np.zeros(0, np.int64)
+_EMPTY_TARGETS = np.zeros((0, 0), np.float32)
+
+
+class Workspace:
+    """Scratch memory for batches of n rows: activations, two delta buffers, per-row losses."""
+
+    def __init__(self, dims, n):
+        self.acts = np.zeros(int(activation_offsets(dims, n)[-1]), np.float32)
+        width = int(dims[1:].max())
+        self.delta_a = np.zeros(n * width, np.float32)
+        self.delta_b = np.zeros(n * width, np.float32)
+        self.row_loss = np.zeros(n, np.float64)
+
+
+class CpuBackend:
+    # fit alternates between the batch size and the last, shorter batch: keep both workspaces.
+    MAX_WORKSPACES = 2
+
+    def __init__(self, config, state):
+        self.state = state
+        self.activation = ACTIVATIONS[config.activation]
+        self.loss = LOSSES[config.loss]
+        self._workspaces = {}
+
+    def _workspace(self, n):
+        ws = self._workspaces.pop(n, None)
+        if ws is None:
+            ws = Workspace(self.state.dims, n)
+            if len(self._workspaces) >= self.MAX_WORKSPACES:
+                self._workspaces.pop(next(iter(self._workspaces)))
+        self._workspaces[n] = ws  # most recently used last
+        return ws
+
+    @staticmethod
+    def _split_targets(labels, targets):
+        return (_EMPTY_LABELS if labels is None else labels,
+                _EMPTY_TARGETS if targets is None else targets)
+
+    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings):
+        """One step on batch X[rows]; updates params and moments in place. Returns the loss."""
+        s = self.state
+        ws = self._workspace(rows.size)
+        labels, targets = self._split_targets(labels, targets)
+        return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
+                               s.params, s.grads, s.moment1, s.moment2, settings,
+                               ws.acts, ws.delta_a, ws.delta_b, ws.row_loss)
+
+    def loss_and_gradients(self, X, labels, targets, rows):
+        """Fills state.grads for batch X[rows]; returns the loss."""
+        s = self.state
+        ws = self._workspace(rows.size)
+        labels, targets = self._split_targets(labels, targets)
+        return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
+                                     s.params, s.grads, ws.acts, ws.delta_a, ws.delta_b, ws.row_loss)
+
+    def loss_value(self, X, labels, targets, rows):
+        s = self.state
+        ws = self._workspace(rows.size)
+        labels, targets = self._split_targets(labels, targets)
+        return step.forward_loss(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
+                                 s.params, ws.acts, ws.row_loss)
+
+    def logits(self, X, rows):
+        """(n, d_L) float32 copy of the output layer's pre-activation values for X[rows]."""
+        s = self.state
+        ws = self._workspace(rows.size)
+        out = step.forward(X, rows, s.dims, s.offsets, self.activation, s.params, ws.acts)
+        return out.reshape(rows.size, s.sizes[-1]).copy()

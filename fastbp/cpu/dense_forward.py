@@ -1,0 +1,84 @@
+"""Kernel 1: dense + bias + activation forward, for every layer of the network.
+
+Shapes (n = batch rows, d_l = sizes[l], L = number of layers):
+    acts     flat float32 workspace; layer l's block starts at act_off[l]:
+             l < L: (n, d_l + 1) row-major, last column all ones (the bias input of layer l + 1);
+             l = L: (n, d_L) logits.
+    params   flat float32; layer l's block at offsets[l] is (d_l + 1, d_{l+1}): rows W, last row b.
+Z_l = [A_{l-1}, 1] @ [W_l; b_l] is one SGEMM written straight into A_l's block (row stride d_l + 1);
+the activation then runs in place on that block while it is still warm in cache.
+Only A_l is kept: each activation's derivative is a function of its output.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
+from .blas import NO_TRANS, gemm
+
+
+@njit(cache=True, nogil=True)
+def activation_offsets(dims, n):
+    """Start of each layer's activation block in the acts workspace, plus its total length (L + 2,)."""
+    n_layers = dims.size - 1
+    off = np.zeros(n_layers + 2, np.int64)
+    for l in range(n_layers):
+        off[l + 1] = off[l] + n * (dims[l] + 1)
+    off[n_layers + 1] = off[n_layers] + n * dims[n_layers]
+    return off
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def gather_input(X, rows, a0):
+    """a0 (n, d0 + 1) <- [X[rows], 1]; X: (N, d0) float32 C-contiguous, rows: (n,) int64 in [0, N)."""
+    d0 = X.shape[1]
+    for i in prange(rows.size):
+        base = i * (d0 + 1)
+        src = rows[i]
+        for j in range(d0):
+            a0[base + j] = X[src, j]
+        a0[base + d0] = 1.0
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def activate_rows(z, n, width, activation):
+    """In place: z (n, width + 1) row-major; columns [:width] <- act(Z), column [width] <- 1."""
+    if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
+        raise ValueError("unknown activation code")
+    ld = width + 1
+    for i in prange(n):
+        row = z[i * ld:i * ld + width]
+        if activation == RELU:
+            for j in range(width):
+                row[j] = max(row[j], np.float32(0.0))
+        elif activation == LEAKY_RELU:
+            for j in range(width):
+                v = row[j]
+                row[j] = v if v > 0 else np.float32(SLOPE) * v
+        elif activation == TANH:
+            for j in range(width):
+                row[j] = np.tanh(row[j])
+        elif activation == SIGMOID:
+            for j in range(width):
+                v = row[j]
+                if v >= 0:
+                    row[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+                else:
+                    e = np.exp(v)
+                    row[j] = e / (np.float32(1.0) + e)
+        z[i * ld + width] = 1.0
+
+
+@njit(cache=True, nogil=True)
+def dense_forward(params, offsets, dims, acts, act_off, n, activation):
+    """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L."""
+    n_layers = dims.size - 1
+    for l in range(n_layers):
+        fan_in, fan_out = dims[l], dims[l + 1]
+        is_output = l == n_layers - 1
+        ld_out = fan_out if is_output else fan_out + 1
+        a_prev = acts[act_off[l]:act_off[l + 1]]
+        z = acts[act_off[l + 1]:act_off[l + 2]]
+        gemm(NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, a_prev, fan_in + 1,
+             params[offsets[l]:offsets[l + 1]], fan_out, 0.0, z, ld_out)
+        if not is_output:
+            activate_rows(z, n, fan_out, activation)

@@ -1,0 +1,66 @@
+"""Kernel 5: the optimizer update, one parallel pass over the flat parameter buffer.
+
+Shapes (P = number of parameters, all layers' [W; b] blocks back to back):
+    params, grads, moment1, moment2: (P,) float32; updated in place (grads is read only).
+PyTorch's update rules, with t = settings.step (1 for the first update):
+    sgd:   g += wd p;  buf = momentum buf + g;  g = g + momentum buf (nesterov) or buf;  p -= lr g
+    adam:  g += wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+           p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    adamw: p *= 1 - lr wd, then adam without the L2 term (decoupled weight decay)
+"""
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from ._jit import ADAM, ADAMW, FASTMATH, SGD
+
+
+class OptimizerSettings(NamedTuple):
+    kind: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    step: int
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def optimizer_update(params, grads, moment1, moment2, settings):
+    lr = np.float32(settings.lr)
+    wd = np.float32(settings.weight_decay)
+    size = params.size
+    if settings.kind == SGD:
+        mu = np.float32(settings.momentum)
+        for i in prange(size):
+            g = grads[i] + wd * params[i]
+            if mu != 0:
+                buf = mu * moment1[i] + g
+                moment1[i] = buf
+                g = g + mu * buf if settings.nesterov else buf
+            params[i] -= lr * g
+    elif settings.kind in (ADAM, ADAMW):
+        b1 = np.float32(settings.beta1)
+        b2 = np.float32(settings.beta2)
+        eps = np.float32(settings.eps)
+        step_size = np.float32(settings.lr / (1.0 - settings.beta1 ** settings.step))
+        inv_sqrt_bc2 = np.float32(1.0 / np.sqrt(1.0 - settings.beta2 ** settings.step))
+        decoupled = settings.kind == ADAMW
+        decay = np.float32(1.0 - settings.lr * settings.weight_decay)
+        for i in prange(size):
+            p = params[i]
+            g = grads[i]
+            if decoupled:
+                p *= decay
+            else:
+                g += wd * p
+            m = b1 * moment1[i] + (np.float32(1.0) - b1) * g
+            v = b2 * moment2[i] + (np.float32(1.0) - b2) * g * g
+            moment1[i] = m
+            moment2[i] = v
+            params[i] = p - step_size * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
+    else:
+        raise ValueError("unknown optimizer code")

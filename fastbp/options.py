@@ -1,0 +1,118 @@
+"""The names users choose from, their integer codes for the kernels, and the validated configuration.
+
+Kernels receive small integer codes (not strings) so one compiled function serves every choice.
+"""
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
+LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2}
+OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
+DEVICES = ("cpu", "cuda")
+
+# PyTorch's default negative slope for LeakyReLU.
+LEAKY_SLOPE = 0.01
+# AdamW's default decoupled weight decay in PyTorch, used when the user gives none.
+ADAMW_DEFAULT_WEIGHT_DECAY = 0.01
+
+
+def _choice(kind, value, valid):
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(valid))}")
+    return value
+
+
+def _finite_number(name, value, low=None, low_inclusive=True, high=None, high_inclusive=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        bound = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name} must be {bound} {low}, got {value!r}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        bound = "<=" if high_inclusive else "<"
+        raise ValueError(f"{name} must be {bound} {high}, got {value!r}")
+    return float(value)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a Trainer; validated on construction, saved in checkpoints as JSON."""
+    sizes: Tuple[int, ...]
+    activation: str = "relu"
+    loss: str = "mse"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    device: str = "cpu"
+    seed: Optional[int] = None
+    weight_decay: Optional[float] = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        sizes = self.sizes
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+            raise TypeError(f"sizes must be a list of layer widths, got {sizes!r}")
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output width, got {list(sizes)!r}")
+        object.__setattr__(self, "sizes", tuple(_positive_int("every entry of sizes", s) for s in sizes))
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("device", self.device, DEVICES)
+        if self.loss == "cross_entropy" and self.sizes[-1] < 2:
+            raise ValueError("cross_entropy needs at least 2 output classes; for one output use loss='bce'")
+        object.__setattr__(self, "lr", _finite_number("lr", self.lr, low=0.0))
+        object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
+        if self.seed is not None:
+            seed = self.seed
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+                raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+            object.__setattr__(self, "seed", int(seed))
+        wd = self.weight_decay
+        if wd is None:
+            wd = ADAMW_DEFAULT_WEIGHT_DECAY if self.optimizer == "adamw" else 0.0
+        object.__setattr__(self, "weight_decay", _finite_number("weight_decay", wd, low=0.0))
+        object.__setattr__(self, "momentum", _finite_number("momentum", self.momentum, low=0.0, high=1.0))
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
+            raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum applies to optimizer='sgd' only, not {self.optimizer!r} "
+                             "(Adam's first-moment decay is betas[0])")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        betas = tuple(_finite_number("each of betas", b, low=0.0, high=1.0) for b in self.betas)
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "eps", _finite_number("eps", self.eps, low=0.0, low_inclusive=False))
+
+    @property
+    def n_layers(self):
+        return len(self.sizes) - 1
+
+    def to_dict(self):
+        d = asdict(self)
+        d["sizes"] = list(self.sizes)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["sizes"] = tuple(d["sizes"])
+        d["betas"] = tuple(d["betas"])
+        return cls(**d)

@@ -1,0 +1,180 @@
+"""The executable specification: a plain NumPy MLP, written for clarity, float64 by default.
+
+Conventions (shared with the compiled backends):
+- X: (n, sizes[0]); parameters: a list of (W, b) with W of shape (fan_in, fan_out), b of shape (fan_out,).
+- Hidden layers: Z = A_prev @ W + b, A = act(Z). The output layer is linear: its Z are the logits.
+- Losses follow PyTorch: cross_entropy = softmax + NLL on integer labels, mean over the batch;
+  mse = mean over all elements; bce = sigmoid + binary cross-entropy on logits, mean over all elements.
+- Backpropagation (n = batch rows):
+    BP1  delta_L = dLoss/dZ_L                         (fused with the loss)
+    BP2  delta_l = (delta_{l+1} @ W_{l+1}^T) * act'(Z_l)
+    BP3  db_l    = sum over rows of delta_l
+    BP4  dW_l    = A_{l-1}^T @ delta_l
+"""
+import numpy as np
+
+from .options import LEAKY_SLOPE
+
+
+# ---- activations, each with its derivative written in terms of its output A = act(Z) ----
+
+def activate(name, z):
+    if name == "identity":
+        return z.copy()
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, LEAKY_SLOPE * z)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return sigmoid(z)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_derivative(name, a):
+    """act'(Z) from A = act(Z); every supported activation allows this, so Z need not be kept."""
+    if name == "identity":
+        return np.ones_like(a)
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    if name == "leaky_relu":
+        return np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype)
+    if name == "tanh":
+        return 1 - a * a
+    if name == "sigmoid":
+        return a * (1 - a)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def sigmoid(z):
+    """Overflow-free logistic function."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ---- forward, loss, backward ----
+
+def forward(params, X, activation):
+    """Returns (activations, logits): activations[0] is X, activations[l] the output of hidden layer l."""
+    acts = [X]
+    for W, b in params[:-1]:
+        acts.append(activate(activation, acts[-1] @ W + b))
+    W, b = params[-1]
+    return acts, acts[-1] @ W + b
+
+
+def loss_and_output_delta(logits, y, loss):
+    """BP1: the loss and dLoss/dlogits. y: int labels (n,) for cross_entropy, targets (n, out) otherwise."""
+    n = logits.shape[0]
+    if loss == "cross_entropy":
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        rows = np.arange(n)
+        value = -log_probs[rows, y].mean()
+        delta = np.exp(log_probs)
+        delta[rows, y] -= 1
+        return value, delta / n
+    if loss == "mse":
+        diff = logits - y
+        return (diff * diff).mean(), 2 * diff / diff.size
+    if loss == "bce":
+        # log(1 + exp(-|z|)) + max(z, 0) - z*y: never exponentiates a large positive number.
+        value = (np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).mean()
+        return value, (sigmoid(logits) - y) / logits.size
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def backward(params, acts, delta, activation):
+    """BP2-BP4: gradients [(dW, db), ...] given the activations and the output delta."""
+    grads = [None] * len(params)
+    for l in range(len(params) - 1, -1, -1):
+        W, _ = params[l]
+        grads[l] = (acts[l].T @ delta, delta.sum(axis=0))                               # BP4, BP3
+        if l > 0:
+            delta = (delta @ W.T) * activation_derivative(activation, acts[l])       # BP2
+    return grads
+
+
+def loss_and_gradients(params, X, y, activation, loss):
+    acts, logits = forward(params, X, activation)
+    value, delta = loss_and_output_delta(logits, y, loss)
+    return value, backward(params, acts, delta, activation)
+
+
+def output_transform(logits, loss):
+    """What predict() returns: probabilities for cross_entropy/bce, the raw outputs for mse."""
+    if loss == "cross_entropy":
+        return softmax(logits)
+    if loss == "bce":
+        return sigmoid(logits)
+    return logits
+
+
+# ---- optimizers (PyTorch's update rules), applied in place ----
+
+class Optimizer:
+    """Adam (L2 weight_decay), AdamW (decoupled weight_decay) and SGD with optional (Nesterov) momentum."""
+
+    def __init__(self, params, kind="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, nesterov=False):
+        self.kind, self.lr, self.betas, self.eps = kind, lr, betas, eps
+        self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
+        self.m = [np.zeros_like(p) for pair in params for p in pair]
+        self.v = [np.zeros_like(p) for pair in params for p in pair]
+        self.step_count = 0
+
+    def step(self, params, grads):
+        self.step_count += 1
+        t = self.step_count
+        flat_p = [p for pair in params for p in pair]
+        flat_g = [g for pair in grads for g in pair]
+        for p, g, m, v in zip(flat_p, flat_g, self.m, self.v):
+            if self.kind == "sgd":
+                if self.weight_decay:
+                    g = g + self.weight_decay * p
+                if self.momentum:
+                    m *= self.momentum
+                    m += g
+                    g = g + self.momentum * m if self.nesterov else m
+                p -= self.lr * g
+                continue
+            if self.kind == "adamw":
+                p *= 1 - self.lr * self.weight_decay
+            elif self.weight_decay:
+                g = g + self.weight_decay * p
+            b1, b2 = self.betas
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            m_hat = m / (1 - b1 ** t)
+            v_hat = v / (1 - b2 ** t)
+            p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+class Network:
+    """A whole reference trainer: step(X, y) runs forward, loss, backward and the update."""
+
+    def __init__(self, params, activation="relu", loss="mse", dtype=np.float64, **optimizer_options):
+        self.params = [(np.array(W, dtype=dtype), np.array(b, dtype=dtype)) for W, b in params]
+        self.activation, self.loss, self.dtype = activation, loss, dtype
+        self.optimizer = Optimizer(self.params, **optimizer_options)
+
+    def loss_and_gradients(self, X, y):
+        y = y if self.loss == "cross_entropy" else np.asarray(y, self.dtype).reshape(len(X), -1)
+        return loss_and_gradients(self.params, np.asarray(X, self.dtype), y, self.activation, self.loss)
+
+    def step(self, X, y):
+        value, grads = self.loss_and_gradients(X, y)
+        self.optimizer.step(self.params, grads)
+        return float(value)
+
+    def predict(self, X):
+        _, logits = forward(self.params, np.asarray(X, self.dtype), self.activation)
+        return output_transform(logits, self.loss)

@@ -5,7 +5,7 @@ Kernels receive small integer codes (not strings) so one compiled function serve
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
 LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2}
@@ -24,7 +24,7 @@ def _choice(kind, value, valid):
     return value
 
 
-def _finite_number(name, value, low=None, low_inclusive=True, high=None, high_inclusive=False):
+def finite_number(name, value, low=None, low_inclusive=True, high=None, high_inclusive=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (value < low or (value == low and not low_inclusive)):
@@ -36,7 +36,7 @@ def _finite_number(name, value, low=None, low_inclusive=True, high=None, high_in
     return float(value)
 
 
-def _positive_int(name, value):
+def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     value = int(value)
@@ -68,15 +68,15 @@ class Config:
             raise TypeError(f"sizes must be a list of layer widths, got {sizes!r}")
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output width, got {list(sizes)!r}")
-        object.__setattr__(self, "sizes", tuple(_positive_int("every entry of sizes", s) for s in sizes))
+        object.__setattr__(self, "sizes", tuple(positive_int("every entry of sizes", s) for s in sizes))
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("loss", self.loss, LOSSES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
         if self.loss == "cross_entropy" and self.sizes[-1] < 2:
             raise ValueError("cross_entropy needs at least 2 output classes; for one output use loss='bce'")
-        object.__setattr__(self, "lr", _finite_number("lr", self.lr, low=0.0))
-        object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
+        object.__setattr__(self, "lr", finite_number("lr", self.lr, low=0.0))
+        object.__setattr__(self, "batch_size", positive_int("batch_size", self.batch_size))
         if self.seed is not None:
             seed = self.seed
             if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -85,8 +85,8 @@ class Config:
         wd = self.weight_decay
         if wd is None:
             wd = ADAMW_DEFAULT_WEIGHT_DECAY if self.optimizer == "adamw" else 0.0
-        object.__setattr__(self, "weight_decay", _finite_number("weight_decay", wd, low=0.0))
-        object.__setattr__(self, "momentum", _finite_number("momentum", self.momentum, low=0.0, high=1.0))
+        object.__setattr__(self, "weight_decay", finite_number("weight_decay", wd, low=0.0))
+        object.__setattr__(self, "momentum", finite_number("momentum", self.momentum, low=0.0, high=1.0))
         if not isinstance(self.nesterov, bool):
             raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
@@ -96,9 +96,9 @@ class Config:
                              "(Adam's first-moment decay is betas[0])")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-        betas = tuple(_finite_number("each of betas", b, low=0.0, high=1.0) for b in self.betas)
+        betas = tuple(finite_number("each of betas", b, low=0.0, high=1.0) for b in self.betas)
         object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "eps", _finite_number("eps", self.eps, low=0.0, low_inclusive=False))
+        object.__setattr__(self, "eps", finite_number("eps", self.eps, low=0.0, low_inclusive=False))
 
     @property
     def n_layers(self):
@@ -116,3 +116,22 @@ class Config:
         d["sizes"] = tuple(d["sizes"])
         d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+class OptimizerSettings(NamedTuple):
+    """What one optimizer update needs, passed to the compiled kernels as a tuple. step: 1 for the first."""
+    kind: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    step: int
+
+    @classmethod
+    def for_step(cls, config, lr, step):
+        return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
+                   eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
+                   nesterov=config.nesterov, step=step)

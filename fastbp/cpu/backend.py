@@ -4,10 +4,9 @@ Inputs arrive validated and converted by the Trainer (see validation.py); nothin
 """
 import numpy as np
 
-from ..options import ACTIVATIONS, LOSSES
+from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from . import step
 from .dense_forward import activation_offsets
-from .optimizers import OptimizerSettings
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
@@ -22,6 +21,7 @@ class Workspace:
         self.delta_a = np.zeros(n * width, np.float32)
         self.delta_b = np.zeros(n * width, np.float32)
         self.row_loss = np.zeros(n, np.float64)
+        self.logits_start = int(activation_offsets(dims, n)[-2])
 
 
 class CpuBackend:
@@ -71,6 +71,11 @@ class CpuBackend:
         labels, targets = self._split_targets(labels, targets)
         return step.forward_loss(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
                                  s.params, ws.acts, ws.row_loss)
+
+    def last_logits(self, n):
+        """(n, d_L) view of the logits the last call on n rows left in its workspace."""
+        ws = self._workspaces[n]
+        return ws.acts[ws.logits_start:].reshape(n, self.state.sizes[-1])
 
     def logits(self, X, rows):
         """(n, d_L) float32 copy of the output layer's pre-activation values for X[rows]."""

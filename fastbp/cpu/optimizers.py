@@ -7,25 +7,12 @@ PyTorch's update rules, with t = settings.step (1 for the first update):
     adam:  g += wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
            p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     adamw: p *= 1 - lr wd, then adam without the L2 term (decoupled weight decay)
+settings: an options.OptimizerSettings.
 """
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
 
 from ._jit import ADAM, ADAMW, FASTMATH, SGD
-
-
-class OptimizerSettings(NamedTuple):
-    kind: int
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    momentum: float
-    nesterov: bool
-    step: int
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)

@@ -8,6 +8,7 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     delta_a, delta_b  (n * max(dims[1:]),) float32 ping-pong buffers for the deltas
     row_loss (n,) float64 scratch
 """
+import numpy as np
 from numba import njit
 
 from .delta_backward import propagate_delta
@@ -59,8 +60,12 @@ def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, 
 @njit(cache=True, nogil=True)
 def train_step(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
                settings, acts, delta_a, delta_b, row_loss):
-    """One whole training step: forward, loss, backward and the optimizer update. Returns the loss."""
+    """One whole training step: forward, loss, backward and the optimizer update. Returns the loss.
+
+    A non-finite loss skips the update, so parameters and moments keep their last finite values.
+    """
     value = forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
                              delta_a, delta_b, row_loss)
-    optimizer_update(params, grads, moment1, moment2, settings)
+    if np.isfinite(value):
+        optimizer_update(params, grads, moment1, moment2, settings)
     return value

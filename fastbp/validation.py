@@ -1,0 +1,122 @@
+"""Checks and conversions of user data, done before any kernel runs.
+
+Each function raises ValueError/TypeError naming the problem, or returns arrays in the exact layout the
+kernels read: X as C-contiguous float32, labels as int64, targets as C-contiguous (n, out) float32.
+"""
+import numpy as np
+
+
+def _as_numeric_array(value, name):
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be converted to a numeric array: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+    return arr
+
+
+def _check_finite(arr, name):
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
+
+
+def features(X, n_features, name="X"):
+    """X: (n, n_features) array-like of real numbers, n >= 1 -> C-contiguous float32."""
+    arr = _as_numeric_array(X, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has no rows")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features per row but the network takes {n_features} "
+                         f"(sizes[0])")
+    _check_finite(arr, name)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    # float64 values beyond float32's range become inf on conversion.
+    if arr.dtype != np.float32:
+        _check_finite(out, name + " (converted to float32)")
+    return out
+
+
+def class_labels(y, n_rows, n_classes, name="y"):
+    """Integer class labels (n_rows,) in [0, n_classes) -> int64. Float labels must be whole numbers."""
+    arr = _as_numeric_array(y, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D class labels of shape (n_samples,), got shape {arr.shape}"
+                         + ("; cross_entropy takes integer labels, not one-hot rows" if arr.ndim == 2 else ""))
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"{name} has {arr.shape[0]} labels but X has {n_rows} rows")
+    if arr.dtype == np.bool_:
+        raise TypeError(f"{name} must hold integer class labels, got booleans")
+    if np.issubdtype(arr.dtype, np.floating):
+        _check_finite(arr, name)
+        if not np.array_equal(arr, np.round(arr)):
+            raise ValueError(f"{name} must hold integer class labels; found non-integer values")
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        bad = arr[(arr < 0) | (arr >= n_classes)][0]
+        raise ValueError(f"{name} has label {bad} out of range: labels must be in [0, {n_classes - 1}] "
+                         f"for {n_classes} output classes")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
+    """Targets (n_rows, n_outputs), or (n_rows,) when n_outputs == 1 -> C-contiguous float32 (n, out).
+
+    probabilities: the targets of bce, which must lie in [0, 1].
+    """
+    arr = _as_numeric_array(y, name)
+    if arr.ndim == 1 and n_outputs == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) to match the output width, "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows} rows")
+    _check_finite(arr, name)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    _check_finite(out, name + " (converted to float32)")
+    if probabilities and out.size and (out.min() < 0 or out.max() > 1):
+        raise ValueError(f"{name} for bce must lie in [0, 1], found values in [{out.min()}, {out.max()}]")
+    return out
+
+
+def targets_for(loss, y, n_rows, n_outputs, name="y"):
+    """(labels, targets) for the kernels: exactly one is an array, the other None."""
+    if loss == "cross_entropy":
+        return class_labels(y, n_rows, n_outputs, name), None
+    return None, regression_targets(y, n_rows, n_outputs, name, probabilities=(loss == "bce"))
+
+
+def parameter_list(params, sizes):
+    """[(W, b), ...] matching sizes -> list of float32 arrays, every problem named before anything is copied."""
+    n_layers = len(sizes) - 1
+    try:
+        pairs = list(params)
+    except TypeError:
+        raise TypeError("params must be a list of (W, b) pairs") from None
+    if len(pairs) != n_layers:
+        raise ValueError(f"params has {len(pairs)} layers but the network has {n_layers}")
+    checked = []
+    for l, pair in enumerate(pairs):
+        try:
+            W, b = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"params[{l}] must be a (W, b) pair") from None
+        W = _as_numeric_array(W, f"params[{l}] W")
+        b = _as_numeric_array(b, f"params[{l}] b")
+        want_w, want_b = (sizes[l], sizes[l + 1]), (sizes[l + 1],)
+        if W.shape != want_w:
+            hint = " (PyTorch's Linear.weight is (out, in): pass its transpose)" if W.shape == want_w[::-1] else ""
+            raise ValueError(f"params[{l}] W has shape {W.shape}, expected {want_w}{hint}")
+        if b.shape != want_b:
+            raise ValueError(f"params[{l}] b has shape {b.shape}, expected {want_b}")
+        _check_finite(W, f"params[{l}] W")
+        _check_finite(b, f"params[{l}] b")
+        checked.append((W.astype(np.float32), b.astype(np.float32)))
+    return checked

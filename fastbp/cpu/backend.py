@@ -2,9 +2,11 @@
 
 Inputs arrive validated and converted by the Trainer (see validation.py); nothing here checks user data.
 """
+import numba
 import numpy as np
 
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
+from ..threads import blas_single_threaded
 from . import step
 from .dense_forward import activation_offsets
 
@@ -16,12 +18,18 @@ class Workspace:
     """Scratch memory for batches of n rows: activations, two delta buffers, per-row losses."""
 
     def __init__(self, dims, n):
-        self.acts = np.zeros(int(activation_offsets(dims, n)[-1]), np.float32)
+        act_off = activation_offsets(dims, n)
+        self.acts = np.zeros(int(act_off[-1]), np.float32)
+        # The ones column of each layer input carries the bias through the product; the products
+        # write only the columns before it, so it is set once here.
+        for l in range(dims.size - 1):
+            block = self.acts[act_off[l]:act_off[l + 1]].reshape(n, dims[l] + 1)
+            block[:, -1] = 1.0
         width = int(dims[1:].max())
         self.delta_a = np.zeros(n * width, np.float32)
         self.delta_b = np.zeros(n * width, np.float32)
         self.row_loss = np.zeros(n, np.float64)
-        self.logits_start = int(activation_offsets(dims, n)[-2])
+        self.logits_start = int(act_off[-2])
 
 
 class CpuBackend:
@@ -53,24 +61,28 @@ class CpuBackend:
         s = self.state
         ws = self._workspace(rows.size)
         labels, targets = self._split_targets(labels, targets)
-        return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
-                               s.params, s.grads, s.moment1, s.moment2, settings,
-                               ws.acts, ws.delta_a, ws.delta_b, ws.row_loss)
+        with blas_single_threaded():
+            return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
+                                   s.params, s.grads, s.moment1, s.moment2, settings,
+                                   ws.acts, ws.delta_a, ws.delta_b, ws.row_loss, numba.get_num_threads())
 
     def loss_and_gradients(self, X, labels, targets, rows):
         """Fills state.grads for batch X[rows]; returns the loss."""
         s = self.state
         ws = self._workspace(rows.size)
         labels, targets = self._split_targets(labels, targets)
-        return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
-                                     s.params, s.grads, ws.acts, ws.delta_a, ws.delta_b, ws.row_loss)
+        with blas_single_threaded():
+            return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation,
+                                         self.loss, s.params, s.grads, ws.acts, ws.delta_a, ws.delta_b,
+                                         ws.row_loss, numba.get_num_threads())
 
     def loss_value(self, X, labels, targets, rows):
         s = self.state
         ws = self._workspace(rows.size)
         labels, targets = self._split_targets(labels, targets)
-        return step.forward_loss(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
-                                 s.params, ws.acts, ws.row_loss)
+        with blas_single_threaded():
+            return step.forward_loss(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
+                                     s.params, ws.acts, ws.row_loss, numba.get_num_threads())
 
     def last_logits(self, n):
         """(n, d_L) view of the logits the last call on n rows left in its workspace."""
@@ -81,5 +93,7 @@ class CpuBackend:
         """(n, d_L) float32 copy of the output layer's pre-activation values for X[rows]."""
         s = self.state
         ws = self._workspace(rows.size)
-        out = step.forward(X, rows, s.dims, s.offsets, self.activation, s.params, ws.acts)
+        with blas_single_threaded():
+            out = step.forward(X, rows, s.dims, s.offsets, self.activation, s.params, ws.acts,
+                               numba.get_num_threads())
         return out.reshape(rows.size, s.sizes[-1]).copy()

@@ -1,10 +1,13 @@
-"""Row-major SGEMM from compiled code, through the BLAS that Numba itself uses for np.dot.
+"""Row-major SGEMM from compiled code, and its split into per-thread blocks.
 
-np.dot inside @njit only accepts whole contiguous arrays and writes a new contiguous result. The
+np.dot inside @njit only takes whole contiguous arrays and returns a new contiguous result. The
 kernels need more: write a product into a strided slice (an activation buffer whose rows carry an
-extra column of ones), accumulate into it (beta), and read a transposed operand in place. Numba's
-exported `numba_xxgemm` helper takes BLAS's full argument list, resolves SciPy's BLAS at run time
-and, being a named symbol rather than a ctypes pointer, keeps `cache=True` working.
+extra column of ones), read a transposed operand in place, and compute one block of the result per
+thread. Numba's exported `numba_xxgemm` helper takes BLAS's full argument list, resolves SciPy's BLAS
+at run time and, being a named symbol rather than a ctypes pointer, keeps `cache=True` working.
+
+Threading: each Numba thread calls BLAS on its own block, so BLAS itself must run single-threaded
+while fastbp's kernels run (threads.py does that); otherwise both thread pools fight for the cores.
 """
 import numpy as np
 from numba import njit, types
@@ -18,10 +21,10 @@ TRANS = ord("T")
 
 
 @njit(cache=True, nogil=True)
-def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """C = op(A) @ op(B) + beta * C, all row-major float32, op(X) = X or X^T.
+def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """C = op(A) @ op(B), all row-major float32, op(X) = X or X^T.
 
-    a, b, c: 1-D float32 arrays starting at each matrix's first element (a slice of a flat buffer);
+    a, b, c: 1-D float32 arrays starting at each matrix's first element (slices of flat buffers);
     op(A) is (m, k), op(B) is (k, n), C is (m, n); lda, ldb, ldc: row strides in elements.
     Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, hence the swapped operands.
     """
@@ -31,10 +34,33 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     if (cols_a > lda or cols_b > ldb or n > ldc or (rows_a - 1) * lda + cols_a > a.size
             or (rows_b - 1) * ldb + cols_b > b.size or (m - 1) * ldc + n > c.size):
         raise IndexError("gemm operand does not fit its buffer")
-    scalars = np.empty(2, np.float32)
+    scalars = np.zeros(2, np.float32)
     scalars[0] = 1.0
-    scalars[1] = beta
     status = _xxgemm(ord("s"), trans_b, trans_a, n, m, k, scalars[0:].ctypes, b.ctypes, ldb,
                      a.ctypes, lda, scalars[1:].ctypes, c.ctypes, ldc)
     if status != 0:
         raise RuntimeError("BLAS sgemm failed")
+
+
+@njit(cache=True, nogil=True)
+def part(total, parts, index):
+    """[start, stop) of the index-th of `parts` near-equal contiguous pieces of range(total)."""
+    return index * total // parts, (index + 1) * total // parts
+
+
+@njit(cache=True, nogil=True)
+def split_rows(m, n, threads):
+    """How many blocks to cut an (m, n) result into, and whether along rows (else columns).
+
+    Along the longer side, one block per thread, never more blocks than rows/columns to cut."""
+    if m >= n:
+        return min(threads, m), True
+    return min(threads, n), False
+
+
+@njit(cache=True, nogil=True)
+def gemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, r0, r1, c0, c1):
+    """C[r0:r1, c0:c1] of C = op(A) @ op(B) (see gemm): the rows of op(A) and columns of op(B) it needs."""
+    a_block = a[r0:] if trans_a == TRANS else a[r0 * lda:]
+    b_block = b[c0 * ldb:] if trans_b == TRANS else b[c0:]
+    gemm(trans_a, trans_b, r1 - r0, c1 - c0, k, a_block, lda, b_block, ldb, c[r0 * ldc + c0:], ldc)

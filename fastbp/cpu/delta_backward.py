@@ -6,39 +6,48 @@ Shapes (n = batch rows, fan_in/fan_out of the layer the delta comes back through
     a_prev      (n, fan_in + 1) float32: the activations A_prev = act(Z_prev) with their ones column
     delta_prev  (n, fan_in) float32 output
 act'(Z_prev) is computed from A_prev (relu: A > 0; leaky: 1 or slope; tanh: 1 - A^2; sigmoid: A(1 - A)),
-applied as the epilogue of the product, row by row while the row is in cache.
+applied by each thread to the block of the product it just computed, while that block is in cache.
 """
 import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
-from .blas import NO_TRANS, TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm_block, part, split_rows
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def multiply_activation_derivative(delta_prev, a_prev, n, width, activation):
-    """In place: delta_prev (n, width) *= act'(.) evaluated from a_prev (n, width + 1)."""
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def multiply_derivative_block(d, a, width, r0, r1, c0, c1, activation):
+    """In place: d[r0:r1, c0:c1] *= act'(.) from a[r0:r1, c0:c1]; d: (n, width), a: (n, width + 1)."""
+    for i in range(r0, r1):
+        drow = d[i * width + c0:i * width + c1]
+        arow = a[i * (width + 1) + c0:i * (width + 1) + c1]
+        if activation == RELU:
+            for j in range(drow.size):
+                drow[j] = drow[j] if arow[j] > 0 else np.float32(0.0)
+        elif activation == LEAKY_RELU:
+            for j in range(drow.size):
+                drow[j] = drow[j] if arow[j] > 0 else drow[j] * np.float32(SLOPE)
+        elif activation == TANH:
+            for j in range(drow.size):
+                drow[j] *= np.float32(1.0) - arow[j] * arow[j]
+        elif activation == SIGMOID:
+            for j in range(drow.size):
+                drow[j] *= arow[j] * (np.float32(1.0) - arow[j])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def propagate_delta(delta, block, a_prev, n, fan_in, fan_out, activation, delta_prev, threads):
     if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
         raise ValueError("unknown activation code")
-    lda = width + 1
-    for i in prange(n):
-        d = delta_prev[i * width:(i + 1) * width]
-        a = a_prev[i * lda:i * lda + width]
-        if activation == RELU:
-            for j in range(width):
-                d[j] = d[j] if a[j] > 0 else np.float32(0.0)
-        elif activation == LEAKY_RELU:
-            for j in range(width):
-                d[j] = d[j] if a[j] > 0 else d[j] * np.float32(SLOPE)
-        elif activation == TANH:
-            for j in range(width):
-                d[j] *= np.float32(1.0) - a[j] * a[j]
-        elif activation == SIGMOID:
-            for j in range(width):
-                d[j] *= a[j] * (np.float32(1.0) - a[j])
-
-
-@njit(cache=True, nogil=True)
-def propagate_delta(delta, block, a_prev, n, fan_in, fan_out, activation, delta_prev):
-    gemm(NO_TRANS, TRANS, n, fan_in, fan_out, delta, fan_out, block, fan_out, 0.0, delta_prev, fan_in)
-    multiply_activation_derivative(delta_prev, a_prev, n, fan_in, activation)
+    parts, by_rows = split_rows(n, fan_in, threads)
+    for p in prange(parts):
+        r0, r1, c0, c1 = 0, n, 0, fan_in
+        if by_rows:
+            r0, r1 = part(n, parts, p)
+        else:
+            c0, c1 = part(fan_in, parts, p)
+        # op(B) = W^T: W is the block's first fan_in rows, row stride fan_out.
+        gemm_block(NO_TRANS, TRANS, n, fan_in, fan_out, delta, fan_out, block, fan_out, delta_prev, fan_in,
+                   r0, r1, c0, c1)
+        if activation != IDENTITY:
+            multiply_derivative_block(delta_prev, a_prev, fan_in, r0, r1, c0, c1, activation)

@@ -5,15 +5,15 @@ Shapes (n = batch rows, d_l = sizes[l], L = number of layers):
              l < L: (n, d_l + 1) row-major, last column all ones (the bias input of layer l + 1);
              l = L: (n, d_L) logits.
     params   flat float32; layer l's block at offsets[l] is (d_l + 1, d_{l+1}): rows W, last row b.
-Z_l = [A_{l-1}, 1] @ [W_l; b_l] is one SGEMM written straight into A_l's block (row stride d_l + 1);
-the activation then runs in place on that block while it is still warm in cache.
+Z_l = [A_{l-1}, 1] @ [W_l; b_l] is one SGEMM (the bias rides along) written straight into A_l's block.
+Each thread computes one block of Z_l and applies the activation to it while it is still in cache.
 Only A_l is kept: each activation's derivative is a function of its output.
 """
 import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
-from .blas import NO_TRANS, gemm
+from .blas import NO_TRANS, gemm_block, part, split_rows
 
 
 @njit(cache=True, nogil=True)
@@ -39,46 +39,58 @@ def gather_input(X, rows, a0):
         a0[base + d0] = 1.0
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def activate_rows(z, n, width, activation):
-    """In place: z (n, width + 1) row-major; columns [:width] <- act(Z), column [width] <- 1."""
-    if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
-        raise ValueError("unknown activation code")
-    ld = width + 1
-    for i in prange(n):
-        row = z[i * ld:i * ld + width]
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def activate_block(z, ld, r0, r1, c0, c1, activation):
+    """In place on z (rows, ld) row-major: z[r0:r1, c0:c1] <- act(z[r0:r1, c0:c1])."""
+    for i in range(r0, r1):
+        row = z[i * ld + c0:i * ld + c1]
         if activation == RELU:
-            for j in range(width):
+            for j in range(row.size):
                 row[j] = max(row[j], np.float32(0.0))
         elif activation == LEAKY_RELU:
-            for j in range(width):
+            for j in range(row.size):
                 v = row[j]
                 row[j] = v if v > 0 else np.float32(SLOPE) * v
         elif activation == TANH:
-            for j in range(width):
+            for j in range(row.size):
                 row[j] = np.tanh(row[j])
         elif activation == SIGMOID:
-            for j in range(width):
+            for j in range(row.size):
                 v = row[j]
                 if v >= 0:
                     row[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
                 else:
                     e = np.exp(v)
                     row[j] = e / (np.float32(1.0) + e)
-        z[i * ld + width] = 1.0
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, threads):
+    """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1)."""
+    if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
+        raise ValueError("unknown activation code")
+    parts, by_rows = split_rows(n, fan_out, threads)
+    for p in prange(parts):
+        r0, r1, c0, c1 = 0, n, 0, fan_out
+        if by_rows:
+            r0, r1 = part(n, parts, p)
+        else:
+            c0, c1 = part(fan_out, parts, p)
+        gemm_block(NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, a_prev, fan_in + 1, block, fan_out, z, ld_out,
+                   r0, r1, c0, c1)
+        if activation != IDENTITY:
+            activate_block(z, ld_out, r0, r1, c0, c1, activation)
 
 
 @njit(cache=True, nogil=True)
-def dense_forward(params, offsets, dims, acts, act_off, n, activation):
-    """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L."""
+def dense_forward(params, offsets, dims, acts, act_off, n, activation, threads):
+    """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L.
+
+    The output layer is linear (its activation lives in the loss)."""
     n_layers = dims.size - 1
     for l in range(n_layers):
         fan_in, fan_out = dims[l], dims[l + 1]
         is_output = l == n_layers - 1
-        ld_out = fan_out if is_output else fan_out + 1
-        a_prev = acts[act_off[l]:act_off[l + 1]]
-        z = acts[act_off[l + 1]:act_off[l + 2]]
-        gemm(NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, a_prev, fan_in + 1,
-             params[offsets[l]:offsets[l + 1]], fan_out, 0.0, z, ld_out)
-        if not is_output:
-            activate_rows(z, n, fan_out, activation)
+        dense_layer(acts[act_off[l]:act_off[l + 1]], params[offsets[l]:offsets[l + 1]], n, fan_in, fan_out,
+                    acts[act_off[l + 1]:act_off[l + 2]], fan_out if is_output else fan_out + 1,
+                    IDENTITY if is_output else activation, threads)

@@ -7,6 +7,7 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements
     delta_a, delta_b  (n * max(dims[1:]),) float32 ping-pong buffers for the deltas
     row_loss (n,) float64 scratch
+    threads  how many blocks to cut each product into: Numba's thread count
 """
 import numpy as np
 from numba import njit
@@ -19,53 +20,53 @@ from .weight_grad import weight_gradient
 
 
 @njit(cache=True, nogil=True)
-def forward(X, rows, dims, offsets, activation, params, acts):
+def forward(X, rows, dims, offsets, activation, params, acts, threads):
     """Fills acts; returns the logits as a flat (n * d_L,) view."""
     act_off = activation_offsets(dims, rows.size)
     gather_input(X, rows, acts[:act_off[1]])
-    dense_forward(params, offsets, dims, acts, act_off, rows.size, activation)
+    dense_forward(params, offsets, dims, acts, act_off, rows.size, activation, threads)
     return acts[act_off[-2]:act_off[-1]]
 
 
 @njit(cache=True, nogil=True)
-def forward_loss(X, labels, targets, rows, dims, offsets, activation, loss, params, acts, row_loss):
+def forward_loss(X, labels, targets, rows, dims, offsets, activation, loss, params, acts, row_loss, threads):
     """Mean loss of the batch without any gradient work."""
-    logits = forward(X, rows, dims, offsets, activation, params, acts)
+    logits = forward(X, rows, dims, offsets, activation, params, acts, threads)
     return loss_and_delta(logits, rows.size, dims[-1], labels, targets, rows, loss, logits[:0],
                           row_loss, False)
 
 
 @njit(cache=True, nogil=True)
 def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                     delta_a, delta_b, row_loss):
+                     delta_a, delta_b, row_loss, threads):
     """Forward, BP1-BP4; fills grads (same layout as params) and returns the mean loss."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
-    logits = forward(X, rows, dims, offsets, activation, params, acts)
+    logits = forward(X, rows, dims, offsets, activation, params, acts, threads)
     delta, delta_prev = delta_a, delta_b
     value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, delta, row_loss, True)
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = dims[l], dims[l + 1]
         a_prev = acts[act_off[l]:act_off[l + 1]]
         block = offsets[l], offsets[l + 1]
-        weight_gradient(a_prev, delta, n, fan_in, fan_out, grads[block[0]:block[1]])
+        weight_gradient(a_prev, delta, n, fan_in, fan_out, grads[block[0]:block[1]], threads)
         if l > 0:
             propagate_delta(delta, params[block[0]:block[1]], a_prev, n, fan_in, fan_out, activation,
-                            delta_prev)
+                            delta_prev, threads)
             delta, delta_prev = delta_prev, delta
     return value
 
 
 @njit(cache=True, nogil=True)
 def train_step(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-               settings, acts, delta_a, delta_b, row_loss):
+               settings, acts, delta_a, delta_b, row_loss, threads):
     """One whole training step: forward, loss, backward and the optimizer update. Returns the loss.
 
     A non-finite loss skips the update, so parameters and moments keep their last finite values.
     """
     value = forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                             delta_a, delta_b, row_loss)
+                             delta_a, delta_b, row_loss, threads)
     if np.isfinite(value):
         optimizer_update(params, grads, moment1, moment2, settings)
     return value

@@ -1,0 +1,171 @@
+"""Side-by-side training-step benchmark: fastbp, PyTorch eager (when installed) and the NumPy reference.
+
+All peers start from the same weights and train on the same fixed batch. After warm-up (compilation
+included there, and timed separately), rounds of steps are interleaved peer by peer so that machine
+drift hits every peer alike; the figure is the median step time. FLOPs per step are counted as
+6 x batch x sum(fan_in x fan_out), and the GEMM ceiling is NumPy's float32 product measured in the same run.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+WORKLOADS = {
+    "tiny": dict(sizes=[32, 64, 64, 64, 64, 16], batch=16384, loss="mse"),
+    "mnist": dict(sizes=[784, 800, 10], batch=128, loss="cross_entropy"),
+    "mnist_bigbatch": dict(sizes=[784, 800, 10], batch=8192, loss="cross_entropy"),
+    "deep": dict(sizes=[256] + [256] * 8 + [10], batch=1024, loss="cross_entropy"),
+    "wide": dict(sizes=[1024, 4096, 4096, 1024], batch=2048, loss="mse"),
+}
+
+
+def step_flops(sizes, batch):
+    return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def gemm_ceiling(n=4096, repeats=3):
+    """GFLOP/s of NumPy's float32 n x n x n matrix product (median of repeats, after one warm-up)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.copy()
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def make_batch(sizes, batch, loss, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], batch).astype(np.int64)
+    elif loss == "bce":
+        y = (rng.random((batch, sizes[-1])) < 0.5).astype(np.float32)
+    else:
+        y = rng.standard_normal((batch, sizes[-1]), dtype=np.float32)
+    return X, y
+
+
+def build_peers(sizes, batch, loss, activation="relu", peers=("fastbp", "torch", "numpy"), threads=None):
+    """{name: step(X, y) -> loss} sharing one initial set of weights, plus the losses of their first step."""
+    from . import peers as peer_impls
+    from .trainer import Trainer
+    trainer = Trainer(sizes, activation=activation, loss=loss, optimizer="adam", lr=1e-3, batch_size=batch,
+                      seed=0)
+    params = trainer.params
+    steps = {}
+    for name in peers:
+        if name == "fastbp":
+            steps[name] = trainer.step
+        elif name == "torch":
+            try:
+                steps[name] = peer_impls.torch_peer(trainer.config, params, threads=threads)[0]
+            except ImportError:
+                print("PyTorch is not installed: skipping the torch peer", file=sys.stderr)
+        elif name == "numpy":
+            steps[name] = peer_impls.numpy_peer(trainer.config, params).step
+        else:
+            raise ValueError(f"unknown peer {name!r}; valid: fastbp, torch, numpy")
+    return steps
+
+
+def run_workload(name, sizes, batch, loss, peers, rounds=5, seconds_per_round=0.4, threads=None):
+    X, y = make_batch(sizes, batch, loss)
+    steps = build_peers(sizes, batch, loss, peers=peers, threads=threads)
+    first_loss, warmup_s = {}, {}
+    for peer, step in steps.items():
+        t = time.perf_counter()
+        first_loss[peer] = step(X, y)
+        warmup_s[peer] = time.perf_counter() - t
+        for _ in range(2):
+            step(X, y)
+    per_round = {}
+    for peer, step in steps.items():
+        t = time.perf_counter()
+        step(X, y)
+        per_round[peer] = max(1, min(50, int(seconds_per_round / max(time.perf_counter() - t, 1e-6))))
+    samples = {peer: [] for peer in steps}
+    for _ in range(rounds):
+        for peer, step in steps.items():
+            for _ in range(per_round[peer]):
+                t = time.perf_counter()
+                step(X, y)
+                samples[peer].append(time.perf_counter() - t)
+    flops = step_flops(sizes, batch)
+    results = {}
+    for peer in steps:
+        median = statistics.median(samples[peer])
+        results[peer] = {"step_s": median, "samples_per_s": batch / median, "gflops": flops / median / 1e9,
+                         "first_step_s": warmup_s[peer], "first_loss": first_loss[peer],
+                         "steps_timed": len(samples[peer])}
+    return results
+
+
+def loss_agreement(results, against="torch"):
+    """Relative difference of fastbp's first-step loss from a peer's (same weights, same batch)."""
+    if "fastbp" not in results or against not in results:
+        return None
+    a, b = results["fastbp"]["first_loss"], results[against]["first_loss"]
+    return abs(a - b) / max(abs(b), 1e-30)
+
+
+def format_table(all_results, ceiling):
+    lines = [f"GEMM ceiling (NumPy float32 4096^3, this run): {ceiling:.1f} GFLOP/s", "",
+             f"{'workload':<15} {'peer':<7} {'ms/step':>9} {'samples/s':>12} {'GFLOP/s':>8} {'ceiling':>8} "
+             f"{'fastbp x':>9} {'1st step s':>10}"]
+    for name, res in all_results.items():
+        base = res["peers"].get("fastbp")
+        for peer, r in res["peers"].items():
+            speedup = r["step_s"] / base["step_s"] if base else float("nan")
+            lines.append(f"{name:<15} {peer:<7} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:12,.0f} "
+                         f"{r['gflops']:8.1f} {r['gflops'] / ceiling:8.1%} {speedup:9.2f} {r['first_step_s']:10.3f}")
+        agree = res.get("loss_rel_diff_vs_torch")
+        if agree is not None:
+            lines.append(f"{'':<15} first-step loss, fastbp vs torch: relative difference {agree:.1e}")
+    lines.append("")
+    lines.append("fastbp x = peer's step time / fastbp's (above 1: fastbp is faster)")
+    return "\n".join(lines)
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="benchmark a training step against PyTorch eager and the NumPy reference")
+    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), help=f"any of: {', '.join(WORKLOADS)}")
+    p.add_argument("--sizes", type=int, nargs="+", help="custom layer sizes (instead of --workloads)")
+    p.add_argument("--batch", type=int, default=1024, help="batch for --sizes")
+    p.add_argument("--loss", default="cross_entropy", help="loss for --sizes")
+    p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds-per-round", type=float, default=0.4)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(run=main)
+    return p
+
+
+def main(args):
+    threads = os.cpu_count()
+    if args.sizes:
+        workloads = {"custom": dict(sizes=args.sizes, batch=args.batch, loss=args.loss)}
+    else:
+        unknown = [w for w in args.workloads if w not in WORKLOADS]
+        if unknown:
+            raise ValueError(f"unknown workload(s) {unknown}; valid: {', '.join(WORKLOADS)}")
+        workloads = {w: WORKLOADS[w] for w in args.workloads}
+    ceiling = gemm_ceiling()
+    all_results = {}
+    for name, w in workloads.items():
+        print(f"running {name} {w['sizes']} batch {w['batch']} {w['loss']} ...", file=sys.stderr, flush=True)
+        res = run_workload(name, w["sizes"], w["batch"], w["loss"], args.peers, rounds=args.rounds,
+                           seconds_per_round=args.seconds_per_round, threads=threads)
+        all_results[name] = {**w, "flops_per_step": step_flops(w["sizes"], w["batch"]), "peers": res,
+                             "loss_rel_diff_vs_torch": loss_agreement(res)}
+    print(format_table(all_results, ceiling))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gemm_ceiling_gflops": ceiling, "cpu_count": threads, "workloads": all_results}, f, indent=1)
+    return 0

@@ -1,0 +1,110 @@
+"""Command line: `python -m fastbp [train] ...` trains a model; `python -m fastbp bench ...` benchmarks.
+
+With no data given, train uses a generated 64-feature, 10-class problem (datasets.make_classification).
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import datasets
+from .options import ACTIVATIONS, LOSSES, OPTIMIZERS
+
+
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train an MLP and report accuracy, loss and samples/s (the default)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="FILE.npz", help="arrays X, y (or x_train, y_train, x_test, y_test)")
+    src.add_argument("--idx", nargs=2, metavar=("IMAGES", "LABELS"), help="MNIST-style IDX files, raw or .gz")
+    src.add_argument("--mnist-dir", metavar="DIR", help="directory holding MNIST's four IDX files")
+    p.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden widths (default: 256)")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES))
+    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share held out for testing when the data has no test split (default 0.2)")
+    p.add_argument("--save", metavar="PATH", help="write a checkpoint of the trained model")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return p
+
+
+def _load_data(args):
+    """(X_train, y_train, X_test, y_test, description)."""
+    if args.data:
+        Xtr, ytr, Xte, yte = datasets.load_npz(args.data)
+        name = args.data
+    elif args.idx:
+        Xtr, ytr = datasets.load_idx(*args.idx)
+        Xte = yte = None
+        name = args.idx[0]
+    elif args.mnist_dir:
+        Xtr, ytr, Xte, yte = datasets.load_mnist_dir(args.mnist_dir)
+        name = args.mnist_dir
+    else:
+        X, y = datasets.make_classification(seed=args.seed)
+        Xtr, ytr, Xte, yte = X, y, None, None
+        name = "generated 64-feature, 10-class problem"
+    if Xte is None:
+        if not 0.0 < args.test_fraction < 1.0:
+            raise SystemExit("--test-fraction must lie strictly between 0 and 1")
+        order = np.random.default_rng(args.seed).permutation(len(Xtr))
+        n_test = max(1, int(round(args.test_fraction * len(Xtr))))
+        Xtr, ytr = np.asarray(Xtr), np.asarray(ytr)
+        Xte, yte = Xtr[order[:n_test]], ytr[order[:n_test]]
+        Xtr, ytr = Xtr[order[n_test:]], ytr[order[n_test:]]
+    return Xtr, ytr, Xte, yte, name
+
+
+def _output_width(loss, y):
+    y = np.asarray(y)
+    if loss == "cross_entropy":
+        return int(y.max()) + 1
+    return 1 if y.ndim == 1 else y.shape[1]
+
+
+def train(args):
+    from .trainer import Trainer
+    Xtr, ytr, Xte, yte, name = _load_data(args)
+    Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
+    Xte = np.asarray(Xte).reshape(len(Xte), -1)
+    sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
+    trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
+                      batch_size=args.batch_size, seed=args.seed)
+    print(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
+    print(f"model: {trainer}")
+    start = time.perf_counter()
+    trainer.fit(Xtr, ytr, epochs=args.epochs, validation_data=(Xte, yte), verbose=0 if args.quiet else 1)
+    seconds = time.perf_counter() - start
+    result = trainer.evaluate(Xte, yte)
+    summary = f"test loss {result['loss']:.4f}"
+    if "accuracy" in result:
+        summary = f"test accuracy {result['accuracy']:.4f}  " + summary
+    samples = len(Xtr) * args.epochs
+    print(f"{summary}  train time {seconds:.2f} s  {samples / seconds:,.0f} samples/s "
+          f"(includes first-call compilation and per-epoch evaluation)")
+    if args.save:
+        trainer.save(args.save)
+        print(f"saved {args.save}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="fastbp", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    _train_parser(sub)
+    from .bench import add_parser as add_bench_parser
+    add_bench_parser(sub)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) if hasattr(args, "run") else train(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fastbp: error: {exc}", file=sys.stderr)
+        return 2

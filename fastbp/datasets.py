@@ -11,14 +11,21 @@ import numpy as np
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def make_classification(n_samples=20000, n_features=64, n_classes=10, seed=0):
-    """A learnable nonlinear problem: X ~ N(0, 1) (n, n_features) float32, labels (n,) int64 from the
-    argmax of a fixed random tanh teacher network. An MLP of the same shape can fit it almost perfectly."""
+def make_classification(n_samples=20000, n_features=64, n_classes=10, clusters_per_class=3, seed=0):
+    """A learnable nonlinear problem: each class is a union of Gaussian clusters whose centres lie in a
+    random 4-dimensional subspace, so no linear model separates the classes but an MLP comes close to
+    the Bayes rate. Every feature has unit scale.
+
+    Returns X (n_samples, n_features) float32 and labels (n_samples,) int64."""
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n_samples, n_features))
-    hidden = np.tanh(X @ rng.standard_normal((n_features, 32)) * (1.5 / np.sqrt(n_features)))
-    y = (hidden @ rng.standard_normal((32, n_classes))).argmax(axis=1)
-    return X.astype(np.float32), y.astype(np.int64)
+    n_clusters = n_classes * clusters_per_class
+    latent = min(4, n_features)
+    centres = rng.uniform(-1, 1, (n_clusters, latent)) * 3.0
+    basis, _ = np.linalg.qr(rng.standard_normal((n_features, latent)))  # orthonormal columns
+    cluster = rng.integers(0, n_clusters, n_samples)
+    X = centres[cluster] @ basis.T * np.sqrt(n_features / latent) + rng.standard_normal((n_samples, n_features))
+    X /= X.std(axis=0)
+    return X.astype(np.float32), (cluster % n_classes).astype(np.int64)
 
 
 def read_idx(path):

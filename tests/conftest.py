@@ -1,0 +1,29 @@
+import zlib
+
+import numpy as np
+import pytest
+
+ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid"]
+LOSSES = ["mse", "cross_entropy", "bce"]
+
+
+def rel_error(actual, expected):
+    """max |actual - expected| / max |expected|: the norm-wise relative error of a whole array."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = np.abs(expected).max() if expected.size else 0.0
+    return float(np.abs(actual - expected).max() / scale) if scale > 0 else float(np.abs(actual).max())
+
+
+def make_targets(rng, loss, n, width):
+    if loss == "cross_entropy":
+        return rng.integers(0, width, n)
+    if loss == "bce":
+        return rng.random((n, width))
+    return rng.standard_normal((n, width))
+
+
+@pytest.fixture
+def rng(request):
+    # A fresh, test-specific stream: every test sees different random inputs, reproducibly.
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -1,0 +1,130 @@
+"""The compiled CPU kernels against the float64 reference: forward, loss, every gradient, whole updates."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import reference
+from fastbp.cpu import blas
+from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error
+
+TOL = 1e-4  # float32 against float64: norm-wise relative error
+
+
+def architectures(loss):
+    """Odd widths (1, 3, 33, 257) in every position; cross_entropy needs at least two classes."""
+    out = 3 if loss == "cross_entropy" else 1
+    return [[33, 257, 3, out], [1, 3, 1, 33, 2 if loss == "cross_entropy" else out]]
+
+
+def perturbed_trainer(rng, sizes, activation, loss, **kw):
+    """A Trainer with random non-zero biases, so that every part of every gradient is exercised."""
+    t = fastbp.Trainer(sizes, activation=activation, loss=loss, seed=int(rng.integers(2 ** 31)), **kw)
+    t.set_params([(W, rng.standard_normal(b.shape) * 0.3) for W, b in t.params])
+    return t
+
+
+def as64(params):
+    return [(W.astype(np.float64), b.astype(np.float64)) for W, b in params]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 130])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_loss_gradients_and_predictions(rng, activation, loss, batch):
+    for sizes in architectures(loss):
+        t = perturbed_trainer(rng, sizes, activation, loss)
+        X = rng.standard_normal((batch, sizes[0]))
+        y = make_targets(rng, loss, batch, sizes[-1])
+        params = as64(t.params)
+        ref_loss, ref_grads = reference.loss_and_gradients(params, X, y, activation, loss)
+        value, grads = t.gradients(X, y)
+        assert abs(value - ref_loss) / abs(ref_loss) < TOL
+        for (dW, db), (rW, rb) in zip(grads, ref_grads):
+            assert rel_error(dW, rW) < TOL
+            assert rel_error(db, rb) < TOL
+        _, logits = reference.forward(params, X, activation)
+        assert rel_error(t.predict(X), reference.output_transform(logits, loss)) < TOL
+        assert t.evaluate(X, y)["loss"] == pytest.approx(ref_loss, rel=TOL)
+
+
+OPTIMIZERS = {
+    "sgd": dict(optimizer="sgd", lr=0.01),
+    "sgd_momentum": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-3),
+    "sgd_nesterov": dict(optimizer="sgd", lr=0.01, momentum=0.8, nesterov=True),
+    "adam": dict(optimizer="adam", lr=1e-2),
+    "adam_l2": dict(optimizer="adam", lr=1e-2, weight_decay=0.1),
+    "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_several_updates_match_reference(rng, activation, loss, opt):
+    """Five steps on batches of 1, 7 and 130 rows: losses, parameters and their displacement match float64.
+
+    The displacement is compared at 1e-3 of its size plus the float32 rounding of the stored parameters
+    (2^-24 |p| per step), which no float32 implementation can beat; a wrong update rule is off by O(1)."""
+    kw = OPTIMIZERS[opt]
+    sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 1]
+    t = perturbed_trainer(rng, sizes, activation, loss, **kw)
+    start = as64(t.params)
+    ref = reference.Network(start, activation=activation, loss=loss, kind=kw["optimizer"], lr=kw["lr"],
+                            weight_decay=t.config.weight_decay, momentum=kw.get("momentum", 0.0),
+                            nesterov=kw.get("nesterov", False))
+    for batch in (1, 7, 130, 7, 1):
+        X = rng.standard_normal((batch, sizes[0]))
+        y = make_targets(rng, loss, batch, sizes[-1])
+        # A one-row loss can be tiny by chance; it is compared on the scale of a typical loss, 1.
+        expected = ref.step(X, y)
+        assert abs(t.step(X, y) - expected) < TOL * max(1.0, expected)
+    steps = 5
+    for (W, b), (rW, rb), (W0, b0) in zip(t.params, ref.params, start):
+        for p, rp, p0 in ((W, rW, W0), (b, rb, b0)):
+            assert rel_error(p, rp) < TOL
+            moved = np.abs(rp - p0).max()
+            assert np.abs((p - p0) - (rp - p0)).max() <= 1e-3 * moved + steps * 2.0 ** -24 * np.abs(rp).max()
+
+
+def test_gemm_blocks_compose_the_whole_product(rng):
+    """Every block split (rows, columns, transposes, strided output) reproduces the full product."""
+    m, n, k = 37, 5, 9
+    for ta in (blas.NO_TRANS, blas.TRANS):
+        for tb in (blas.NO_TRANS, blas.TRANS):
+            A = rng.standard_normal((k, m) if ta == blas.TRANS else (m, k)).astype(np.float32)
+            B = rng.standard_normal((n, k) if tb == blas.TRANS else (k, n)).astype(np.float32)
+            expected = (A.T if ta == blas.TRANS else A) @ (B.T if tb == blas.TRANS else B)
+            for parts, by_rows in ((3, True), (2, False), (1, True)):
+                C = np.full((m, n + 2), np.nan, np.float32)  # 2 extra columns must stay untouched
+                for p in range(parts):
+                    r0, r1, c0, c1 = 0, m, 0, n
+                    if by_rows:
+                        r0, r1 = blas.part(m, parts, p)
+                    else:
+                        c0, c1 = blas.part(n, parts, p)
+                    blas.gemm_block(ta, tb, m, n, k, A.ravel(), A.shape[1], B.ravel(), B.shape[1], C.ravel(),
+                                    n + 2, r0, r1, c0, c1)
+                assert rel_error(C[:, :n], expected) < 1e-5
+                assert np.isnan(C[:, n:]).all()
+
+
+def test_gemm_refuses_operands_that_do_not_fit():
+    a = np.zeros(6, np.float32)
+    c = np.zeros(4, np.float32)
+    with pytest.raises(IndexError):
+        blas.gemm(blas.NO_TRANS, blas.NO_TRANS, 2, 2, 3, a, 3, a[:5], 2, c, 2)  # B needs 6 elements
+    with pytest.raises(IndexError):
+        blas.gemm(blas.NO_TRANS, blas.NO_TRANS, 2, 2, 3, a, 3, a, 2, c[:3], 2)  # C needs 4
+
+
+def test_huge_logits_stay_finite(rng):
+    """Fused softmax-CE and sigmoid-BCE never overflow, whatever the logits."""
+    for loss in ("cross_entropy", "bce"):
+        t = fastbp.Trainer([2, 2], activation="identity", loss=loss, seed=0)
+        t.set_params([(np.array([[1e4, -1e4], [-1e4, 1e4]]), np.zeros(2))])
+        X = np.array([[1.0, 0.0], [0.0, 1.0]])
+        y = np.array([1, 1]) if loss == "cross_entropy" else np.array([[0.0, 1.0], [1.0, 0.0]])
+        value, grads = t.gradients(X, y)
+        ref_value, _ = reference.loss_and_gradients(as64(t.params), X, y, "identity", loss)
+        assert np.isfinite(value) and value == pytest.approx(ref_value, rel=1e-6)
+        assert all(np.isfinite(g).all() for pair in grads for g in pair)

@@ -1,0 +1,69 @@
+"""The float64 reference itself, checked against central finite differences and by hand."""
+import numpy as np
+import pytest
+
+from fastbp import reference
+from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error
+
+
+def random_params(rng, sizes, scale=0.5):
+    return [(rng.standard_normal((a, b)) * scale, rng.standard_normal(b) * scale)
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradients_match_finite_differences(rng, activation, loss):
+    sizes, n = [4, 5, 3, 3], 6
+    params = random_params(rng, sizes)
+    X = rng.standard_normal((n, sizes[0]))
+    y = make_targets(rng, loss, n, sizes[-1])
+    _, grads = reference.loss_and_gradients(params, X, y, activation, loss)
+    h = 1e-6
+    for (W, b), (dW, db) in zip(params, grads):
+        for p, dp in ((W, dW), (b, db)):
+            numeric = np.zeros_like(p)
+            for idx in np.ndindex(p.shape):
+                saved = p[idx]
+                p[idx] = saved + h
+                up = reference.loss_and_gradients(params, X, y, activation, loss)[0]
+                p[idx] = saved - h
+                down = reference.loss_and_gradients(params, X, y, activation, loss)[0]
+                p[idx] = saved
+                numeric[idx] = (up - down) / (2 * h)
+            assert rel_error(dp, numeric) < 1e-6
+
+
+def test_losses_by_hand():
+    logits = np.array([[2.0, -1.0, 0.5]])
+    value, _ = reference.loss_and_output_delta(logits, np.array([2]), "cross_entropy")
+    assert value == pytest.approx(np.log(np.exp(logits).sum()) - 0.5)
+    value, delta = reference.loss_and_output_delta(logits, np.array([[1.0, 0.0, 1.0]]), "mse")
+    assert value == pytest.approx(((logits - [1, 0, 1]) ** 2).mean())
+    assert delta == pytest.approx(2 * (logits - [1, 0, 1]) / 3)
+    value, _ = reference.loss_and_output_delta(logits, np.array([[1.0, 0.0, 1.0]]), "bce")
+    p = 1 / (1 + np.exp(-logits))
+    assert value == pytest.approx(-(np.log(p[0, 0]) + np.log(1 - p[0, 1]) + np.log(p[0, 2])) / 3)
+
+
+def test_stable_for_huge_logits():
+    logits = np.array([[1e4, -1e4], [-1e4, 1e4]])
+    for loss, y in (("cross_entropy", np.array([0, 0])), ("bce", np.array([[1.0, 0.0], [1.0, 0.0]]))):
+        value, delta = reference.loss_and_output_delta(logits, y, loss)
+        assert np.isfinite(value) and np.isfinite(delta).all()
+    assert reference.loss_and_output_delta(logits, np.array([0, 0]), "cross_entropy")[0] == pytest.approx(1e4)
+
+
+def test_sgd_and_adam_first_steps_by_hand():
+    g = np.array([0.5, -2.0])
+    p = np.array([1.0, 1.0])
+    opt = reference.Optimizer([(p, np.zeros(0))], kind="adam", lr=0.1)
+    opt.step([(p, np.zeros(0))], [(g, np.zeros(0))])
+    # Adam's first bias-corrected step moves every parameter by lr * sign(g) (up to eps).
+    assert p == pytest.approx([0.9, 1.1])
+    q = np.array([1.0, 1.0])
+    opt = reference.Optimizer([(q, np.zeros(0))], kind="sgd", lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.step([(q, np.zeros(0))], [(g, np.zeros(0))])
+    # buf1 = g, buf2 = 0.9 g + g
+    assert q == pytest.approx(1.0 - 0.1 * g - 0.1 * 1.9 * g)

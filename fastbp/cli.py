@@ -63,6 +63,8 @@ def _load_data(args):
 def _output_width(loss, y):
     y = np.asarray(y)
     if loss == "cross_entropy":
+        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError("cross_entropy needs integer class labels in y")
         return int(y.max()) + 1
     return 1 if y.ndim == 1 else y.shape[1]
 

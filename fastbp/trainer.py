@@ -92,10 +92,9 @@ class Trainer:
         """
         X, labels, targets = self._checked(X, y)
         if validation_data is not None:
-            try:
-                Xv, yv = validation_data
-            except (TypeError, ValueError):
-                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            Xv, yv = validation_data
             Xv, lv, tv = self._checked(Xv, yv, ("validation X", "validation y"))
         epochs = positive_int("epochs", epochs)
         batch_size = self.config.batch_size if batch_size is None else positive_int(

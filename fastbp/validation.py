@@ -35,8 +35,13 @@ def features(X, n_features, name="X"):
         raise ValueError(f"{name} has {arr.shape[1]} features per row but the network takes {n_features} "
                          f"(sizes[0])")
     _check_finite(arr, name)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    # float64 values beyond float32's range become inf on conversion.
+    return _to_float32(arr, name)
+
+
+def _to_float32(arr, name):
+    """C-contiguous float32; values beyond float32's range would become inf, and are refused."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.dtype != np.float32:
         _check_finite(out, name + " (converted to float32)")
     return out
@@ -79,8 +84,7 @@ def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows} rows")
     _check_finite(arr, name)
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    _check_finite(out, name + " (converted to float32)")
+    out = _to_float32(arr, name)
     if probabilities and out.size and (out.min() < 0 or out.max() > 1):
         raise ValueError(f"{name} for bce must lie in [0, 1], found values in [{out.min()}, {out.max()}]")
     return out

@@ -1,0 +1,93 @@
+"""Data loading (IDX raw and gzipped, .npz) and the command line."""
+import gzip
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli, datasets
+
+
+def write_idx(path, array, compress=False):
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
+    array = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 4, 3)).astype(np.uint8)
+    labels = rng.integers(0, 10, 5).astype(np.uint8)
+    write_idx(tmp_path / "img", images, compress)
+    write_idx(tmp_path / "lab", labels, compress)
+    X, y = datasets.load_idx(tmp_path / "img", tmp_path / "lab")
+    assert X.shape == (5, 12) and X.dtype == np.float32
+    assert np.allclose(X * 255, images.reshape(5, -1)) and np.array_equal(y, labels)
+    floats = rng.standard_normal((3, 2)).astype(">f4")
+    write_idx(tmp_path / "f", floats, compress)
+    assert np.array_equal(datasets.read_idx(tmp_path / "f"), floats)
+
+
+def test_bad_idx_files(tmp_path):
+    (tmp_path / "junk").write_bytes(b"\x12\x34\x56\x78 not idx")
+    with pytest.raises(ValueError, match="magic"):
+        datasets.read_idx(tmp_path / "junk")
+    write_idx(tmp_path / "img", np.zeros((5, 2, 2), np.uint8))
+    data = (tmp_path / "img").read_bytes()
+    (tmp_path / "short").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match="promises"):
+        datasets.read_idx(tmp_path / "short")
+    write_idx(tmp_path / "lab", np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="5 images"):
+        datasets.load_idx(tmp_path / "img", tmp_path / "lab")
+
+
+def test_npz_layouts(tmp_path):
+    np.savez(tmp_path / "plain.npz", X=np.ones((4, 3)), y=np.arange(4))
+    np.savez(tmp_path / "keras.npz", x_train=np.full((4, 2, 2), 255, np.uint8), y_train=np.arange(4),
+             x_test=np.zeros((2, 2, 2), np.uint8), y_test=np.arange(2))
+    X, y, Xt, yt = datasets.load_npz(tmp_path / "plain.npz")
+    assert X.shape == (4, 3) and Xt is None
+    X, y, Xt, yt = datasets.load_npz(tmp_path / "keras.npz")
+    assert X.shape == (4, 4) and np.all(X == 1.0) and Xt.shape == (2, 4)
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
+    with pytest.raises(ValueError, match="needs arrays"):
+        datasets.load_npz(tmp_path / "other.npz")
+
+
+def test_cli_trains_on_the_generated_data(capsys):
+    assert cli.main(["--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3:" in out and "test accuracy" in out and "samples/s" in out
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.93
+
+
+def test_cli_trains_on_idx_and_npz_and_saves(tmp_path, capsys):
+    X, y = datasets.make_classification(n_samples=600, n_features=16, n_classes=3, seed=0)
+    images = np.clip(X * 40 + 128, 0, 255).astype(np.uint8).reshape(600, 4, 4)
+    write_idx(tmp_path / "img.gz", images, compress=True)
+    write_idx(tmp_path / "lab.gz", y.astype(np.uint8), compress=True)
+    assert cli.main(["train", "--idx", str(tmp_path / "img.gz"), str(tmp_path / "lab.gz"), "--epochs", "1",
+                     "--save", str(tmp_path / "m.npz")]) == 0
+    assert fastbp.Trainer.load(tmp_path / "m.npz").sizes == (16, 256, 3)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "1", "--quiet", "--hidden", "8", "8"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", X=np.ones((10, 3)), y=np.full(10, np.nan))
+    assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "1"]) == 2
+    assert "fastbp: error:" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout and "bench" in result.stdout

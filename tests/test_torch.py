@@ -1,0 +1,34 @@
+"""Against PyTorch (CPU): same initial weights and batches give the same losses and parameters."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import peers
+from conftest import make_targets, rel_error
+
+torch = pytest.importorskip("torch")
+
+CASES = [
+    ("relu", "cross_entropy", dict(optimizer="adam", lr=1e-2)),
+    ("tanh", "mse", dict(optimizer="adam", lr=1e-2, weight_decay=1e-2)),
+    ("sigmoid", "bce", dict(optimizer="adamw", lr=1e-2, weight_decay=0.1)),
+    ("leaky_relu", "cross_entropy", dict(optimizer="sgd", lr=0.05, momentum=0.9)),
+    ("relu", "mse", dict(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("identity", "bce", dict(optimizer="sgd", lr=0.1)),
+]
+
+
+@pytest.mark.parametrize("activation, loss, opt", CASES)
+def test_ten_steps_match_pytorch(rng, activation, loss, opt):
+    sizes = [33, 65, 7, 3]
+    t = fastbp.Trainer(sizes, activation=activation, loss=loss, seed=0, **opt)
+    torch_step, model = peers.torch_peer(t.config, t.params)
+    for step in range(10):
+        batch = (7, 130, 1)[step % 3]
+        X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+        y = make_targets(rng, loss, batch, sizes[-1])
+        y = y.astype(np.int64) if loss == "cross_entropy" else y.astype(np.float32)
+        ours, theirs = t.step(X, y), torch_step(X, y)
+        assert abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs))
+    for (W, b), (tW, tb) in zip(t.params, peers.torch_params(model)):
+        assert rel_error(W, tW) < 1e-4 and rel_error(b, tb) < 1e-4

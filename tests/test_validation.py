@@ -1,0 +1,127 @@
+"""Bad input: a clear exception naming the problem, raised before any kernel runs, state untouched."""
+import numpy as np
+import pytest
+
+import fastbp
+
+
+@pytest.fixture
+def trainer():
+    return fastbp.Trainer([4, 5, 3], loss="cross_entropy", seed=0)
+
+
+def snapshot(t):
+    s = t.state
+    return s.params.copy(), s.moment1.copy(), s.moment2.copy(), s.step_count
+
+
+def assert_untouched(t, snap):
+    params, m1, m2, steps = snapshot(t)
+    assert np.array_equal(params, snap[0]) and np.array_equal(m1, snap[1]) and np.array_equal(m2, snap[2])
+    assert steps == snap[3]
+
+
+X_OK = np.zeros((6, 4))
+Y_OK = np.array([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("X, y, error, match", [
+    (np.zeros((6, 3)), Y_OK, ValueError, "3 features.*takes 4"),
+    (np.zeros(24), Y_OK, ValueError, "2-D"),
+    (np.zeros((6, 4, 1)), Y_OK, ValueError, "2-D"),
+    (np.zeros((0, 4)), Y_OK[:0], ValueError, "no rows"),
+    (X_OK, Y_OK[:5], ValueError, "5 labels but X has 6 rows"),
+    (np.where(np.eye(6, 4) > 0, np.nan, 0.0), Y_OK, ValueError, "NaN or infinity"),
+    (np.full((6, 4), np.inf), Y_OK, ValueError, "NaN or infinity"),
+    (np.full((6, 4), 1e300), Y_OK, ValueError, "converted to float32"),
+    (X_OK, np.array([0, 1, 2, 3, 1, 2]), ValueError, "label 3 out of range"),
+    (X_OK, np.array([0, 1, -1, 0, 1, 2]), ValueError, "label -1 out of range"),
+    (X_OK, np.array([0, 1, 0.5, 0, 1, 2]), ValueError, "non-integer"),
+    (X_OK, np.array([0, 1, np.nan, 0, 1, 2]), ValueError, "NaN"),
+    (X_OK, np.eye(6, 3), ValueError, "one-hot"),
+    (X_OK, np.array(["a", "b", "c", "a", "b", "c"]), TypeError, "real numbers"),
+    (np.array([["a"] * 4] * 6), Y_OK, TypeError, "real numbers"),
+    (np.zeros((6, 4), complex), Y_OK, TypeError, "complex"),
+    ([[1, 2], [3]], Y_OK, TypeError, "numeric array|real numbers"),
+])
+def test_bad_data_is_refused_before_any_kernel(trainer, X, y, error, match):
+    snap = snapshot(trainer)
+    for call in (trainer.step, trainer.fit, trainer.evaluate, trainer.gradients):
+        with pytest.raises(error, match=match):
+            call(X, y)
+        assert_untouched(trainer, snap)
+    if "label" not in match and "one-hot" not in match and y is Y_OK:
+        with pytest.raises(error, match=match):
+            trainer.predict(X)
+
+
+def test_regression_and_bce_targets():
+    t = fastbp.Trainer([2, 3], loss="mse", seed=0)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 3\)"):
+        t.step(np.zeros((4, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        t.step(np.zeros((4, 2)), np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="4 rows but X has 5"):
+        t.step(np.zeros((5, 2)), np.zeros((4, 3)))
+    b = fastbp.Trainer([2, 1], loss="bce", seed=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        b.step(np.zeros((3, 2)), np.array([0.0, 1.0, 2.0]))
+    assert np.isfinite(b.step(np.zeros((3, 2)), np.array([0, 1, 1])))  # (n,) targets for one output
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(activation="relu6"), ValueError, "unknown activation 'relu6'; valid: identity, leaky_relu, relu"),
+    (dict(loss="hinge"), ValueError, "unknown loss 'hinge'; valid: bce, cross_entropy, mse"),
+    (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'; valid: adam, adamw, sgd"),
+    (dict(device="tpu"), ValueError, "unknown device 'tpu'; valid: cpu, cuda"),
+    (dict(sizes=[4, 0, 3]), ValueError, "positive"),
+    (dict(sizes=[4, -2, 3]), ValueError, "positive"),
+    (dict(sizes=[4]), ValueError, "at least an input and an output"),
+    (dict(sizes=[4, 2.5, 3]), TypeError, "integer"),
+    (dict(sizes="784,10"), TypeError, "list of layer widths"),
+    (dict(batch_size=0), ValueError, "batch_size must be positive"),
+    (dict(batch_size=-5), ValueError, "batch_size must be positive"),
+    (dict(lr=-1e-3), ValueError, "lr must be >= 0"),
+    (dict(lr=float("nan")), ValueError, "lr must be a finite number"),
+    (dict(lr="fast"), ValueError, "lr must be a finite number"),
+    (dict(weight_decay=-1.0), ValueError, "weight_decay"),
+    (dict(optimizer="sgd", momentum=1.5), ValueError, "momentum"),
+    (dict(optimizer="adam", momentum=0.9), ValueError, "momentum applies to optimizer='sgd'"),
+    (dict(optimizer="sgd", nesterov=True), ValueError, "nesterov"),
+    (dict(betas=(0.9, 1.5)), ValueError, "betas"),
+    (dict(eps=0.0), ValueError, "eps"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(sizes=[4, 1], loss="cross_entropy"), ValueError, "at least 2 output classes"),
+])
+def test_bad_options_name_the_problem(kwargs, error, match):
+    args = dict(sizes=[4, 5, 3], loss="cross_entropy")
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        fastbp.Trainer(**args)
+
+
+def test_bad_fit_arguments(trainer):
+    snap = snapshot(trainer)
+    for kwargs, match in ((dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),
+                          (dict(validation_data=np.zeros((2, 4))), "validation_data must be a pair"),
+                          (dict(validation_data=(np.zeros((2, 3)), [0, 1])), "validation X has 3 features")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            trainer.fit(X_OK, Y_OK, **kwargs)
+        assert_untouched(trainer, snap)
+
+
+def test_set_params_checks_everything_before_copying(trainer):
+    snap = snapshot(trainer)
+    good = trainer.params
+    cases = [
+        (good[:1], ValueError, "1 layers but the network has 2"),
+        ([(good[0][0].T, good[0][1]), good[1]], ValueError, "PyTorch's Linear.weight"),
+        ([good[0], (good[1][0], np.zeros(4))], ValueError, r"b has shape \(4,\), expected \(3,\)"),
+        ([good[0], (np.full_like(good[1][0], np.nan), good[1][1])], ValueError, "NaN"),
+        ([good[0], good[1][0]], TypeError, r"params\[1\] must be a \(W, b\) pair"),
+        (5, TypeError, "list of"),
+    ]
+    for params, error, match in cases:
+        with pytest.raises(error, match=match):
+            trainer.set_params(params)
+        assert_untouched(trainer, snap)

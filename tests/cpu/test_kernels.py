@@ -128,3 +128,17 @@ def test_huge_logits_stay_finite(rng):
         ref_value, _ = reference.loss_and_gradients(as64(t.params), X, y, "identity", loss)
         assert np.isfinite(value) and value == pytest.approx(ref_value, rel=1e-6)
         assert all(np.isfinite(g).all() for pair in grads for g in pair)
+
+
+def test_first_adam_step_is_lr_times_sign_to_the_last_bit(rng):
+    """Adam's first bias-corrected step is lr * g / (|g| + eps): a sign step. Computed carelessly in
+    float32 (1 - float32(0.999) is off by 1.3e-5 relative) it lands several ulps away."""
+    t = fastbp.Trainer([33, 257, 3], activation="tanh", loss="mse", optimizer="adam", lr=1e-2, seed=1)
+    X, y = rng.standard_normal((7, 33)), rng.standard_normal((7, 3))
+    before = t.state.params.astype(np.float64)
+    t.gradients(X, y)
+    g = t.state.grads.astype(np.float64)
+    t.step(X, y)
+    expected = before - 1e-2 * g / (np.abs(g) + 1e-8)
+    # Two ulps of the operands p and lr; the careless form is off by lr * 6e-6 = 6e-8.
+    assert np.all(np.abs(t.state.params - expected) <= 2.0 ** -22 * (np.abs(before) + 1e-2))

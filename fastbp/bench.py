@@ -7,7 +7,9 @@ drift hits every peer alike; the figure is the median step time. FLOPs per step 
 """
 import argparse
 import json
+import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -21,6 +23,11 @@ WORKLOADS = {
     "deep": dict(sizes=[256] + [256] * 8 + [10], batch=1024, loss="cross_entropy"),
     "wide": dict(sizes=[1024, 4096, 4096, 1024], batch=2048, loss="mse"),
 }
+
+
+# Idle OpenMP and OpenBLAS workers spin for up to ~0.1 s before sleeping (measured here: a fastbp
+# step right after a NumPy round ran 2x slower for about that long).
+PAUSE_BETWEEN_PEERS_S = 0.3
 
 
 def step_flops(sizes, batch):
@@ -93,6 +100,10 @@ def run_workload(name, sizes, batch, loss, peers, rounds=5, seconds_per_round=0.
     samples = {peer: [] for peer in steps}
     for _ in range(rounds):
         for peer, step in steps.items():
+            # Let the previous peer's thread pools stop spinning, then re-warm this peer's caches:
+            # otherwise each round's first steps measure the neighbour, not the peer.
+            time.sleep(PAUSE_BETWEEN_PEERS_S)
+            step(X, y)
             for _ in range(per_round[peer]):
                 t = time.perf_counter()
                 step(X, y)
@@ -105,6 +116,40 @@ def run_workload(name, sizes, batch, loss, peers, rounds=5, seconds_per_round=0.
                          "first_step_s": warmup_s[peer], "first_loss": first_loss[peer],
                          "steps_timed": len(samples[peer])}
     return results
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_probe(sizes, batch, loss, steps, queue):
+    """In a fresh process: resident memory before the network exists and at the peak of training."""
+    from .trainer import Trainer
+    warm = Trainer([4, 3, 2], loss=loss, batch_size=2)  # loads (or compiles) the kernels first
+    X, y = make_batch([4, 3, 2], 2, loss)
+    warm.step(X, y)
+    X, y = make_batch(sizes, batch, loss)
+    baseline = _rss_bytes()
+    t = Trainer(sizes, loss=loss, batch_size=batch, seed=0)
+    for _ in range(steps):
+        t.step(X, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put((baseline, peak))
+
+
+def peak_memory(sizes, batch, loss, steps=3):
+    """Training memory above the process's baseline, and the budget: parameters x 4 (weights, gradients,
+    two Adam moments) + one set of activations for the batch (input included) + 64 MB. Bytes."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_probe, args=(sizes, batch, loss, steps, queue))
+    proc.start()
+    baseline, peak = queue.get()
+    proc.join()
+    n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    budget = 4 * n_params * 4 + batch * sum(sizes) * 4 + 64 * 2 ** 20
+    return {"used_bytes": peak - baseline, "budget_bytes": budget}
 
 
 def loss_agreement(results, against="torch"):
@@ -125,6 +170,10 @@ def format_table(all_results, ceiling):
             speedup = r["step_s"] / base["step_s"] if base else float("nan")
             lines.append(f"{name:<15} {peer:<7} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:12,.0f} "
                          f"{r['gflops']:8.1f} {r['gflops'] / ceiling:8.1%} {speedup:9.2f} {r['first_step_s']:10.3f}")
+        mem = res.get("memory")
+        if mem:
+            lines.append(f"{'':<15} fastbp training memory {mem['used_bytes'] / 2 ** 20:.0f} MB "
+                         f"(budget {mem['budget_bytes'] / 2 ** 20:.0f} MB)")
         agree = res.get("loss_rel_diff_vs_torch")
         if agree is not None:
             lines.append(f"{'':<15} first-step loss, fastbp vs torch: relative difference {agree:.1e}")
@@ -142,6 +191,8 @@ def add_parser(sub):
     p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds-per-round", type=float, default=0.4)
+    p.add_argument("--memory", action="store_true", help="also measure fastbp's peak training memory "
+                   "(one fresh process per workload)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=main)
     return p
@@ -164,6 +215,8 @@ def main(args):
                            seconds_per_round=args.seconds_per_round, threads=threads)
         all_results[name] = {**w, "flops_per_step": step_flops(w["sizes"], w["batch"]), "peers": res,
                              "loss_rel_diff_vs_torch": loss_agreement(res)}
+        if args.memory:
+            all_results[name]["memory"] = peak_memory(w["sizes"], w["batch"], w["loss"])
     print(format_table(all_results, ceiling))
     if args.json:
         with open(args.json, "w") as f:

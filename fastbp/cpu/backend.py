@@ -8,6 +8,7 @@ import numpy as np
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from ..threads import blas_single_threaded
 from . import step
+from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
@@ -15,7 +16,8 @@ _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 
 
 class Workspace:
-    """Scratch memory for batches of n rows: activations, two delta buffers, per-row losses."""
+    """Scratch memory for batches of n rows: activations (overwritten by the deltas in the backward
+    pass), per-thread tiles for delta propagation, per-row losses."""
 
     def __init__(self, dims, n):
         act_off = activation_offsets(dims, n)
@@ -25,9 +27,10 @@ class Workspace:
         for l in range(dims.size - 1):
             block = self.acts[act_off[l]:act_off[l + 1]].reshape(n, dims[l] + 1)
             block[:, -1] = 1.0
-        width = int(dims[1:].max())
-        self.delta_a = np.zeros(n * width, np.float32)
-        self.delta_b = np.zeros(n * width, np.float32)
+        hidden_width = int(dims[1:-1].max()) if dims.size > 2 else 0
+        # Sized for the most threads Numba may ever run, so numba.set_num_threads() is always safe.
+        self.scratch = np.zeros(max(1, min(numba.config.NUMBA_NUM_THREADS, n) * TILE_ROWS * hidden_width),
+                                np.float32)
         self.row_loss = np.zeros(n, np.float64)
         self.logits_start = int(act_off[-2])
 
@@ -64,7 +67,7 @@ class CpuBackend:
         with blas_single_threaded():
             return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
                                    s.params, s.grads, s.moment1, s.moment2, settings,
-                                   ws.acts, ws.delta_a, ws.delta_b, ws.row_loss, numba.get_num_threads())
+                                   ws.acts, ws.scratch, ws.row_loss, numba.get_num_threads())
 
     def loss_and_gradients(self, X, labels, targets, rows):
         """Fills state.grads for batch X[rows]; returns the loss."""
@@ -73,8 +76,8 @@ class CpuBackend:
         labels, targets = self._split_targets(labels, targets)
         with blas_single_threaded():
             return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation,
-                                         self.loss, s.params, s.grads, ws.acts, ws.delta_a, ws.delta_b,
-                                         ws.row_loss, numba.get_num_threads())
+                                         self.loss, s.params, s.grads, ws.acts, ws.scratch, ws.row_loss,
+                                         numba.get_num_threads())
 
     def loss_value(self, X, labels, targets, rows):
         s = self.state

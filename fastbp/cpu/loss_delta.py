@@ -5,7 +5,8 @@ Shapes (n = batch rows, m = output width):
     labels   (N,) int64 class indices, read for cross_entropy (else may be empty)
     targets  (N, m) float32, read for mse and bce (else may be empty)
     rows     (n,) int64: batch row i's label/target is labels[rows[i]] / targets[rows[i]]
-    delta    (n * m,) float32 output, row-major (n, m); written only when want_delta
+    delta    (n * m,) float32 output, row-major (n, m); written only when want_delta. It may be the
+             logits array itself: each row's loss is taken before its delta overwrites it
     row_loss (n,) float64 scratch: each row's summed loss, added up in a fixed order (deterministic)
 Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
 bce = mean of max(z, 0) - z t + log1p(exp(-|z|)). Every exp is of a non-positive number: no overflow.

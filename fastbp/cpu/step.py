@@ -4,8 +4,9 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     X        (N, d0) float32 C-contiguous;  rows (n,) int64: the batch is X[rows]
     labels   (N,) int64 (cross_entropy), targets (N, d_L) float32 (mse, bce); the other may be empty
     dims     (L + 1,) int64 layer widths; offsets (L + 1,) int64 block starts in the flat buffers
-    acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements
-    delta_a, delta_b  (n * max(dims[1:]),) float32 ping-pong buffers for the deltas
+    acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements; the backward pass
+             overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
+    scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
     row_loss (n,) float64 scratch
     threads  how many blocks to cut each product into: Numba's thread count
 """
@@ -38,35 +39,35 @@ def forward_loss(X, labels, targets, rows, dims, offsets, activation, loss, para
 
 @njit(cache=True, nogil=True)
 def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                     delta_a, delta_b, row_loss, threads):
+                     scratch, row_loss, threads):
     """Forward, BP1-BP4; fills grads (same layout as params) and returns the mean loss."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
     logits = forward(X, rows, dims, offsets, activation, params, acts, threads)
-    delta, delta_prev = delta_a, delta_b
-    value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, delta, row_loss, True)
+    value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, logits, row_loss, True)
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = dims[l], dims[l + 1]
         a_prev = acts[act_off[l]:act_off[l + 1]]
+        delta = acts[act_off[l + 1]:act_off[l + 2]]
+        ld_delta = fan_out if l == n_layers - 1 else fan_out + 1
         block = offsets[l], offsets[l + 1]
-        weight_gradient(a_prev, delta, n, fan_in, fan_out, grads[block[0]:block[1]], threads)
+        weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[block[0]:block[1]], threads)
         if l > 0:
-            propagate_delta(delta, params[block[0]:block[1]], a_prev, n, fan_in, fan_out, activation,
-                            delta_prev, threads)
-            delta, delta_prev = delta_prev, delta
+            propagate_delta(delta, ld_delta, params[block[0]:block[1]], a_prev, n, fan_in, fan_out, activation,
+                            scratch, threads)
     return value
 
 
 @njit(cache=True, nogil=True)
 def train_step(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-               settings, acts, delta_a, delta_b, row_loss, threads):
+               settings, acts, scratch, row_loss, threads):
     """One whole training step: forward, loss, backward and the optimizer update. Returns the loss.
 
     A non-finite loss skips the update, so parameters and moments keep their last finite values.
     """
     value = forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                             delta_a, delta_b, row_loss, threads)
+                             scratch, row_loss, threads)
     if np.isfinite(value):
         optimizer_update(params, grads, moment1, moment2, settings)
     return value

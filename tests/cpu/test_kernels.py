@@ -142,3 +142,24 @@ def test_first_adam_step_is_lr_times_sign_to_the_last_bit(rng):
     expected = before - 1e-2 * g / (np.abs(g) + 1e-8)
     # Two ulps of the operands p and lr; the careless form is off by lr * 6e-6 = 6e-8.
     assert np.all(np.abs(t.state.params - expected) <= 2.0 ** -22 * (np.abs(before) + 1e-2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiles_and_thread_splits_match_reference(rng, threads):
+    """A batch spanning several delta-propagation tiles per thread, under different thread counts."""
+    import numba
+    from fastbp.cpu.delta_backward import TILE_ROWS
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    n = 2 * TILE_ROWS * threads + 37
+    t = perturbed_trainer(rng, [5, 19, 3, 4], "tanh", "cross_entropy")
+    X, y = rng.standard_normal((n, 5)), rng.integers(0, 4, n)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        value, grads = t.gradients(X, y)
+    finally:
+        numba.set_num_threads(saved)
+    ref_value, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, "tanh", "cross_entropy")
+    assert value == pytest.approx(ref_value, rel=TOL)
+    for (dW, db), (rW, rb) in zip(grads, ref_grads):
+        assert rel_error(dW, rW) < TOL and rel_error(db, rb) < TOL

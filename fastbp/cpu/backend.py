@@ -10,6 +10,7 @@ from ..threads import blas_single_threaded
 from . import step
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
+from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
@@ -29,8 +30,12 @@ class Workspace:
             block[:, -1] = 1.0
         hidden_width = int(dims[1:-1].max()) if dims.size > 2 else 0
         # Sized for the most threads Numba may ever run, so numba.set_num_threads() is always safe.
-        self.scratch = np.zeros(max(1, min(numba.config.NUMBA_NUM_THREADS, n) * TILE_ROWS * hidden_width),
-                                np.float32)
+        max_threads = numba.config.NUMBA_NUM_THREADS
+        self.scratch = np.zeros(max(1, min(max_threads, n) * TILE_ROWS * hidden_width), np.float32)
+        # Two threads is the count that splits the most layers; size for it, with every thread's partial.
+        split_layers = [(dims[l] + 1) * dims[l + 1] for l in range(dims.size - 1)
+                        if split_batch(n, dims[l], dims[l + 1], 2)]
+        self.partials = np.zeros(max([1] + [(max_threads - 1) * size for size in split_layers]), np.float32)
         self.row_loss = np.zeros(n, np.float64)
         self.logits_start = int(act_off[-2])
 
@@ -67,7 +72,7 @@ class CpuBackend:
         with blas_single_threaded():
             return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
                                    s.params, s.grads, s.moment1, s.moment2, settings,
-                                   ws.acts, ws.scratch, ws.row_loss, numba.get_num_threads())
+                                   ws.acts, ws.scratch, ws.partials, ws.row_loss, numba.get_num_threads())
 
     def loss_and_gradients(self, X, labels, targets, rows):
         """Fills state.grads for batch X[rows]; returns the loss."""
@@ -76,8 +81,8 @@ class CpuBackend:
         labels, targets = self._split_targets(labels, targets)
         with blas_single_threaded():
             return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation,
-                                         self.loss, s.params, s.grads, ws.acts, ws.scratch, ws.row_loss,
-                                         numba.get_num_threads())
+                                         self.loss, s.params, s.grads, ws.acts, ws.scratch, ws.partials,
+                                         ws.row_loss, numba.get_num_threads())
 
     def loss_value(self, X, labels, targets, rows):
         s = self.state

@@ -7,6 +7,7 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements; the backward pass
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
     scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
+    partials float32 per-thread partial weight gradients (see weight_grad.py)
     row_loss (n,) float64 scratch
     threads  how many blocks to cut each product into: Numba's thread count
 """
@@ -39,7 +40,7 @@ def forward_loss(X, labels, targets, rows, dims, offsets, activation, loss, para
 
 @njit(cache=True, nogil=True)
 def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                     scratch, row_loss, threads):
+                     scratch, partials, row_loss, threads):
     """Forward, BP1-BP4; fills grads (same layout as params) and returns the mean loss."""
     n = rows.size
     n_layers = dims.size - 1
@@ -52,7 +53,8 @@ def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, 
         delta = acts[act_off[l + 1]:act_off[l + 2]]
         ld_delta = fan_out if l == n_layers - 1 else fan_out + 1
         block = offsets[l], offsets[l + 1]
-        weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[block[0]:block[1]], threads)
+        weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[block[0]:block[1]], partials,
+                        threads)
         if l > 0:
             propagate_delta(delta, ld_delta, params[block[0]:block[1]], a_prev, n, fan_in, fan_out, activation,
                             scratch, threads)
@@ -61,13 +63,13 @@ def forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, 
 
 @njit(cache=True, nogil=True)
 def train_step(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-               settings, acts, scratch, row_loss, threads):
+               settings, acts, scratch, partials, row_loss, threads):
     """One whole training step: forward, loss, backward and the optimizer update. Returns the loss.
 
     A non-finite loss skips the update, so parameters and moments keep their last finite values.
     """
     value = forward_backward(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, acts,
-                             scratch, row_loss, threads)
+                             scratch, partials, row_loss, threads)
     if np.isfinite(value):
         optimizer_update(params, grads, moment1, moment2, settings)
     return value

@@ -14,6 +14,9 @@ from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
+# Settings for the calls that update nothing (the compiled entry point takes them regardless).
+_UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
+                                     momentum=0.0, nesterov=False, step=1)
 
 
 class Workspace:
@@ -59,49 +62,35 @@ class CpuBackend:
         self._workspaces[n] = ws  # most recently used last
         return ws
 
-    @staticmethod
-    def _split_targets(labels, targets):
-        return (_EMPTY_LABELS if labels is None else labels,
-                _EMPTY_TARGETS if targets is None else targets)
-
-    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings):
-        """One step on batch X[rows]; updates params and moments in place. Returns the loss."""
+    def _run(self, mode, X, labels, targets, rows, settings=None):
         s = self.state
         ws = self._workspace(rows.size)
-        labels, targets = self._split_targets(labels, targets)
         with blas_single_threaded():
-            return step.train_step(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
-                                   s.params, s.grads, s.moment1, s.moment2, settings,
-                                   ws.acts, ws.scratch, ws.partials, ws.row_loss, numba.get_num_threads())
+            return step.run(mode, X, _EMPTY_LABELS if labels is None else labels,
+                            _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
+                            self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
+                            settings or _UNUSED_SETTINGS, ws.acts, ws.scratch, ws.partials, ws.row_loss,
+                            numba.get_num_threads())
+
+    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings):
+        """One step on batch X[rows]; updates params and moments in place (not when the loss is not
+        finite). Returns the loss."""
+        return self._run(step.STEP, X, labels, targets, rows, settings)
 
     def loss_and_gradients(self, X, labels, targets, rows):
         """Fills state.grads for batch X[rows]; returns the loss."""
-        s = self.state
-        ws = self._workspace(rows.size)
-        labels, targets = self._split_targets(labels, targets)
-        with blas_single_threaded():
-            return step.forward_backward(X, labels, targets, rows, s.dims, s.offsets, self.activation,
-                                         self.loss, s.params, s.grads, ws.acts, ws.scratch, ws.partials,
-                                         ws.row_loss, numba.get_num_threads())
+        return self._run(step.GRADIENTS, X, labels, targets, rows)
 
     def loss_value(self, X, labels, targets, rows):
-        s = self.state
-        ws = self._workspace(rows.size)
-        labels, targets = self._split_targets(labels, targets)
-        with blas_single_threaded():
-            return step.forward_loss(X, labels, targets, rows, s.dims, s.offsets, self.activation, self.loss,
-                                     s.params, ws.acts, ws.row_loss, numba.get_num_threads())
+        """The loss of batch X[rows]; its logits stay readable through last_logits()."""
+        return self._run(step.LOSS, X, labels, targets, rows)
 
     def last_logits(self, n):
-        """(n, d_L) view of the logits the last call on n rows left in its workspace."""
+        """(n, d_L) view of the logits the last forward or loss call on n rows left in its workspace."""
         ws = self._workspaces[n]
         return ws.acts[ws.logits_start:].reshape(n, self.state.sizes[-1])
 
     def logits(self, X, rows):
         """(n, d_L) float32 copy of the output layer's pre-activation values for X[rows]."""
-        s = self.state
-        ws = self._workspace(rows.size)
-        with blas_single_threaded():
-            out = step.forward(X, rows, s.dims, s.offsets, self.activation, s.params, ws.acts,
-                               numba.get_num_threads())
-        return out.reshape(rows.size, s.sizes[-1]).copy()
+        self._run(step.FORWARD, X, None, None, rows)
+        return self.last_logits(rows.size).copy()

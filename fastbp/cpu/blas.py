@@ -13,6 +13,11 @@ import numpy as np
 from numba import njit, types
 from numba.np.linalg import _BLAS
 
+# Explicit signatures: callers pass the TRANS/NO_TRANS constants, which Numba would otherwise treat
+# as literal types and compile a separate copy for every combination (seconds of first-run time).
+_i8 = types.int64
+_vec = types.Array(types.float32, 1, "C")
+
 _BLAS()  # raises a clear error if SciPy's BLAS is missing
 _xxgemm = types.ExternalFunction("numba_xxgemm", _BLAS.numba_xxgemm(types.float32).sig)
 
@@ -20,7 +25,7 @@ NO_TRANS = ord("N")
 TRANS = ord("T")
 
 
-@njit(cache=True, nogil=True)
+@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True)
 def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     """C = op(A) @ op(B), all row-major float32, op(X) = X or X^T.
 
@@ -42,13 +47,13 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
         raise RuntimeError("BLAS sgemm failed")
 
 
-@njit(cache=True, nogil=True)
+@njit(types.UniTuple(_i8, 2)(_i8, _i8, _i8), cache=True, nogil=True)
 def part(total, parts, index):
     """[start, stop) of the index-th of `parts` near-equal contiguous pieces of range(total)."""
     return index * total // parts, (index + 1) * total // parts
 
 
-@njit(cache=True, nogil=True)
+@njit(types.Tuple((_i8, types.boolean))(_i8, _i8, _i8), cache=True, nogil=True)
 def split_rows(m, n, threads):
     """How many blocks to cut an (m, n) result into, and whether along rows (else columns).
 
@@ -58,7 +63,8 @@ def split_rows(m, n, threads):
     return min(threads, n), False
 
 
-@njit(cache=True, nogil=True)
+@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8, _i8, _i8, _i8, _i8),
+      cache=True, nogil=True)
 def gemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, r0, r1, c0, c1):
     """C[r0:r1, c0:c1] of C = op(A) @ op(B) (see gemm): the rows of op(A) and columns of op(B) it needs."""
     a_block = a[r0:] if trans_a == TRANS else a[r0 * lda:]

@@ -45,7 +45,7 @@ def multiply_derivative_into(acts, tile, rows, width, activation):
                 a[j] = d[j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, inline="always")
 def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation, scratch, threads):
     if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
         raise ValueError("unknown activation code")

@@ -27,7 +27,7 @@ def activation_offsets(dims, n):
     return off
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, inline="always")
 def gather_input(X, rows, a0):
     """a0 (n, d0 + 1) <- [X[rows], 1]; X: (N, d0) float32 C-contiguous, rows: (n,) int64 in [0, N)."""
     d0 = X.shape[1]
@@ -64,7 +64,7 @@ def activate_block(z, ld, r0, r1, c0, c1, activation):
                     row[j] = e / (np.float32(1.0) + e)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, inline="always")
 def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, threads):
     """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1)."""
     if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
@@ -82,7 +82,7 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, thread
             activate_block(z, ld_out, r0, r1, c0, c1, activation)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def dense_forward(params, offsets, dims, acts, act_off, n, activation, threads):
     """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L.
 

@@ -17,7 +17,7 @@ from numba import njit, prange
 from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, want_delta):
     """Returns the mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
     if loss not in (MSE, CROSS_ENTROPY, BCE):

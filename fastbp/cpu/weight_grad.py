@@ -27,7 +27,7 @@ def split_batch(n, fan_in, fan_out, threads):
     return threads > 1 and n >= 4 * (fan_in + 1) and n >= 2 * threads
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, inline="always")
 def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials, threads):
     size = (fan_in + 1) * fan_out
     if split_batch(n, fan_in, fan_out, threads):

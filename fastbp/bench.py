@@ -9,7 +9,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import time
@@ -118,9 +117,14 @@ def run_workload(name, sizes, batch, loss, peers, rounds=5, seconds_per_round=0.
     return results
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _proc_status_bytes(field):
+    """VmRSS (resident now) or VmHWM (resident peak) of this process. Not getrusage's ru_maxrss: Linux
+    carries that across fork and exec, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def _memory_probe(sizes, batch, loss, steps, queue):
@@ -130,11 +134,11 @@ def _memory_probe(sizes, batch, loss, steps, queue):
     X, y = make_batch([4, 3, 2], 2, loss)
     warm.step(X, y)
     X, y = make_batch(sizes, batch, loss)
-    baseline = _rss_bytes()
+    baseline = _proc_status_bytes("VmRSS")
     t = Trainer(sizes, loss=loss, batch_size=batch, seed=0)
     for _ in range(steps):
         t.step(X, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _proc_status_bytes("VmHWM")
     queue.put((baseline, peak))
 
 

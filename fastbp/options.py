@@ -9,13 +9,15 @@ from typing import NamedTuple, Optional, Tuple
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
 LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2}
-OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
+OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2, "adagrad": 3, "rmsprop": 4}
 DEVICES = ("cpu", "cuda")
 
 # PyTorch's default negative slope for LeakyReLU.
 LEAKY_SLOPE = 0.01
-# AdamW's default decoupled weight decay in PyTorch, used when the user gives none.
+# PyTorch's defaults where they differ between optimizers, used when the user gives none.
 ADAMW_DEFAULT_WEIGHT_DECAY = 0.01
+DEFAULT_EPS = {"adagrad": 1e-10}  # every other optimizer: 1e-8
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
 
 
 def _choice(kind, value, valid):
@@ -60,7 +62,10 @@ class Config:
     momentum: float = 0.0
     nesterov: bool = False
     betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: Optional[float] = None
+    alpha: float = 0.99
+    clip_norm: Optional[float] = None
+    dropout: float = 0.0
 
     def __post_init__(self):
         sizes = self.sizes
@@ -91,14 +96,22 @@ class Config:
             raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
             raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
-        if self.momentum and self.optimizer != "sgd":
-            raise ValueError(f"momentum applies to optimizer='sgd' only, not {self.optimizer!r} "
+        if self.momentum and self.optimizer not in MOMENTUM_OPTIMIZERS:
+            raise ValueError(f"momentum applies to optimizer='sgd' or 'rmsprop', not {self.optimizer!r} "
                              "(Adam's first-moment decay is betas[0])")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
         betas = tuple(finite_number("each of betas", b, low=0.0, high=1.0) for b in self.betas)
         object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "eps", finite_number("eps", self.eps, low=0.0, low_inclusive=False))
+        eps = DEFAULT_EPS.get(self.optimizer, 1e-8) if self.eps is None else self.eps
+        object.__setattr__(self, "eps", finite_number("eps", eps, low=0.0, low_inclusive=False))
+        object.__setattr__(self, "alpha", finite_number("alpha", self.alpha, low=0.0, high=1.0))
+        if self.clip_norm is not None:
+            object.__setattr__(self, "clip_norm", finite_number("clip_norm", self.clip_norm, low=0.0,
+                                                                low_inclusive=False))
+        object.__setattr__(self, "dropout", finite_number("dropout", self.dropout, low=0.0, high=1.0))
+        if self.dropout and len(self.sizes) < 3:
+            raise ValueError("dropout applies to hidden layers, and this network has none")
 
     @property
     def n_layers(self):
@@ -129,9 +142,11 @@ class OptimizerSettings(NamedTuple):
     momentum: float
     nesterov: bool
     step: int
+    alpha: float
+    clip_norm: float  # 0: no clipping
 
     @classmethod
     def for_step(cls, config, lr, step):
         return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
                    eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
-                   nesterov=config.nesterov, step=step)
+                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0)

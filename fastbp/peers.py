@@ -33,15 +33,22 @@ def torch_peer(config, params, threads=None):
                               weight_decay=c.weight_decay)
     elif c.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-    else:
+    elif c.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps,
                                 weight_decay=c.weight_decay)
+    elif c.optimizer == "adagrad":
+        opt = torch.optim.Adagrad(model.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+    else:
+        opt = torch.optim.RMSprop(model.parameters(), lr=c.lr, alpha=c.alpha, eps=c.eps,
+                                  weight_decay=c.weight_decay, momentum=c.momentum)
 
     def step(X, y):
         xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(xt), yt)
         loss.backward()
+        if c.clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_norm)
         opt.step()
         return loss.item()
 
@@ -60,4 +67,4 @@ def numpy_peer(config, params, dtype=np.float32):
     c = config
     return reference.Network(params, activation=c.activation, loss=c.loss, dtype=dtype, kind=c.optimizer,
                              lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
-                             momentum=c.momentum, nesterov=c.nesterov)
+                             momentum=c.momentum, nesterov=c.nesterov, alpha=c.alpha, clip_norm=c.clip_norm)

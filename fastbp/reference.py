@@ -60,11 +60,15 @@ def softmax(z):
 
 # ---- forward, loss, backward ----
 
-def forward(params, X, activation):
-    """Returns (activations, logits): activations[0] is X, activations[l] the output of hidden layer l."""
+def forward(params, X, activation, masks=None, rate=0.0):
+    """Returns (activations, logits): activations[0] is X, activations[l] the output of hidden layer l.
+
+    masks: optional 0/1 arrays, one per hidden layer, for inverted dropout at `rate`: hidden layer l then
+    outputs act(Z_l) * masks[l] / (1 - rate)."""
     acts = [X]
-    for W, b in params[:-1]:
-        acts.append(activate(activation, acts[-1] @ W + b))
+    for l, (W, b) in enumerate(params[:-1]):
+        a = activate(activation, acts[-1] @ W + b)
+        acts.append(a if masks is None else a * masks[l] / (1 - rate))
     W, b = params[-1]
     return acts, acts[-1] @ W + b
 
@@ -90,21 +94,29 @@ def loss_and_output_delta(logits, y, loss):
     raise ValueError(f"unknown loss {loss!r}")
 
 
-def backward(params, acts, delta, activation):
-    """BP2-BP4: gradients [(dW, db), ...] given the activations and the output delta."""
+def backward(params, acts, delta, activation, masks=None, rate=0.0):
+    """BP2-BP4: gradients [(dW, db), ...] given the activations and the output delta.
+
+    With dropout masks, the gradient reaching hidden layer l passes the mask and 1 / (1 - rate), and
+    act' is taken at the undropped activation."""
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
         W, _ = params[l]
         grads[l] = (acts[l].T @ delta, delta.sum(axis=0))                               # BP4, BP3
         if l > 0:
-            delta = (delta @ W.T) * activation_derivative(activation, acts[l])       # BP2
+            delta = delta @ W.T
+            a = acts[l]
+            if masks is not None:
+                delta = delta * masks[l - 1] / (1 - rate)
+                a = a * (1 - rate)  # kept units: the undropped activation; dropped ones pass nothing
+            delta = delta * activation_derivative(activation, a)                      # BP2
     return grads
 
 
-def loss_and_gradients(params, X, y, activation, loss):
-    acts, logits = forward(params, X, activation)
+def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0):
+    acts, logits = forward(params, X, activation, masks, rate)
     value, delta = loss_and_output_delta(logits, y, loss)
-    return value, backward(params, acts, delta, activation)
+    return value, backward(params, acts, delta, activation, masks, rate)
 
 
 def output_transform(logits, loss):
@@ -119,12 +131,14 @@ def output_transform(logits, loss):
 # ---- optimizers (PyTorch's update rules), applied in place ----
 
 class Optimizer:
-    """Adam (L2 weight_decay), AdamW (decoupled weight_decay) and SGD with optional (Nesterov) momentum."""
+    """Adam (L2 weight_decay), AdamW (decoupled weight_decay), SGD with optional (Nesterov) momentum,
+    Adagrad and RMSprop (optional momentum); clip_norm: gradient clipping by global norm first."""
 
     def __init__(self, params, kind="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, nesterov=False):
+                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None):
         self.kind, self.lr, self.betas, self.eps = kind, lr, betas, eps
         self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
+        self.alpha, self.clip_norm = alpha, clip_norm
         self.m = [np.zeros_like(p) for pair in params for p in pair]
         self.v = [np.zeros_like(p) for pair in params for p in pair]
         self.step_count = 0
@@ -134,7 +148,26 @@ class Optimizer:
         t = self.step_count
         flat_p = [p for pair in params for p in pair]
         flat_g = [g for pair in grads for g in pair]
+        if self.clip_norm:
+            norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in flat_g))
+            flat_g = [g * min(1.0, self.clip_norm / (norm + 1e-6)) for g in flat_g]
         for p, g, m, v in zip(flat_p, flat_g, self.m, self.v):
+            if self.kind in ("adagrad", "rmsprop"):
+                if self.weight_decay:
+                    g = g + self.weight_decay * p
+                if self.kind == "adagrad":
+                    m += g * g
+                    p -= self.lr * g / (np.sqrt(m) + self.eps)
+                    continue
+                m *= self.alpha
+                m += (1 - self.alpha) * g * g
+                u = g / (np.sqrt(m) + self.eps)
+                if self.momentum:
+                    v *= self.momentum
+                    v += u
+                    u = v
+                p -= self.lr * u
+                continue
             if self.kind == "sgd":
                 if self.weight_decay:
                     g = g + self.weight_decay * p

@@ -1,11 +1,14 @@
 """The public Trainer: validation, batching and the training loop, on top of a backend's compiled kernels."""
-import sys
+import numbers
 import time
 
 import numpy as np
 
-from . import checkpoint, validation
+from . import callbacks as callback_tools
+from . import checkpoint, schedules, validation
 from .history import History
+from .progress import EpochProgress
+from .cpu.dropout import threshold as dropout_threshold
 from .options import Config, OptimizerSettings, finite_number, positive_int
 from .state import NetworkState
 
@@ -31,16 +34,23 @@ class Trainer:
 
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=1e-8):
+                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None):
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
-                             momentum=momentum, nesterov=nesterov, betas=betas, eps=eps)
+                             momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
+                             clip_norm=clip_norm, dropout=dropout)
+        if schedule is not None and not isinstance(schedule, schedules.Schedule):
+            raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
+        self.schedule = schedule
         self.state = NetworkState(self.config.sizes)
         self._rng = np.random.default_rng(self.config.seed)
         self.state.initialize(self.config.activation, self._rng)
+        self._dropout_seed = int(self._rng.integers(2 ** 62))
+        self._dropout_threshold = dropout_threshold(self.config.dropout)
         self._backend = _make_backend(self.config, self.state)
         self.lr = self.config.lr
         self.epochs_done = 0
+        self.stop_training = False
 
     # ---- configuration that may change during training ----
 
@@ -68,13 +78,21 @@ class Trainer:
 
     # ---- training ----
 
+    def _dropout_key(self):
+        """This step's dropout key: a function of the trainer's dropout seed and the step count only."""
+        return ((self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 64) - 2 ** 63
+
     def _train_rows(self, X, labels, targets, rows):
-        loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings())
+        if self.schedule is not None and self.schedule.interval == "step":
+            self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
+        loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(), self._dropout_key(),
+                                        self._dropout_threshold)
         if not np.isfinite(loss):
             # The compiled step skips the update when the loss is not finite: parameters and moments
             # still hold the last finite state.
             raise FloatingPointError(f"loss became {loss} at step {self.state.step_count + 1}; the update was "
-                                     "not applied. Lower the learning rate or check the data scale.")
+                                     "not applied, parameters hold their last finite values. Lower the "
+                                     "learning rate, clip gradients (clip_norm) or check the data scale.")
         self.state.step_count += 1
         return float(loss)
 
@@ -83,41 +101,83 @@ class Trainer:
         X, labels, targets = self._checked(xb, yb)
         return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))
 
-    def fit(self, X, y, epochs=1, batch_size=None, validation_data=None, shuffle=True, verbose=1):
-        """Trains for `epochs` passes over (X, y) in batches; the last batch of an epoch may be shorter.
-
-        Returns a History whose .history holds per-epoch "loss" (mean training loss over the epoch's
-        batches) and, with validation_data=(Xv, yv), "val_loss" and "val_accuracy" (classification).
-        verbose: 0 silent, 1 one line per epoch.
-        """
-        X, labels, targets = self._checked(X, y)
+    def _validation_set(self, X, labels, targets, validation_data, validation_split):
+        """(train part, validation part or None) of the already checked data."""
+        if validation_data is not None and validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
-            Xv, yv = validation_data
-            Xv, lv, tv = self._checked(Xv, yv, ("validation X", "validation y"))
+            return (X, labels, targets), self._checked(*validation_data, names=("validation X", "validation y"))
+        if not validation_split:
+            return (X, labels, targets), None
+        fraction = finite_number("validation_split", validation_split, low=0.0, low_inclusive=False, high=1.0)
+        n_val = int(round(X.shape[0] * fraction))
+        if not 0 < n_val < X.shape[0]:
+            raise ValueError(f"validation_split={validation_split} leaves no rows for training or validation "
+                             f"out of {X.shape[0]}")
+        cut = X.shape[0] - n_val  # the last rows, before any shuffling, as Keras does
+        part = lambda a, sl: None if a is None else a[sl]  # noqa: E731
+        train = (X[:cut], part(labels, slice(None, cut)), part(targets, slice(None, cut)))
+        val = (X[cut:], part(labels, slice(cut, None)), part(targets, slice(cut, None)))
+        return train, val
+
+    def fit(self, X, y, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
+            verbose=1, initial_epoch=0, callbacks=None):
+        """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
+
+        The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
+        (before shuffling). Returns a History with per-epoch "loss" and, for classification, "accuracy"
+        (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".
+        verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
+        per epoch. callbacks: see callbacks.py; `trainer.stop_training = True` ends after the epoch.
+        """
+        X, labels, targets = self._checked(X, y)
+        (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
         epochs = positive_int("epochs", epochs)
-        batch_size = self.config.batch_size if batch_size is None else positive_int(
-            "batch_size", batch_size)
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                or not 0 <= initial_epoch < epochs:
+            raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
+        batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
+        callbacks = callback_tools.check(callbacks)
         n = X.shape[0]
         history = History()
-        for _ in range(epochs):
-            start_time = time.perf_counter()
-            order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-            loss_sum = 0.0
-            for start in range(0, n, batch_size):
-                rows = order[start:start + batch_size]
-                loss_sum += self._train_rows(X, labels, targets, rows) * rows.size
-            seconds = time.perf_counter() - start_time
-            self.epochs_done += 1
-            record = {"loss": loss_sum / n}
-            if validation_data is not None:
-                record.update({"val_" + k: v for k, v in self._evaluate(Xv, lv, tv).items()})
-            history.record(self.epochs_done, **record)
-            if verbose:
-                metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.items())
-                print(f"epoch {self.epochs_done}: {metrics}  {n / seconds:,.0f} samples/s", file=sys.stdout,
-                      flush=True)
+        progress = EpochProgress(verbose, epochs, n)
+        classification = self.config.loss != "mse"
+        self.stop_training = False
+        callback_tools.call(callbacks, "on_train_begin", self)
+        try:
+            for epoch in range(int(initial_epoch), epochs):
+                if self.schedule is not None and self.schedule.interval == "epoch":
+                    self.lr = self.schedule.lr(self.config.lr, epoch)
+                epoch_lr = self._lr
+                start_time = time.perf_counter()
+                progress.start_epoch(epoch)
+                order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+                loss_sum = hits = 0.0
+                for start in range(0, n, batch_size):
+                    rows = order[start:start + batch_size]
+                    loss_sum += self._train_rows(X, labels, targets, rows) * rows.size
+                    if classification:
+                        hits += self._backend.last_hits(rows.size)
+                    progress.batch_done(rows.size, loss_sum / min(start + batch_size, n))
+                seconds = time.perf_counter() - start_time
+                self.epochs_done = epoch + 1
+                logs = {"loss": loss_sum / n}
+                if classification:
+                    logs["accuracy"] = hits / n
+                if val is not None:
+                    logs.update({"val_" + k: v for k, v in self._evaluate(*val).items()})
+                progress.end_epoch(epoch, logs, seconds)
+                history.record(epoch, **logs, lr=epoch_lr)
+                if self.schedule is not None:
+                    self.schedule.on_epoch_end(logs)
+                callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
+                if self.stop_training:
+                    break
+        finally:
+            progress.abort()
+        callback_tools.call(callbacks, "on_train_end", self)
         return history
 
     # ---- inference and inspection ----
@@ -146,12 +206,7 @@ class Trainer:
         loss_sum, correct = 0.0, 0.0
         for rows in self._chunks(n):
             loss_sum += self._backend.loss_value(X, labels, targets, rows) * rows.size
-            if self.config.loss != "mse":
-                logits = self._backend.last_logits(rows.size)
-                if self.config.loss == "cross_entropy":
-                    correct += np.count_nonzero(logits.argmax(axis=1) == labels[rows])
-                else:
-                    correct += np.count_nonzero((logits > 0) == (targets[rows] >= 0.5)) / self.sizes[-1]
+            correct += self._backend.last_hits(rows.size)
         result = {"loss": loss_sum / n}
         if self.config.loss != "mse":
             result["accuracy"] = float(correct / n)
@@ -161,10 +216,13 @@ class Trainer:
         """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}."""
         return self._evaluate(*self._checked(X, y))
 
-    def gradients(self, X, y):
-        """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing."""
+    def gradients(self, X, y, training=False):
+        """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
+
+        training=True applies dropout with the masks the next training step would draw."""
         X, labels, targets = self._checked(X, y)
-        loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))
+        loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
+                                                self._dropout_key(), self._dropout_threshold if training else 0)
         return float(loss), [(dW.copy(), db.copy()) for dW, db in self.state.layer_views(self.state.grads)]
 
     @property
@@ -182,11 +240,15 @@ class Trainer:
     # ---- checkpoints ----
 
     def save(self, path):
-        """Weights, optimizer state, counters, RNG state and config in one .npz, written atomically."""
+        """Everything training depends on, in one .npz written atomically (a crash never leaves a partial
+        file): config, weights, optimizer moments and step count, learning rate and schedule state, the
+        shuffling RNG, the dropout seed and the epoch count."""
         s = self.state
         checkpoint.write(path, {"params": s.params, "moment1": s.moment1, "moment2": s.moment2},
                          {"config": self.config.to_dict(), "lr": self._lr, "step_count": s.step_count,
-                          "epochs_done": self.epochs_done, "rng_state": self._rng.bit_generator.state})
+                          "epochs_done": self.epochs_done, "rng_state": self._rng.bit_generator.state,
+                          "dropout_seed": self._dropout_seed,
+                          "schedule": None if self.schedule is None else schedules.to_dict(self.schedule)})
 
     @classmethod
     def load(cls, path):
@@ -206,6 +268,8 @@ class Trainer:
             t.epochs_done = int(meta["epochs_done"])
             t.lr = meta["lr"]
             t._rng.bit_generator.state = meta["rng_state"]
+            t._dropout_seed = int(meta["dropout_seed"])
+            t.schedule = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a consistent fastbp checkpoint: {exc}") from None
         return t

@@ -64,7 +64,7 @@ def test_npz_layouts(tmp_path):
 def test_cli_trains_on_the_generated_data(capsys):
     assert cli.main(["--epochs", "3"]) == 0
     out = capsys.readouterr().out
-    assert "epoch 3:" in out and "test accuracy" in out and "samples/s" in out
+    assert "epoch 3/3:" in out and "test accuracy" in out and "samples/s" in out
     accuracy = float(out.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.93
 

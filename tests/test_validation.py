@@ -72,7 +72,7 @@ def test_regression_and_bce_targets():
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(activation="relu6"), ValueError, "unknown activation 'relu6'; valid: identity, leaky_relu, relu"),
     (dict(loss="hinge"), ValueError, "unknown loss 'hinge'; valid: bce, cross_entropy, mse"),
-    (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'; valid: adam, adamw, sgd"),
+    (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'; valid: adagrad, adam, adamw, rmsprop, sgd"),
     (dict(device="tpu"), ValueError, "unknown device 'tpu'; valid: cpu, cuda"),
     (dict(sizes=[4, 0, 3]), ValueError, "positive"),
     (dict(sizes=[4, -2, 3]), ValueError, "positive"),

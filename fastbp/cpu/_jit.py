@@ -10,5 +10,5 @@ FASTMATH = {"contract", "reassoc", "nsz"}
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID = (ACTIVATIONS[k] for k in
                                              ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))
 MSE, CROSS_ENTROPY, BCE = (LOSSES[k] for k in ("mse", "cross_entropy", "bce"))
-SGD, ADAM, ADAMW = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw"))
+SGD, ADAM, ADAMW, ADAGRAD, RMSPROP = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
 SLOPE = LEAKY_SLOPE

@@ -10,13 +10,14 @@ from ..threads import blas_single_threaded
 from . import step
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
+from .optimizers import NORM_CHUNKS
 from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
-                                     momentum=0.0, nesterov=False, step=1)
+                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
 
 
 class Workspace:
@@ -40,6 +41,8 @@ class Workspace:
                         if split_batch(n, dims[l], dims[l + 1], 2)]
         self.partials = np.zeros(max([1] + [(max_threads - 1) * size for size in split_layers]), np.float32)
         self.row_loss = np.zeros(n, np.float64)
+        self.row_hits = np.zeros(n, np.float64)
+        self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
         self.logits_start = int(act_off[-2])
 
 
@@ -62,28 +65,32 @@ class CpuBackend:
         self._workspaces[n] = ws  # most recently used last
         return ws
 
-    def _run(self, mode, X, labels, targets, rows, settings=None):
+    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
         s = self.state
         ws = self._workspace(rows.size)
         with blas_single_threaded():
             return step.run(mode, X, _EMPTY_LABELS if labels is None else labels,
                             _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
                             self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                            settings or _UNUSED_SETTINGS, ws.acts, ws.scratch, ws.partials, ws.row_loss,
-                            numba.get_num_threads())
+                            settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, ws.acts, ws.scratch,
+                            ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, numba.get_num_threads())
 
-    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings):
+    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not
-        finite). Returns the loss."""
-        return self._run(step.STEP, X, labels, targets, rows, settings)
+        finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key."""
+        return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout_threshold)
 
-    def loss_and_gradients(self, X, labels, targets, rows):
-        """Fills state.grads for batch X[rows]; returns the loss."""
-        return self._run(step.GRADIENTS, X, labels, targets, rows)
+    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
+        """Fills state.grads for batch X[rows] (with dropout when dropout_threshold > 0); returns the loss."""
+        return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold)
 
     def loss_value(self, X, labels, targets, rows):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""
         return self._run(step.LOSS, X, labels, targets, rows)
+
+    def last_hits(self, n):
+        """Correct predictions (summed per-row accuracy) of the last loss or step call on n rows."""
+        return float(self._workspaces[n].row_hits.sum())
 
     def last_logits(self, n):
         """(n, d_L) view of the logits the last forward or loss call on n rows left in its workspace."""

@@ -8,6 +8,8 @@ Shapes (n = batch rows, fan_in/fan_out of the layer the delta comes back through
              this layer was computed before), so the delta takes its place and needs no memory of its own.
     scratch  (threads * TILE_ROWS * fan_in,) float32: each thread's tile of delta @ W^T
 act'(Z_prev) is computed from A_prev (relu: A > 0; leaky: 1 or slope; tanh: 1 - A^2; sigmoid: A(1 - A)).
+With dropout the stored activations are D = A * mask / (1 - rate): a dropped unit passes no gradient,
+a kept one passes it times 1 / (1 - rate), with act' evaluated at A = D (1 - rate).
 Each thread takes a block of rows, tile by tile: the product for the tile lands in its scratch (in
 cache) and the epilogue multiplies it by act'(A_prev) while writing it over A_prev.
 """
@@ -16,10 +18,25 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
 from .blas import NO_TRANS, TRANS, gemm, part
+from .dropout import keeps
 
 # Rows per tile: big enough that re-packing W for every tile costs little, small enough that a
 # tile of the widest layer (256 x 4096 floats = 4 MB) stays near the core.
 TILE_ROWS = 256
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def undo_dropout(acts, tile, rows, width, row0, layer, key, threshold):
+    """Turns stored D back into A and scales/zeroes the tile's delta by the layer's dropout mask."""
+    keep = np.float32(1.0 - threshold / 2.0 ** 24)
+    inv_keep = np.float32(2.0 ** 24 / (2.0 ** 24 - threshold))
+    for i in range(rows):
+        for j in range(width):
+            if keeps(key, layer, row0 + i, j, threshold):
+                acts[i * (width + 1) + j] *= keep
+                tile[i * width + j] *= inv_keep
+            else:
+                tile[i * width + j] = 0.0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -46,7 +63,8 @@ def multiply_derivative_into(acts, tile, rows, width, activation):
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation, scratch, threads):
+def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation, layer, dropout_key,
+                    dropout_threshold, scratch, threads):
     if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
         raise ValueError("unknown activation code")
     if scratch.size < min(threads, n) * TILE_ROWS * fan_in:
@@ -60,4 +78,6 @@ def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation
             # op(B) = W^T: W is the block's first fan_in rows, row stride fan_out.
             gemm(NO_TRANS, TRANS, rows, fan_in, fan_out, delta[t0 * ld_delta:], ld_delta, block, fan_out,
                  tile, fan_in)
+            if dropout_threshold > 0:
+                undo_dropout(acts[t0 * (fan_in + 1):], tile, rows, fan_in, t0, layer, dropout_key, dropout_threshold)
             multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation)

@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
 from .blas import NO_TRANS, gemm_block, part, split_rows
+from .dropout import keeps
 
 
 @njit(cache=True, nogil=True)
@@ -64,9 +65,23 @@ def activate_block(z, ld, r0, r1, c0, c1, activation):
                     row[j] = e / (np.float32(1.0) + e)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def drop_block(z, ld, r0, r1, c0, c1, layer, key, threshold, inv_keep):
+    """In place: inverted dropout on z[r0:r1, c0:c1] (see dropout.py)."""
+    for i in range(r0, r1):
+        for j in range(c0, c1):
+            if keeps(key, layer, i, j, threshold):
+                z[i * ld + j] *= inv_keep
+            else:
+                z[i * ld + j] = 0.0
+
+
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, threads):
-    """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1)."""
+def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer, dropout_key, dropout_threshold,
+                threads):
+    """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1).
+
+    With dropout_threshold > 0 the activations then go through inverted dropout (hidden layers only)."""
     if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
         raise ValueError("unknown activation code")
     parts, by_rows = split_rows(n, fan_out, threads)
@@ -80,17 +95,21 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, thread
                    r0, r1, c0, c1)
         if activation != IDENTITY:
             activate_block(z, ld_out, r0, r1, c0, c1, activation)
+        if dropout_threshold > 0:
+            drop_block(z, ld_out, r0, r1, c0, c1, layer, dropout_key, dropout_threshold,
+                       np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold)))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def dense_forward(params, offsets, dims, acts, act_off, n, activation, threads):
+def dense_forward(params, offsets, dims, acts, act_off, n, activation, dropout_key, dropout_threshold, threads):
     """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L.
 
-    The output layer is linear (its activation lives in the loss)."""
+    The output layer is linear (its activation lives in the loss) and never dropped out."""
     n_layers = dims.size - 1
     for l in range(n_layers):
         fan_in, fan_out = dims[l], dims[l + 1]
         is_output = l == n_layers - 1
         dense_layer(acts[act_off[l]:act_off[l + 1]], params[offsets[l]:offsets[l + 1]], n, fan_in, fan_out,
                     acts[act_off[l + 1]:act_off[l + 2]], fan_out if is_output else fan_out + 1,
-                    IDENTITY if is_output else activation, threads)
+                    IDENTITY if is_output else activation, l, dropout_key,
+                    0 if is_output else dropout_threshold, threads)

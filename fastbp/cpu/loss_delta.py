@@ -8,6 +8,8 @@ Shapes (n = batch rows, m = output width):
     delta    (n * m,) float32 output, row-major (n, m); written only when want_delta. It may be the
              logits array itself: each row's loss is taken before its delta overwrites it
     row_loss (n,) float64 scratch: each row's summed loss, added up in a fixed order (deterministic)
+    row_hits (n,) float64 output: each row's accuracy (cross_entropy: 1 if the first largest logit is
+             the label; bce: the share of outputs with (z > 0) == (t >= 0.5); mse: 0)
 Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
 bce = mean of max(z, 0) - z t + log1p(exp(-|z|)). Every exp is of a non-positive number: no overflow.
 """
@@ -18,7 +20,7 @@ from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, want_delta):
+def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, row_hits, want_delta):
     """Returns the mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
     if loss not in (MSE, CROSS_ENTROPY, BCE):
         raise ValueError("unknown loss code")
@@ -31,11 +33,16 @@ def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, w
         d = delta[i * m:(i + 1) * m]
         src = rows[i]
         acc = 0.0
+        hits = 0.0
         if loss == CROSS_ENTROPY:
             label = labels[src]
             zmax = z[0]
+            best = 0
             for j in range(1, m):
-                zmax = max(zmax, z[j])
+                if z[j] > zmax:
+                    zmax = z[j]
+                    best = j
+            hits = 1.0 if best == label else 0.0
             total = np.float32(0.0)
             for j in range(m):
                 total += np.exp(z[j] - zmax)
@@ -57,10 +64,13 @@ def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, w
                 t = targets[src, j]
                 e = np.exp(-abs(v))
                 acc += np.float64(max(v, np.float32(0.0)) - v * t) + np.log1p(np.float64(e))
+                if (v > 0) == (t >= 0.5):
+                    hits += 1.0 / m
                 if want_delta:
                     p = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
                     d[j] = (p - t) * scale
         row_loss[i] = acc
+        row_hits[i] = hits
     total_loss = 0.0
     for i in range(n):
         total_loss += row_loss[i]

@@ -9,7 +9,8 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
     scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
     partials float32 per-thread partial weight gradients (see weight_grad.py)
-    row_loss (n,) float64 scratch
+    row_loss (n,) float64 scratch; row_hits (n,) float64: each row's accuracy (loss_delta.py); norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
+    dropout_key, dropout_threshold  this step's dropout masks (dropout.py); threshold 0: no dropout
     threads  how many blocks to cut each product into: Numba's thread count
 
 Why one entry point: Numba compiles a parallel kernel again for every jitted function that calls it
@@ -24,7 +25,7 @@ from ._jit import FASTMATH
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import loss_and_delta
-from .optimizers import optimizer_update
+from .optimizers import clip_scale, optimizer_update
 from .weight_grad import weight_gradient
 
 # What run() does; each mode includes the ones before it.
@@ -36,18 +37,19 @@ STEP = 3       # + the optimizer update, skipped when the loss is not finite
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-        settings, acts, scratch, partials, row_loss, threads):
+        settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums, threads):
     """Returns the mean loss of the batch (0.0 in FORWARD mode)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
     gather_input(X, rows, acts[:act_off[1]])
-    dense_forward(params, offsets, dims, acts, act_off, n, activation, threads)
+    dense_forward(params, offsets, dims, acts, act_off, n, activation, dropout_key, dropout_threshold, threads)
     if mode == FORWARD:
         return 0.0
     logits = acts[act_off[-2]:act_off[-1]]
     want_delta = mode >= GRADIENTS
-    value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, logits, row_loss, want_delta)
+    value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, logits, row_loss, row_hits,
+                           want_delta)
     if not want_delta:
         return value
     for l in range(n_layers - 1, -1, -1):
@@ -59,7 +61,9 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
         weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[offsets[l]:offsets[l + 1]], partials,
                         threads)
         if l > 0:
-            propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, scratch, threads)
+            propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
+                            dropout_threshold, scratch, threads)
     if mode == STEP and np.isfinite(value):
-        optimizer_update(params, grads, moment1, moment2, settings)
+        scale = clip_scale(grads, settings.clip_norm, norm_sums)
+        optimizer_update(params, grads, moment1, moment2, settings, scale)
     return value

@@ -1,0 +1,40 @@
+"""Inverted dropout masks, recomputed rather than stored.
+
+Whether unit (row, col) of hidden layer `layer` is kept in a step is a hash of (key, layer, row, col):
+the forward pass and the backward pass compute the same mask independently, no mask is kept in
+memory, and the result does not depend on how rows are shared among threads. The key changes every
+step (see Trainer), so a checkpoint resumes with exactly the masks an uninterrupted run would use.
+Kept units are scaled by 1 / (1 - rate), so nothing changes at predict time (PyTorch's convention).
+"""
+import numpy as np
+from numba import njit
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, nogil=True)
+def keeps(key, layer, row, col, threshold):
+    """True if the unit survives; threshold = rate * 2^24 (units whose 24-bit hash falls below drop)."""
+    x = (np.uint64(key) ^ (np.uint64(layer) << np.uint64(56)) ^ (np.uint64(row) << np.uint64(24))
+         ^ np.uint64(col)) + _M1  # rows and columns below 2^24 each: distinct units, distinct inputs
+    x = (x ^ (x >> np.uint64(30))) * _M2  # splitmix64's finaliser
+    x = (x ^ (x >> np.uint64(27))) * _M3
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(40)) >= np.uint64(threshold)
+
+
+def threshold(rate):
+    return int(round(rate * 2 ** 24))
+
+
+@njit(cache=True, nogil=True)
+def mask(key, layer, n, width, threshold):
+    """(n, width) float32 of 0/1: the mask of one hidden layer for a batch of n rows (tests, reference)."""
+    out = np.zeros((n, width), np.float32)
+    for i in range(n):
+        for j in range(width):
+            if keeps(key, layer, i, j, threshold):
+                out[i, j] = 1.0
+    return out

@@ -28,7 +28,9 @@ def _train_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="share held out for testing when the data has no test split (default 0.2)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
     p.add_argument("--save", metavar="PATH", help="write a checkpoint of the trained model")
+    p.add_argument("--plot", metavar="PNG", help="save loss and accuracy curves (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return p
 
@@ -76,11 +78,11 @@ def train(args):
     Xte = np.asarray(Xte).reshape(len(Xte), -1)
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
     trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout)
     print(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
     print(f"model: {trainer}")
     start = time.perf_counter()
-    trainer.fit(Xtr, ytr, epochs=args.epochs, validation_data=(Xte, yte), verbose=0 if args.quiet else 1)
+    history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_data=(Xte, yte), verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - start
     result = trainer.evaluate(Xte, yte)
     summary = f"test loss {result['loss']:.4f}"
@@ -92,6 +94,9 @@ def train(args):
     if args.save:
         trainer.save(args.save)
         print(f"saved {args.save}")
+    if args.plot:
+        history.plot(args.plot)
+        print(f"plotted {args.plot}")
     return 0
 
 
@@ -107,6 +112,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.run(args) if hasattr(args, "run") else train(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return 2

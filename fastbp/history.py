@@ -33,6 +33,7 @@ class History:
             for key, label in ((metric, "train"), ("val_" + metric, "validation")):
                 if key in self.history:
                     ax.plot(epochs, self.history[key], marker="o", markersize=3, label=label)
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric)
             ax.set_title(metric)

@@ -78,8 +78,10 @@ def test_cli_trains_on_idx_and_npz_and_saves(tmp_path, capsys):
                      "--save", str(tmp_path / "m.npz")]) == 0
     assert fastbp.Trainer.load(tmp_path / "m.npz").sizes == (16, 256, 3)
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "1", "--quiet", "--hidden", "8", "8"]) == 0
+    assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "2", "--quiet", "--hidden", "8", "8",
+                     "--plot", str(tmp_path / "curves.png")]) == 0
     assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

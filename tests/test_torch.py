@@ -15,6 +15,12 @@ CASES = [
     ("leaky_relu", "cross_entropy", dict(optimizer="sgd", lr=0.05, momentum=0.9)),
     ("relu", "mse", dict(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
     ("identity", "bce", dict(optimizer="sgd", lr=0.1)),
+    ("tanh", "cross_entropy", dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True)),
+    ("relu", "cross_entropy", dict(optimizer="adagrad", lr=0.05, weight_decay=1e-3)),
+    ("sigmoid", "mse", dict(optimizer="rmsprop", lr=1e-3)),
+    ("leaky_relu", "bce", dict(optimizer="rmsprop", lr=1e-3, momentum=0.9, alpha=0.9, weight_decay=1e-3)),
+    ("relu", "mse", dict(optimizer="adam", lr=1e-2, clip_norm=0.5)),
+    ("tanh", "cross_entropy", dict(optimizer="sgd", lr=0.1, momentum=0.5, clip_norm=0.1)),
 ]
 
 

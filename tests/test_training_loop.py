@@ -1,0 +1,239 @@
+"""The training loop around the kernels: dropout, clipping, schedules, callbacks, resuming, progress, plots."""
+import io
+import math
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import datasets, reference, schedules
+from fastbp.callbacks import Callback, EarlyStopping, LambdaCallback, ModelCheckpoint
+from fastbp.cpu import dropout
+from fastbp.progress import EpochProgress
+from conftest import ACTIVATIONS, make_targets, rel_error
+
+
+def problem(n=400, seed=0):
+    return datasets.make_classification(n_samples=n, n_features=10, n_classes=3, seed=seed)
+
+
+# ---- dropout ----
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dropout_gradients_match_reference_with_the_same_masks(rng, activation):
+    sizes, n, rate = [7, 33, 17, 3], 130, 0.3
+    t = fastbp.Trainer(sizes, activation=activation, loss="cross_entropy", dropout=rate, seed=3)
+    X, y = rng.standard_normal((n, 7)), rng.integers(0, 3, n)
+    key, threshold = t._dropout_key(), t._dropout_threshold
+    masks = [dropout.mask(key, l, n, sizes[l + 1], threshold).astype(np.float64) for l in range(2)]
+    keep = 1 - threshold / 2 ** 24
+    params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in t.params]
+    ref_value, ref_grads = reference.loss_and_gradients(params, X, y, activation, "cross_entropy", masks, 1 - keep)
+    value, grads = t.gradients(X, y, training=True)
+    assert value == pytest.approx(ref_value, rel=1e-5)
+    for (dW, db), (rW, rb) in zip(grads, ref_grads):
+        assert rel_error(dW, rW) < 1e-4 and rel_error(db, rb) < 1e-4
+    # Outside training there is no dropout, and the masks change from step to step.
+    plain_value, _ = t.gradients(X, y)
+    assert plain_value == pytest.approx(reference.loss_and_gradients(params, X, y, activation, "cross_entropy")[0],
+                                        rel=1e-5)
+    t.step(X, y)
+    assert not np.array_equal(dropout.mask(t._dropout_key(), 0, n, 33, threshold), masks[0])
+
+
+def test_dropout_masks_have_the_requested_rate_and_no_pattern():
+    threshold = dropout.threshold(0.25)
+    m = dropout.mask(12345, 0, 2000, 64, threshold)
+    assert abs(1 - m.mean() - 0.25) < 0.01
+    assert abs(m[:, :32].mean() - m[:, 32:].mean()) < 0.02 and abs(m[::2].mean() - m[1::2].mean()) < 0.02
+    assert not np.array_equal(m, dropout.mask(12345, 1, 2000, 64, threshold))
+
+
+def test_dropout_is_off_at_predict_time_and_training_still_learns():
+    X, y = problem(1500)
+    t = fastbp.Trainer([10, 64, 64, 3], loss="cross_entropy", dropout=0.2, lr=3e-3, seed=0)
+    P1, P2 = t.predict(X), t.predict(X)
+    assert np.array_equal(P1, P2)
+    hist = t.fit(X, y, epochs=8, verbose=0)
+    assert hist.history["loss"][-1] < 0.6 * hist.history["loss"][0] and t.evaluate(X, y)["accuracy"] > 0.8
+
+
+# ---- gradient clipping ----
+
+def test_clipping_bounds_the_update_like_pytorch_clip_grad_norm():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 2)) * 100
+    t = fastbp.Trainer([5, 8, 2], loss="mse", optimizer="sgd", lr=1.0, clip_norm=0.5, seed=0)
+    _, grads = t.gradients(X, y)
+    norm = math.sqrt(sum((g.astype(np.float64) ** 2).sum() for pair in grads for g in pair))
+    assert norm > 0.5
+    before = t.state.params.copy()
+    t.step(X, y)
+    moved = np.linalg.norm((t.state.params - before).astype(np.float64))
+    assert moved == pytest.approx(0.5, rel=1e-5)  # lr * clipped norm
+
+
+# ---- schedules ----
+
+def test_schedule_formulas():
+    assert schedules.StepDecay(3, gamma=0.5).lr(1.0, 7) == 0.25
+    assert schedules.ExponentialDecay(0.9).lr(2.0, 2) == pytest.approx(2.0 * 0.81)
+    cos = schedules.CosineWarmup(total=110, warmup=10, min_lr=0.1)
+    assert cos.lr(1.0, 0) == pytest.approx(0.1) and cos.lr(1.0, 9) == pytest.approx(1.0)
+    assert cos.lr(1.0, 60) == pytest.approx(0.55) and cos.lr(1.0, 110) == cos.lr(1.0, 500) == pytest.approx(0.1)
+    plateau = schedules.ReduceOnPlateau(monitor="loss", factor=0.5, patience=1)
+    lrs = []
+    for value in (1.0, 0.9, 0.95, 0.93, 0.92, 0.91):
+        plateau.on_epoch_end({"loss": value})
+        lrs.append(plateau.lr(1.0, 0))
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="interval"):
+        schedules.StepDecay(2, interval="batch")
+    with pytest.raises(ValueError, match="warmup"):
+        schedules.CosineWarmup(total=5, warmup=5)
+
+
+def test_trainer_follows_epoch_and_step_schedules():
+    X, y = problem(100)
+    t = fastbp.Trainer([10, 8, 3], loss="cross_entropy", lr=0.1, batch_size=50, seed=0,
+                       schedule=schedules.StepDecay(1, gamma=0.5))
+    hist = t.fit(X, y, epochs=3, verbose=0)
+    assert hist.history["lr"] == [0.1, 0.05, 0.025]
+    seen = []
+    t = fastbp.Trainer([10, 8, 3], loss="cross_entropy", lr=0.1, batch_size=50, seed=0,
+                       schedule=schedules.CosineWarmup(total=4, warmup=2))
+    cb = LambdaCallback(lambda epoch, logs, trainer: seen.append(trainer.lr))
+    t.fit(X, y, epochs=2, verbose=0, callbacks=[cb])  # two steps per epoch
+    assert seen == [pytest.approx(0.1), pytest.approx(0.05)]  # steps 1 and 3: warm-up end, then cosine half-way
+
+
+def test_reduce_on_plateau_needs_what_it_monitors():
+    X, y = problem(100)
+    t = fastbp.Trainer([10, 3], loss="cross_entropy", seed=0, schedule=schedules.ReduceOnPlateau())
+    with pytest.raises(ValueError, match="val_loss.*validation_data"):
+        t.fit(X, y, epochs=1, verbose=0)
+
+
+# ---- resuming ----
+
+def test_resume_is_bitwise_identical_with_every_feature_on(tmp_path):
+    X, y = problem(300)
+    kw = dict(sizes=[10, 16, 16, 3], loss="cross_entropy", optimizer="adamw", batch_size=32, dropout=0.2,
+              clip_norm=1.0, seed=5, schedule=None)
+    fit_kw = dict(validation_split=0.2, verbose=0)
+
+    def make():
+        return fastbp.Trainer(**dict(kw, schedule=schedules.ReduceOnPlateau(patience=0, factor=0.5)))
+
+    full = make()
+    h_full = full.fit(X, y, epochs=6, **fit_kw)
+    part = make()
+    part.fit(X, y, epochs=3, **fit_kw)
+    part.save(tmp_path / "mid.npz")
+    resumed = fastbp.Trainer.load(tmp_path / "mid.npz")
+    h_rest = resumed.fit(X, y, epochs=6, initial_epoch=3, **fit_kw)
+    assert np.array_equal(full.state.params, resumed.state.params)
+    assert np.array_equal(full.state.moment2, resumed.state.moment2)
+    assert h_full.history["lr"][3:] == h_rest.history["lr"]
+    assert h_rest.epoch == [3, 4, 5]
+
+
+# ---- callbacks ----
+
+def test_early_stopping_restores_the_best_weights():
+    X, y = problem(600)
+    Xv, yv = problem(200, seed=1)
+    snapshots = {}
+    record = LambdaCallback(lambda epoch, logs, t: snapshots.__setitem__(epoch, (logs["val_loss"], t.params)))
+    stop = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    # A learning rate this large makes validation loss worsen after a few epochs.
+    t = fastbp.Trainer([10, 64, 3], loss="cross_entropy", lr=0.05, batch_size=16, seed=0)
+    hist = t.fit(X, y, epochs=40, validation_data=(Xv, yv), verbose=0, callbacks=[record, stop])
+    assert stop.stopped_epoch is not None and len(hist.epoch) < 40
+    best_epoch = min(snapshots, key=lambda e: snapshots[e][0])
+    assert stop.best_epoch == best_epoch and best_epoch < hist.epoch[-1]
+    for (W, b), (bW, bb) in zip(t.params, snapshots[best_epoch][1]):
+        assert np.array_equal(W, bW) and np.array_equal(b, bb)
+
+
+def test_model_checkpoint_best_and_last(tmp_path):
+    X, y = problem(300)
+    t = fastbp.Trainer([10, 16, 3], loss="cross_entropy", lr=0.05, seed=0)
+    best = ModelCheckpoint(tmp_path / "best.npz", monitor="val_accuracy", save_best_only=True)
+    last = ModelCheckpoint(tmp_path / "epoch{epoch:02d}.npz", save_best_only=False)
+    hist = t.fit(X, y, epochs=4, validation_split=0.25, verbose=0, callbacks=[best, last])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz"] + [f"epoch{e:02d}.npz" for e in (1, 2, 3, 4)]
+    assert np.array_equal(fastbp.Trainer.load(tmp_path / "epoch04.npz").state.params, t.state.params)
+    assert best.best == max(hist.history["val_accuracy"])
+
+
+def test_custom_callbacks_and_stop_training():
+    class Stopper:  # no base class: the protocol is the methods
+        def __init__(self):
+            self.calls = []
+
+        def on_epoch_end(self, epoch, logs, trainer):
+            self.calls.append((epoch, sorted(logs)))
+            if epoch == 1:
+                trainer.stop_training = True
+
+    X, y = problem(100)
+    stopper = Stopper()
+    hist = fastbp.Trainer([10, 3], loss="cross_entropy", seed=0).fit(X, y, epochs=5, verbose=0, callbacks=[stopper])
+    assert stopper.calls == [(0, ["accuracy", "loss"]), (1, ["accuracy", "loss"])] and hist.epoch == [0, 1]
+    with pytest.raises(TypeError, match="not a callback"):
+        fastbp.Trainer([10, 3], loss="cross_entropy").fit(X, y, callbacks=[object()])
+    assert issubclass(EarlyStopping, Callback)
+
+
+# ---- fit options ----
+
+def test_validation_split_initial_epoch_and_accuracy():
+    X, y = problem(200)
+    t = fastbp.Trainer([10, 3], loss="cross_entropy", seed=0)
+    hist = t.fit(X, y, epochs=3, initial_epoch=1, validation_split=0.25, verbose=0)
+    assert hist.epoch == [1, 2] and set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert hist.history["val_loss"][-1] == pytest.approx(t.evaluate(X[150:], y[150:])["loss"])
+    assert 0 <= hist.history["accuracy"][0] <= 1
+    with pytest.raises(ValueError, match="not both"):
+        t.fit(X, y, validation_split=0.2, validation_data=(X, y))
+    with pytest.raises(ValueError, match="initial_epoch"):
+        t.fit(X, y, epochs=2, initial_epoch=2)
+    with pytest.raises(ValueError, match="validation_split"):
+        t.fit(X, y, validation_split=1.5)
+    with pytest.raises(ValueError, match="verbose"):
+        t.fit(X, y, verbose=3)
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    p = EpochProgress(1, epochs=2, n_samples=100, stream=out)
+    p.start_epoch(0)
+    for _ in range(4):
+        p.batch_done(25, 0.5)
+    p.end_epoch(0, {"loss": 0.5}, 0.01)
+    assert "epoch 1/2" in out.getvalue() and "100/100" in out.getvalue() and "loss" in out.getvalue()
+    plain = io.StringIO()
+    p = EpochProgress(1, epochs=2, n_samples=100, stream=plain)
+    p.start_epoch(0)
+    p.end_epoch(0, {"loss": 0.5}, 0.01)
+    assert plain.getvalue().startswith("epoch 1/2: loss 0.5000")
+    silent = io.StringIO()
+    p = EpochProgress(0, epochs=2, n_samples=100, stream=silent)
+    p.start_epoch(0)
+    p.end_epoch(0, {"loss": 0.5}, 0.01)
+    assert silent.getvalue() == ""
+
+
+def test_history_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    X, y = problem(200)
+    hist = fastbp.Trainer([10, 8, 3], loss="cross_entropy", seed=0).fit(X, y, epochs=3, validation_split=0.2,
+                                                                        verbose=0)
+    fig = hist.plot(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(fig.axes) == 2

@@ -274,6 +274,21 @@ class Trainer:
             raise ValueError(f"{path} is not a consistent fastbp checkpoint: {exc}") from None
         return t
 
+    # ---- pickling (joblib, multiprocessing, scikit-learn's clone of fitted estimators) ----
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_backend"]  # workspaces and compiled-code handles: rebuilt on load
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        s = self.state
+        # Arrays may come back read-only (e.g. memory-mapped by joblib); the kernels write to them.
+        for name in ("params", "grads", "moment1", "moment2"):
+            setattr(s, name, np.array(getattr(s, name), dtype=np.float32, copy=True))
+        self._backend = _make_backend(self.config, self.state)
+
     def __repr__(self):
         c = self.config
         return (f"Trainer(sizes={list(c.sizes)}, activation={c.activation!r}, loss={c.loss!r}, "

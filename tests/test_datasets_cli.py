@@ -93,3 +93,20 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout and "bench" in result.stdout
+
+
+def test_mnist_example_script_on_an_idx_directory(tmp_path):
+    """scripts/mnist.py on a directory laid out like MNIST's (small synthetic images, gzipped)."""
+    import pathlib
+    X, y = datasets.make_classification(n_samples=700, n_features=784, n_classes=10, seed=0)
+    images = np.clip(X * 40 + 128, 0, 255).astype(np.uint8).reshape(700, 28, 28)
+    for prefix, sl in (("train", slice(0, 600)), ("t10k", slice(600, 700))):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[sl], compress=True)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", y[sl].astype(np.uint8), compress=True)
+    assert [a.shape for a in datasets.load_mnist_dir(tmp_path)] == [(600, 784), (600,), (100, 784), (100,)]
+    script = pathlib.Path(__file__).parents[1] / "scripts" / "mnist.py"
+    result = subprocess.run([sys.executable, str(script), "--mnist-dir", str(tmp_path), "--epochs", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    fastbp_line = next(line for line in result.stdout.splitlines() if line.startswith("fastbp"))
+    assert float(fastbp_line.split()[1]) > 0.5  # test accuracy column

@@ -105,8 +105,8 @@ def test_mnist_example_script_on_an_idx_directory(tmp_path):
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", y[sl].astype(np.uint8), compress=True)
     assert [a.shape for a in datasets.load_mnist_dir(tmp_path)] == [(600, 784), (600,), (100, 784), (100,)]
     script = pathlib.Path(__file__).parents[1] / "scripts" / "mnist.py"
-    result = subprocess.run([sys.executable, str(script), "--mnist-dir", str(tmp_path), "--epochs", "2"],
+    result = subprocess.run([sys.executable, str(script), "--mnist-dir", str(tmp_path), "--epochs", "10", "--batch-size", "32"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     fastbp_line = next(line for line in result.stdout.splitlines() if line.startswith("fastbp"))
-    assert float(fastbp_line.split()[1]) > 0.5  # test accuracy column
+    assert float(fastbp_line.split()[1]) > 0.5  # test accuracy column (chance: 0.1)

@@ -7,7 +7,7 @@ workers spin while OpenBLAS's threads wait for a core). The user's own BLAS sett
 """
 import threading
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _libraries = None
 
 
@@ -21,17 +21,32 @@ def _blas_libraries():
     return _libraries
 
 
+_active = 0        # how many blas_single_threaded blocks are open, in any thread
+_saved_counts = []
+
+
 class blas_single_threaded:
-    """Context manager: every loaded BLAS runs on one thread inside, as before outside. Nests."""
+    """Context manager: every loaded BLAS runs on one thread inside, as before outside.
+
+    Nests, and is safe from several threads at once: the first block to open saves the user's thread
+    counts and the last one to close restores them."""
 
     def __enter__(self):
+        global _active, _saved_counts
         libs = _blas_libraries()
-        self._saved = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
+        with _lock:
+            if _active == 0:
+                _saved_counts = [lib.num_threads for lib in libs]
+                for lib in libs:
+                    lib.set_num_threads(1)
+            _active += 1
         return self
 
     def __exit__(self, *exc):
-        for lib, n in zip(_blas_libraries(), self._saved):
-            lib.set_num_threads(n)
+        global _active
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                for lib, n in zip(_blas_libraries(), _saved_counts):
+                    lib.set_num_threads(n)
         return False

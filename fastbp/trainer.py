@@ -263,6 +263,8 @@ class Trainer:
                 if saved.shape != getattr(s, name).shape or saved.dtype != np.float32:
                     raise ValueError(f"{name} has shape {saved.shape} {saved.dtype}, the config needs "
                                      f"{getattr(s, name).shape} float32")
+                if not np.isfinite(saved).all():
+                    raise ValueError(f"{name} holds NaN or infinity")
                 getattr(s, name)[:] = saved
             s.step_count = int(meta["step_count"])
             t.epochs_done = int(meta["epochs_done"])

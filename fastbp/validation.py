@@ -7,6 +7,8 @@ import numpy as np
 
 
 def _as_numeric_array(value, name):
+    if hasattr(value, "toarray") and hasattr(value, "nnz"):
+        raise TypeError(f"{name} is a sparse matrix; fastbp takes dense arrays: pass {name}.toarray()")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like

@@ -125,3 +125,34 @@ def test_set_params_checks_everything_before_copying(trainer):
         with pytest.raises(error, match=match):
             trainer.set_params(params)
         assert_untouched(trainer, snap)
+
+
+def test_sparse_input_is_a_clear_error(trainer):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse.*toarray"):
+        trainer.step(scipy_sparse.csr_matrix(X_OK), Y_OK)
+
+
+def test_blas_thread_setting_survives_concurrent_trainers():
+    import threading
+    from threadpoolctl import threadpool_info
+    from fastbp.threads import _blas_libraries
+    before = [lib.num_threads for lib in _blas_libraries()]
+    errors = []
+
+    def train(seed):
+        try:
+            t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=seed)
+            for _ in range(50):
+                t.step(np.random.default_rng(seed).standard_normal((8, 4)), np.arange(8) % 3)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train, args=(s,)) for s in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert [lib.num_threads for lib in _blas_libraries()] == before
+    assert threadpool_info()  # the libraries are still there and answer

@@ -47,7 +47,7 @@ class EarlyStopping(Callback):
         if improved(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
-                self.best_params = trainer.state.params.copy()
+                self.best_params = trainer._flat_params()
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -56,7 +56,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self.best_params is not None:
-            trainer.state.params[:] = self.best_params
+            trainer._set_flat_params(self.best_params)
 
 
 class ModelCheckpoint(Callback):

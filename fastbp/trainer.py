@@ -18,8 +18,16 @@ EVAL_CHUNK = 4096
 
 def _make_backend(config, state):
     if config.device == "cuda":
-        raise RuntimeError("device='cuda' is not available: the CUDA backend is not part of this fastbp "
-                           "release yet; use device='cpu'")
+        try:
+            from numba import cuda
+            available = cuda.is_available()
+        except ImportError:
+            available = False
+        if not available:
+            raise RuntimeError("device='cuda' needs an NVIDIA GPU with a working driver and the CUDA target "
+                               "(pip install 'fastbp[cuda]'); none was found. Use device='cpu'.")
+        from .cuda.backend import CudaBackend
+        return CudaBackend(config, state)
     from .cpu.backend import CpuBackend
     return CpuBackend(config, state)
 
@@ -99,7 +107,10 @@ class Trainer:
     def step(self, xb, yb):
         """One training step (forward, backward, update) on one batch; returns the batch's mean loss."""
         X, labels, targets = self._checked(xb, yb)
-        return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))
+        try:
+            return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))
+        finally:
+            self._backend.release_data()
 
     def _validation_set(self, X, labels, targets, validation_data, validation_split):
         """(train part, validation part or None) of the already checked data."""
@@ -177,6 +188,7 @@ class Trainer:
                     break
         finally:
             progress.abort()
+            self._backend.release_data()
         callback_tools.call(callbacks, "on_train_end", self)
         return history
 
@@ -192,7 +204,10 @@ class Trainer:
     def predict(self, X):
         """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse."""
         X = validation.features(X, self.sizes[0])
-        logits = self._logits(X)
+        try:
+            logits = self._logits(X)
+        finally:
+            self._backend.release_data()
         if self.config.loss == "cross_entropy":
             logits -= logits.max(axis=1, keepdims=True)
             np.exp(logits, out=logits)
@@ -214,7 +229,10 @@ class Trainer:
 
     def evaluate(self, X, y):
         """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}."""
-        return self._evaluate(*self._checked(X, y))
+        try:
+            return self._evaluate(*self._checked(X, y))
+        finally:
+            self._backend.release_data()
 
     def gradients(self, X, y, training=False):
         """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
@@ -223,19 +241,34 @@ class Trainer:
         X, labels, targets = self._checked(X, y)
         loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
                                                 self._dropout_key(), self._dropout_threshold if training else 0)
+        self._backend.release_data()
+        self._backend.pull()
         return float(loss), [(dW.copy(), db.copy()) for dW, db in self.state.layer_views(self.state.grads)]
 
     @property
     def params(self):
         """[(W, b), ...] float32 copies; W: (fan_in, fan_out), b: (fan_out,)."""
+        self._backend.pull()
         return [(W.copy(), b.copy()) for W, b in self.state.layer_views(self.state.params)]
 
     def set_params(self, params):
         """Replaces the weights (e.g. with a reference implementation's); optimizer state is kept."""
         checked = validation.parameter_list(params, self.sizes)
+        self._backend.pull()
         for (W, b), (W_new, b_new) in zip(self.state.layer_views(self.state.params), checked):
             W[...] = W_new
             b[...] = b_new
+        self._backend.push()
+
+    def _flat_params(self):
+        """A copy of the flat parameter buffer (callbacks keep snapshots of it)."""
+        self._backend.pull()
+        return self.state.params.copy()
+
+    def _set_flat_params(self, flat):
+        self._backend.pull()
+        self.state.params[:] = flat
+        self._backend.push()
 
     # ---- checkpoints ----
 
@@ -243,6 +276,7 @@ class Trainer:
         """Everything training depends on, in one .npz written atomically (a crash never leaves a partial
         file): config, weights, optimizer moments and step count, learning rate and schedule state, the
         shuffling RNG, the dropout seed and the epoch count."""
+        self._backend.pull()
         s = self.state
         checkpoint.write(path, {"params": s.params, "moment1": s.moment1, "moment2": s.moment2},
                          {"config": self.config.to_dict(), "lr": self._lr, "step_count": s.step_count,
@@ -272,6 +306,7 @@ class Trainer:
             t._rng.bit_generator.state = meta["rng_state"]
             t._dropout_seed = int(meta["dropout_seed"])
             t.schedule = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
+            t._backend.push()
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a consistent fastbp checkpoint: {exc}") from None
         return t
@@ -279,6 +314,7 @@ class Trainer:
     # ---- pickling (joblib, multiprocessing, scikit-learn's clone of fitted estimators) ----
 
     def __getstate__(self):
+        self._backend.pull()
         state = self.__dict__.copy()
         del state["_backend"]  # workspaces and compiled-code handles: rebuilt on load
         return state

@@ -1,7 +1,13 @@
+import os
 import zlib
 
-import numpy as np
-import pytest
+# The CUDA backend's tests run under Numba's CUDA simulator unless asked for a real GPU. This must be
+# set before anything imports numba (the simulator is chosen when numba reads its configuration).
+if os.environ.get("FASTBP_TEST_REAL_GPU") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid"]
 LOSSES = ["mse", "cross_entropy", "bce"]

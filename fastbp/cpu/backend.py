@@ -56,6 +56,16 @@ class CpuBackend:
         self.loss = LOSSES[config.loss]
         self._workspaces = {}
 
+    # The state arrays are the ones the kernels use: nothing to copy (see cuda/backend.py).
+    def push(self):
+        pass
+
+    def pull(self):
+        pass
+
+    def release_data(self):
+        pass
+
     def _workspace(self, n):
         ws = self._workspaces.pop(n, None)
         if ws is None:

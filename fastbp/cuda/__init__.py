@@ -1,0 +1,1 @@
+"""The CUDA backend: numba.cuda kernels on the CPU backend's layouts (see backend.py)."""

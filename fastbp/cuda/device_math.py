@@ -1,0 +1,65 @@
+"""Device functions shared by the CUDA kernels: activations, their derivatives, dropout masks.
+
+The same formulas as the CPU kernels (cpu/dense_forward.py, cpu/delta_backward.py, cpu/dropout.py), so
+both backends draw identical dropout masks and agree to float32 rounding.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float32
+
+from ..options import ACTIVATIONS, LEAKY_SLOPE
+
+RELU, LEAKY_RELU, TANH, SIGMOID = (ACTIVATIONS[k] for k in ("relu", "leaky_relu", "tanh", "sigmoid"))
+SLOPE = LEAKY_SLOPE
+
+
+@cuda.jit(device=True, inline=True)
+def activate(v, activation):
+    if activation == RELU:
+        return max(v, float32(0.0))
+    if activation == LEAKY_RELU:
+        return v if v > 0 else float32(SLOPE) * v
+    if activation == TANH:
+        return math.tanh(v)
+    if activation == SIGMOID:
+        if v >= 0:
+            return float32(1.0) / (float32(1.0) + math.exp(-v))
+        e = math.exp(v)
+        return e / (float32(1.0) + e)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def derivative(a, activation):
+    """act'(Z) from A = act(Z)."""
+    if activation == RELU:
+        return float32(1.0) if a > 0 else float32(0.0)
+    if activation == LEAKY_RELU:
+        return float32(1.0) if a > 0 else float32(SLOPE)
+    if activation == TANH:
+        return float32(1.0) - a * a
+    if activation == SIGMOID:
+        return a * (float32(1.0) - a)
+    return float32(1.0)
+
+
+@cuda.jit(device=True, inline=True)
+def keeps(key, layer, row, col, threshold):
+    """cpu/dropout.py's keeps(): splitmix64 of (key, layer, row, col), kept if its top 24 bits >= threshold."""
+    x = (np.uint64(key) ^ (np.uint64(layer) << np.uint64(56)) ^ (np.uint64(row) << np.uint64(24))
+         ^ np.uint64(col)) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(40)) >= np.uint64(threshold)
+
+
+@cuda.jit(device=True, inline=True)
+def keep(threshold):
+    return float32(1.0 - threshold / 16777216.0)
+
+
+@cuda.jit(device=True, inline=True)
+def inv_keep(threshold):
+    return float32(16777216.0 / (16777216.0 - threshold))

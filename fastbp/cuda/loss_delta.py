@@ -1,0 +1,63 @@
+"""Kernel 2 on the GPU (BP1): loss and output delta fused, one thread per row; the CPU kernel's math
+(cpu/loss_delta.py). The delta overwrites the logits; row_loss and row_hits are summed afterwards by
+reduce.py in a fixed order.
+
+Shapes: logits (n * m,) float32 row-major; labels (N,) int64 or targets (N * m,) float32 row-major;
+rows (n,) int64; row_loss, row_hits (n,) float64.
+"""
+import math
+
+from numba import cuda, float32, float64
+
+from ..options import LOSSES
+
+MSE, CROSS_ENTROPY, BCE = (LOSSES[k] for k in ("mse", "cross_entropy", "bce"))
+
+
+@cuda.jit
+def loss_and_delta(logits, n, m, labels, targets, rows, loss, row_loss, row_hits, want_delta):
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    base = i * m
+    src = rows[i]
+    scale = float32(1.0 / n) if loss == CROSS_ENTROPY else float32(1.0 / (n * m))
+    acc = float64(0.0)
+    hits = float64(0.0)
+    if loss == CROSS_ENTROPY:
+        label = labels[src]
+        zmax = logits[base]
+        best = 0
+        for j in range(1, m):
+            if logits[base + j] > zmax:
+                zmax = logits[base + j]
+                best = j
+        hits = 1.0 if best == label else 0.0
+        total = float32(0.0)
+        for j in range(m):
+            total += math.exp(logits[base + j] - zmax)
+        acc = float64(zmax) + math.log(float64(total)) - float64(logits[base + label])
+        if want_delta:
+            inv_total = float32(1.0) / total
+            for j in range(m):
+                logits[base + j] = math.exp(logits[base + j] - zmax) * inv_total * scale
+            logits[base + label] -= scale
+    elif loss == MSE:
+        for j in range(m):
+            diff = logits[base + j] - targets[src * m + j]
+            acc += float64(diff * diff)
+            if want_delta:
+                logits[base + j] = float32(2.0) * diff * scale
+    else:
+        for j in range(m):
+            v = logits[base + j]
+            t = targets[src * m + j]
+            e = math.exp(-abs(v))
+            acc += float64(max(v, float32(0.0)) - v * t) + math.log1p(float64(e))
+            if (v > 0) == (t >= 0.5):
+                hits += 1.0 / m
+            if want_delta:
+                p = float32(1.0) / (float32(1.0) + e) if v >= 0 else e / (float32(1.0) + e)
+                logits[base + j] = (p - t) * scale
+    row_loss[i] = acc
+    row_hits[i] = hits

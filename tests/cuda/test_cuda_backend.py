@@ -1,0 +1,101 @@
+"""The CUDA backend under Numba's CUDA simulator (or a real GPU with FASTBP_TEST_REAL_GPU=1):
+every kernel against NumPy and the whole backend against the CPU backend, on sizes that cross tile edges.
+
+The simulator runs each CUDA thread as a Python thread, so sizes stay small; its tiles are 8 x 8
+(2 x 2 per thread), so 1, 9, 17 rows or columns already exercise full, partial and single-element tiles.
+"""
+import numpy as np
+import pytest
+
+cuda = pytest.importorskip("numba.cuda")
+if not cuda.is_available():
+    pytest.skip("no CUDA device or simulator", allow_module_level=True)
+
+import fastbp  # noqa: E402
+from fastbp.cuda import gemm  # noqa: E402
+from fastbp.cuda.backend import CudaBackend  # noqa: E402
+from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error  # noqa: E402
+
+TILES = gemm.SIMULATOR_TILES if fastbp.cuda.backend._simulated() else gemm.PRODUCTION_TILES
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (17, 9, 3), (9, 17, 10)])
+def test_gemm_every_transpose_and_tile_edge(rng, m, n, k):
+    for ta in (0, 1):
+        for tb in (0, 1):
+            A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+            B = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            C = np.full((m, n + 1), np.nan, np.float32)  # a column outside the product must stay untouched
+            d_C = cuda.to_device(C.ravel())
+            gemm.launch(TILES, ta, tb, m, n, k, cuda.to_device(A.ravel()), A.shape[1], cuda.to_device(B.ravel()),
+                        B.shape[1], d_C, n + 1)
+            out = d_C.copy_to_host().reshape(m, n + 1)
+            expected = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B)
+            assert rel_error(out[:, :n], expected) < 1e-5
+            assert np.isnan(out[:, n]).all()
+
+
+def pair(sizes, **kw):
+    return fastbp.Trainer(sizes, seed=0, **kw), fastbp.Trainer(sizes, seed=0, device="cuda", **kw)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backend_matches_cpu(rng, activation, loss):
+    """Loss, every gradient, two Adam steps and predictions; batch 17 over widths 9 and 1 crosses tile edges.
+    Tolerance 1e-4 as for the CPU kernels against float64: a nearly cancelling sum (an output bias
+    gradient of 1e-4) differs between two float32 summation orders by more than 1e-5 of itself."""
+    out = 3 if loss == "cross_entropy" else 1
+    cpu, gpu = pair([5, 9, 1, out] if loss != "cross_entropy" else [5, 9, 3], activation=activation, loss=loss,
+                    optimizer="adam", lr=1e-2)
+    assert isinstance(gpu._backend, CudaBackend)
+    X, y = rng.standard_normal((17, 5)), make_targets(rng, loss, 17, out)
+    (lc, gc), (lg, gg) = cpu.gradients(X, y), gpu.gradients(X, y)
+    assert lg == pytest.approx(lc, rel=1e-5)
+    for (dWc, dbc), (dWg, dbg) in zip(gc, gg):
+        assert rel_error(dWg, dWc) < 1e-4 and rel_error(dbg, dbc) < 1e-4
+    for _ in range(2):
+        assert gpu.step(X, y) == pytest.approx(cpu.step(X, y), rel=1e-5)
+    for (Wc, bc), (Wg, bg) in zip(cpu.params, gpu.params):
+        assert rel_error(Wg, Wc) < 1e-4 and rel_error(bg, bc) < 1e-4
+    assert rel_error(gpu.predict(X), cpu.predict(X)) < 1e-5
+    assert gpu.evaluate(X, y)["loss"] == pytest.approx(cpu.evaluate(X, y)["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    dict(optimizer="adamw", lr=1e-2, weight_decay=0.1, clip_norm=0.1),
+    dict(optimizer="adagrad", lr=0.05),
+    dict(optimizer="rmsprop", lr=1e-2, momentum=0.5, dropout=0.3),
+])
+def test_optimizers_clipping_and_dropout_match_cpu(rng, options):
+    cpu, gpu = pair([4, 9, 9, 2], activation="tanh", loss="cross_entropy", **options)
+    X, y = rng.standard_normal((9, 4)), rng.integers(0, 2, 9)
+    for _ in range(3):
+        assert gpu.step(X, y) == pytest.approx(cpu.step(X, y), rel=1e-5)
+    for (Wc, bc), (Wg, bg) in zip(cpu.params, gpu.params):
+        assert rel_error(Wg, Wc) < 1e-4 and rel_error(bg, bc) < 1e-4
+
+
+def test_trainer_api_on_cuda(tmp_path, rng):
+    X, y = fastbp.datasets.make_classification(n_samples=40, n_features=4, n_classes=2, seed=0)
+    cpu, gpu = pair([4, 9, 2], loss="cross_entropy", batch_size=16)
+    hc = cpu.fit(X, y, epochs=2, validation_split=0.25, verbose=0)
+    hg = gpu.fit(X, y, epochs=2, validation_split=0.25, verbose=0)
+    assert np.allclose(hg.history["loss"], hc.history["loss"], rtol=1e-5)
+    assert hg.history["val_accuracy"] == hc.history["val_accuracy"]
+    gpu.save(tmp_path / "g.npz")
+    again = fastbp.Trainer.load(tmp_path / "g.npz")
+    assert isinstance(again._backend, CudaBackend)
+    assert np.array_equal(again.predict(X[:3]), gpu.predict(X[:3]))
+    params = [(W * 0.5, b + 1) for W, b in cpu.params]
+    gpu.set_params(params)
+    cpu.set_params(params)
+    assert rel_error(gpu.predict(X), cpu.predict(X)) < 1e-5
+    with pytest.raises(FloatingPointError):
+        big = fastbp.Trainer([4, 2], loss="mse", optimizer="sgd", lr=1e30, device="cuda", seed=0)
+        before = big.params
+        for _ in range(5):
+            before = big.params
+            big.step(np.ones((2, 4)), np.full((2, 2), 1e3))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(big.params, before))

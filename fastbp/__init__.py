@@ -1,10 +1,10 @@
 """fastbp: multilayer perceptrons trained by backpropagation with fused, Numba-compiled kernels."""
-from . import callbacks, reference, schedules
+from . import callbacks, datasets, reference, schedules
 from .history import History
 from .trainer import Trainer
 
 __version__ = "0.1.0"
-__all__ = ["Trainer", "History", "MLPClassifier", "MLPRegressor", "callbacks", "reference", "schedules",
+__all__ = ["Trainer", "History", "MLPClassifier", "MLPRegressor", "callbacks", "datasets", "reference", "schedules",
            "__version__"]
 
 

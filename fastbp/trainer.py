@@ -88,7 +88,7 @@ class Trainer:
 
     def _dropout_key(self):
         """This step's dropout key: a function of the trainer's dropout seed and the step count only."""
-        return ((self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 64) - 2 ** 63
+        return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
     def _train_rows(self, X, labels, targets, rows):
         if self.schedule is not None and self.schedule.interval == "step":

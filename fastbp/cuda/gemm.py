@@ -29,82 +29,91 @@ SIMULATOR_TILES = (8, 8, 4, 2, 2)
 _kernels = {}
 
 
+@cuda.jit(device=True, inline=True)
+def _store(c, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, layer, dropout_key, dropout_threshold):
+    """Applies the epilogue to one element of C and stores it, if it lies inside C."""
+    if r >= m or col >= n:
+        return
+    if epilogue == EPI_ACTIVATE:
+        v = dm.activate(v, activation)
+        if dropout_threshold > 0:
+            if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
+                v *= dm.inv_keep(dropout_threshold)
+            else:
+                v = float32(0.0)
+    elif epilogue == EPI_DERIVATIVE:
+        stored = aux[r * ld_aux + col]
+        if dropout_threshold > 0:
+            if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
+                v *= dm.inv_keep(dropout_threshold)
+                stored *= dm.keep(dropout_threshold)
+            else:
+                v = float32(0.0)
+        v *= dm.derivative(stored, activation)
+    c[r * ldc + col] = v
+
+
+# The kernel's source, with the TM x TN accumulators as named scalars: a local array indexed in loops
+# stays in local memory (check_ptx.py saw 64 bytes of it); scalars live in registers.
+_TEMPLATE = """
+def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation, aux, ld_aux,
+         layer, dropout_key, dropout_threshold):
+    a_tile = cuda.shared.array((BK, BM), float32)  # op(A)[row0:row0+BM, k0:k0+BK], transposed
+    b_tile = cuda.shared.array((BK, BN), float32)  # op(B)[k0:k0+BK, col0:col0+BN]
+    tid = cuda.threadIdx.x
+    row0 = cuda.blockIdx.y * BM
+    col0 = cuda.blockIdx.x * BN
+    r_base = row0 + (tid // THREADS_N) * TM
+    c_base = col0 + (tid % THREADS_N) * TN
+    ta = (tid // THREADS_N) * TM
+    tb = (tid % THREADS_N) * TN
+{zero}
+    for k0 in range(0, k, BK):
+        for t in range(A_LOADS):
+            idx = tid + t * N_THREADS
+            if idx < BM * BK:
+                r, kk = idx // BK, idx % BK
+                gr, gk = row0 + r, k0 + kk
+                v = float32(0.0)
+                if gr < m and gk < k:
+                    v = a[gk * lda + gr] if trans_a else a[gr * lda + gk]
+                a_tile[kk, r] = v
+        for t in range(B_LOADS):
+            idx = tid + t * N_THREADS
+            if idx < BK * BN:
+                kk, cc = idx // BN, idx % BN
+                gk, gc = k0 + kk, col0 + cc
+                v = float32(0.0)
+                if gk < k and gc < n:
+                    v = b[gc * ldb + gk] if trans_b else b[gk * ldb + gc]
+                b_tile[kk, cc] = v
+        cuda.syncthreads()
+        for kk in range(BK):
+{load}
+{fma}
+        cuda.syncthreads()
+{store}
+"""
+
+
 def make_gemm(bm, bn, bk, tm, tn):
-    """The GEMM kernel for one tile configuration (compiled once per configuration)."""
+    """The GEMM kernel for one tile configuration (generated and compiled once per configuration)."""
     key = (bm, bn, bk, tm, tn)
     if key in _kernels:
         return _kernels[key]
-    threads_m, threads_n = bm // tm, bn // tn
-    n_threads = threads_m * threads_n
-    a_loads = (bm * bk + n_threads - 1) // n_threads
-    b_loads = (bk * bn + n_threads - 1) // n_threads
-
-    @cuda.jit(fastmath=False)
-    def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation, aux, ld_aux,
-             layer, dropout_key, dropout_threshold):
-        a_tile = cuda.shared.array((bk, bm), float32)  # op(A)[row0:row0+bm, k0:k0+bk], transposed
-        b_tile = cuda.shared.array((bk, bn), float32)  # op(B)[k0:k0+bk, col0:col0+bn]
-        acc = cuda.local.array((tm, tn), float32)
-        tid = cuda.threadIdx.x
-        row0 = cuda.blockIdx.y * bm
-        col0 = cuda.blockIdx.x * bn
-        ty = tid // threads_n
-        tx = tid % threads_n
-        for i in range(tm):
-            for j in range(tn):
-                acc[i, j] = 0.0
-        for k0 in range(0, k, bk):
-            for t in range(a_loads):
-                idx = tid + t * n_threads
-                if idx < bm * bk:
-                    r, kk = idx // bk, idx % bk
-                    gr, gk = row0 + r, k0 + kk
-                    v = float32(0.0)
-                    if gr < m and gk < k:
-                        v = a[gk * lda + gr] if trans_a else a[gr * lda + gk]
-                    a_tile[kk, r] = v
-            for t in range(b_loads):
-                idx = tid + t * n_threads
-                if idx < bk * bn:
-                    kk, cc = idx // bn, idx % bn
-                    gk, gc = k0 + kk, col0 + cc
-                    v = float32(0.0)
-                    if gk < k and gc < n:
-                        v = b[gc * ldb + gk] if trans_b else b[gk * ldb + gc]
-                    b_tile[kk, cc] = v
-            cuda.syncthreads()
-            for kk in range(bk):
-                for i in range(tm):
-                    av = a_tile[kk, ty * tm + i]
-                    for j in range(tn):
-                        acc[i, j] += av * b_tile[kk, tx * tn + j]
-            cuda.syncthreads()
-        for i in range(tm):
-            r = row0 + ty * tm + i
-            if r < m:
-                for j in range(tn):
-                    col = col0 + tx * tn + j
-                    if col < n:
-                        v = acc[i, j]
-                        if epilogue == EPI_ACTIVATE:
-                            v = dm.activate(v, activation)
-                            if dropout_threshold > 0:
-                                if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
-                                    v *= dm.inv_keep(dropout_threshold)
-                                else:
-                                    v = float32(0.0)
-                        elif epilogue == EPI_DERIVATIVE:
-                            stored = aux[r * ld_aux + col]
-                            if dropout_threshold > 0:
-                                if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
-                                    v *= dm.inv_keep(dropout_threshold)
-                                    stored *= dm.keep(dropout_threshold)
-                                else:
-                                    v = float32(0.0)
-                            v *= dm.derivative(stored, activation)
-                        c[r * ldc + col] = v
-
-    _kernels[key] = (gemm, n_threads)
+    n_threads = (bm // tm) * (bn // tn)
+    src = _TEMPLATE.format(
+        zero="\n".join(f"    acc_{i}_{j} = float32(0.0)" for i in range(tm) for j in range(tn)),
+        load="\n".join([f"            a_{i} = a_tile[kk, ta + {i}]" for i in range(tm)]
+                       + [f"            b_{j} = b_tile[kk, tb + {j}]" for j in range(tn)]),
+        fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i in range(tm) for j in range(tn)),
+        store="\n".join(f"    _store(c, ldc, r_base + {i}, c_base + {j}, m, n, acc_{i}_{j}, epilogue, activation, "
+                        f"aux, ld_aux, layer, dropout_key, dropout_threshold)" for i in range(tm) for j in range(tn)))
+    namespace = {"cuda": cuda, "float32": float32, "_store": _store, "BM": bm, "BN": bn, "BK": bk, "TM": tm,
+                 "TN": tn, "THREADS_N": bn // tn, "N_THREADS": n_threads,
+                 "A_LOADS": (bm * bk + n_threads - 1) // n_threads, "B_LOADS": (bk * bn + n_threads - 1) // n_threads}
+    exec(compile(src, f"<fastbp.cuda.gemm {key}>", "exec"), namespace)
+    _kernels[key] = (cuda.jit(namespace["gemm"]), n_threads)
     return _kernels[key]
 
 

@@ -99,7 +99,11 @@ def call(callbacks, method, *args):
 
 def check(callbacks):
     """A list of objects each with at least one callback method."""
-    callbacks = list(callbacks or [])
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}")
+    callbacks = list(callbacks)
     for cb in callbacks:
         if not any(callable(getattr(cb, m, None)) for m in ("on_train_begin", "on_epoch_end", "on_train_end")):
             raise TypeError(f"{cb!r} is not a callback: it has none of on_train_begin, on_epoch_end, on_train_end")

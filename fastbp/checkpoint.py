@@ -18,6 +18,8 @@ def write(path, arrays, meta):
     """arrays: name -> ndarray; meta: JSON-serialisable dict (config, counters, RNG state)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
     header = {"format": FORMAT, "version": VERSION, **meta}
     fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
     try:

@@ -208,12 +208,17 @@ class Trainer:
             logits = self._logits(X)
         finally:
             self._backend.release_data()
-        if self.config.loss == "cross_entropy":
-            logits -= logits.max(axis=1, keepdims=True)
-            np.exp(logits, out=logits)
-            logits /= logits.sum(axis=1, keepdims=True)
-        elif self.config.loss == "bce":
-            logits = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid without overflow
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs are reported just below
+            if self.config.loss == "cross_entropy":
+                logits -= logits.max(axis=1, keepdims=True)
+                np.exp(logits, out=logits)
+                logits /= logits.sum(axis=1, keepdims=True)
+            elif self.config.loss == "bce":
+                logits = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid without overflow
+        if not np.isfinite(logits).all():
+            row = int(np.argwhere(~np.isfinite(logits))[0, 0])
+            raise FloatingPointError(f"the network's output is not finite (first at row {row}): inputs too large "
+                                     "for float32, or diverged parameters")
         return logits
 
     def _evaluate(self, X, labels, targets):

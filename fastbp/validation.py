@@ -13,7 +13,12 @@ def _as_numeric_array(value, name):
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} could not be converted to a numeric array: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+    if arr.dtype == object:  # e.g. numbers in a pandas object column: fine if they are all real numbers
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
@@ -30,7 +35,8 @@ def features(X, n_features, name="X"):
     """X: (n, n_features) array-like of real numbers, n >= 1 -> C-contiguous float32."""
     arr = _as_numeric_array(X, name)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+        hint = "; for a single sample use X.reshape(1, -1)" if arr.ndim == 1 and arr.shape[0] == n_features else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}{hint}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
     if arr.shape[1] != n_features:

@@ -156,3 +156,19 @@ def test_blas_thread_setting_survives_concurrent_trainers():
     assert not errors
     assert [lib.num_threads for lib in _blas_libraries()] == before
     assert threadpool_info()  # the libraries are still there and answer
+
+
+def test_more_hostile_input():
+    t = fastbp.Trainer([3, 4, 2], loss="cross_entropy", seed=0)
+    X = np.zeros((5, 3))
+    with pytest.raises(FloatingPointError, match="not finite"):
+        t.predict(np.full((2, 3), 3e38))  # finite float32 inputs whose activations overflow
+    with pytest.raises(ValueError, match="reshape"):
+        t.predict(np.zeros(3))
+    assert np.isfinite(t.step(X.astype(object), np.array([0, 1, 0, 1, 0], dtype=object)))
+    with pytest.raises(TypeError, match="Python objects"):
+        t.step(np.array([["a"] * 3] * 5, dtype=object), np.zeros(5, int))
+    with pytest.raises(TypeError, match="list of callbacks"):
+        t.fit(X, np.zeros(5, int), callbacks=5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        t.save("/nonexistent-fastbp-dir/model.npz")

@@ -26,7 +26,14 @@ def _as_numeric_array(value, name):
 
 
 def _check_finite(arr, name):
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if not np.issubdtype(arr.dtype, np.floating):
+        return
+    # Fast path: a float64 sum is finite exactly when no element is NaN or infinite (float32 and
+    # float64 data alike cannot overflow it short of 1e300-sized values), and needs no temporary array.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(arr.sum(dtype=np.float64)):
+            return
+    if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
 

@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
 from .blas import NO_TRANS, TRANS, gemm, part
+from .denormals import flush_denormals, restore
 from .dropout import keeps
 
 # Rows per tile: big enough that re-packing W for every tile costs little, small enough that a
@@ -71,6 +72,7 @@ def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation
         raise IndexError("scratch too small for the delta tiles")
     parts = min(threads, n)
     for p in prange(parts):
+        fp_state = flush_denormals()
         r0, r1 = part(n, parts, p)
         tile = scratch[p * TILE_ROWS * fan_in:(p + 1) * TILE_ROWS * fan_in]
         for t0 in range(r0, r1, TILE_ROWS):
@@ -81,3 +83,4 @@ def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation
             if dropout_threshold > 0:
                 undo_dropout(acts[t0 * (fan_in + 1):], tile, rows, fan_in, t0, layer, dropout_key, dropout_threshold)
             multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation)
+        restore(fp_state)

@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
 from .blas import NO_TRANS, gemm_block, part, split_rows
+from .denormals import flush_denormals, restore
 from .dropout import keeps
 
 
@@ -86,6 +87,7 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer,
         raise ValueError("unknown activation code")
     parts, by_rows = split_rows(n, fan_out, threads)
     for p in prange(parts):
+        fp_state = flush_denormals()
         r0, r1, c0, c1 = 0, n, 0, fan_out
         if by_rows:
             r0, r1 = part(n, parts, p)
@@ -98,6 +100,7 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer,
         if dropout_threshold > 0:
             drop_block(z, ld_out, r0, r1, c0, c1, layer, dropout_key, dropout_threshold,
                        np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold)))
+        restore(fp_state)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE
+from .denormals import flush_denormals, restore
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -29,6 +30,7 @@ def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, r
     else:
         scale = np.float32(1.0 / (n * m))
     for i in prange(n):
+        fp_state = flush_denormals()  # softmax probabilities of hopeless classes are often subnormal
         z = logits[i * m:(i + 1) * m]
         d = delta[i * m:(i + 1) * m]
         src = rows[i]
@@ -71,6 +73,7 @@ def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, r
                     d[j] = (p - t) * scale
         row_loss[i] = acc
         row_hits[i] = hits
+        restore(fp_state)
     total_loss = 0.0
     for i in range(n):
         total_loss += row_loss[i]

@@ -20,6 +20,10 @@ give bitwise the same gradient.
 from numba import njit, prange
 
 from .blas import NO_TRANS, TRANS, gemm, gemm_block, part, split_rows
+from .denormals import flush_denormals, restore
+
+# Pieces of the partial-gradient sum (fixed: the order of additions never depends on the thread count).
+SUM_CHUNKS = 64
 
 
 @njit(cache=True, nogil=True)
@@ -34,18 +38,24 @@ def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials,
         if partials.size < (threads - 1) * size:
             raise IndexError("partials too small for the batch-split weight gradient")
         for p in prange(threads):
+            fp_state = flush_denormals()
             r0, r1 = part(n, threads, p)
             out = grad if p == 0 else partials[(p - 1) * size:p * size]
             gemm(TRANS, NO_TRANS, fan_in + 1, fan_out, r1 - r0, a_prev[r0 * (fan_in + 1):], fan_in + 1,
                  delta[r0 * ld_delta:], ld_delta, out, fan_out)
-        for i in prange(size):
-            total = grad[i]
-            for p in range(threads - 1):
-                total += partials[p * size + i]
-            grad[i] = total
+            restore(fp_state)
+        for c in prange(SUM_CHUNKS):
+            fp_state = flush_denormals()
+            for i in range(c * size // SUM_CHUNKS, (c + 1) * size // SUM_CHUNKS):
+                total = grad[i]
+                for p in range(threads - 1):
+                    total += partials[p * size + i]
+                grad[i] = total
+            restore(fp_state)
         return
     parts, by_rows = split_rows(fan_in + 1, fan_out, threads)
     for p in prange(parts):
+        fp_state = flush_denormals()
         r0, r1, c0, c1 = 0, fan_in + 1, 0, fan_out
         if by_rows:
             r0, r1 = part(fan_in + 1, parts, p)
@@ -53,3 +63,4 @@ def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials,
             c0, c1 = part(fan_out, parts, p)
         gemm_block(TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta, grad, fan_out,
                    r0, r1, c0, c1)
+        restore(fp_state)

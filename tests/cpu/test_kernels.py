@@ -163,3 +163,26 @@ def test_tiles_and_thread_splits_match_reference(rng, threads):
     assert value == pytest.approx(ref_value, rel=TOL)
     for (dW, db), (rW, rb) in zip(grads, ref_grads):
         assert rel_error(dW, rW) < TOL and rel_error(db, rb) < TOL
+
+
+def test_flush_to_zero_inside_kernels_only():
+    """Subnormals are flushed inside fastbp's parallel loops (denormals.py) and nowhere else."""
+    from numba import njit
+    from fastbp.cpu.denormals import _X86, flush_denormals, restore
+
+    @njit
+    def halve(x, out, flush):
+        saved = flush_denormals() if flush else 0
+        for i in range(x.size):
+            out[i] = x[i] * np.float32(0.5)
+        if flush:
+            restore(saved)
+
+    x, out = np.full(4, 1e-38, np.float32), np.zeros(4, np.float32)
+    halve(x, out, True)
+    assert np.all(out == 0) if _X86 else True
+    halve(x, out, False)
+    assert np.all(out > 0)  # the thread's previous mode came back
+    t = fastbp.Trainer([3, 4, 2], loss="cross_entropy", seed=0)
+    t.step(np.ones((4, 3)), np.zeros(4, int))
+    assert np.float32(1e-38) * np.float32(0.5) > 0  # the caller's floating-point mode is untouched

@@ -5,7 +5,6 @@ included there, and timed separately), rounds of steps are interleaved peer by p
 drift hits every peer alike; the figure is the median step time. FLOPs per step are counted as
 6 x batch x sum(fan_in x fan_out), and the GEMM ceiling is NumPy's float32 product measured in the same run.
 """
-import argparse
 import json
 import multiprocessing
 import os

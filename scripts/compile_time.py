@@ -5,7 +5,6 @@ the second loads them from the cache. `--clear` empties the cache first.
 """
 import argparse
 import pathlib
-import shutil
 import time
 
 start = time.perf_counter()

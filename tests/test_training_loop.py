@@ -10,7 +10,7 @@ from fastbp import datasets, reference, schedules
 from fastbp.callbacks import Callback, EarlyStopping, LambdaCallback, ModelCheckpoint
 from fastbp.cpu import dropout
 from fastbp.progress import EpochProgress
-from conftest import ACTIVATIONS, make_targets, rel_error
+from conftest import ACTIVATIONS, rel_error
 
 
 def problem(n=400, seed=0):

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
+from ..workspaces import WorkspaceCache
 from ..threads import blas_single_threaded
 from . import step
 from .delta_backward import TILE_ROWS
@@ -47,14 +48,11 @@ class Workspace:
 
 
 class CpuBackend:
-    # fit alternates between the batch size and the last, shorter batch: keep both workspaces.
-    MAX_WORKSPACES = 2
-
     def __init__(self, config, state):
         self.state = state
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
-        self._workspaces = {}
+        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
 
     # The state arrays are the ones the kernels use: nothing to copy (see cuda/backend.py).
     def push(self):
@@ -66,18 +64,9 @@ class CpuBackend:
     def release_data(self):
         pass
 
-    def _workspace(self, n):
-        ws = self._workspaces.pop(n, None)
-        if ws is None:
-            ws = Workspace(self.state.dims, n)
-            if len(self._workspaces) >= self.MAX_WORKSPACES:
-                self._workspaces.pop(next(iter(self._workspaces)))
-        self._workspaces[n] = ws  # most recently used last
-        return ws
-
     def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
         s = self.state
-        ws = self._workspace(rows.size)
+        ws = self._workspaces.get(rows.size)
         with blas_single_threaded():
             return step.run(mode, X, _EMPTY_LABELS if labels is None else labels,
                             _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,

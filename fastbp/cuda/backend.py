@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from ..options import ACTIVATIONS, LOSSES
+from ..workspaces import WorkspaceCache
 from . import gemm, reduce
 from .gather import gather_input
 from .loss_delta import loss_and_delta
@@ -50,8 +51,6 @@ class Workspace:
 
 
 class CudaBackend:
-    MAX_WORKSPACES = 2
-
     def __init__(self, config, state):
         self.state = state
         self.activation = ACTIVATIONS[config.activation]
@@ -59,7 +58,7 @@ class CudaBackend:
         self.tiles = gemm.SIMULATOR_TILES if _simulated() else gemm.PRODUCTION_TILES
         self.threads = 8 if _simulated() else 256
         self._sums = reduce.make_sums(self.threads)
-        self._workspaces = {}
+        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
         self._data = {}
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
@@ -82,15 +81,6 @@ class CudaBackend:
         self.moment2.copy_to_host(s.moment2)
 
     # ---- data ----
-
-    def _workspace(self, n):
-        ws = self._workspaces.pop(n, None)
-        if ws is None:
-            ws = Workspace(self.state.dims, n)
-            if len(self._workspaces) >= self.MAX_WORKSPACES:
-                self._workspaces.pop(next(iter(self._workspaces)))
-        self._workspaces[n] = ws
-        return ws
 
     def _device_data(self, X, labels, targets):
         """Device copies of the data, made once per array during one Trainer call (fit passes the same
@@ -118,7 +108,7 @@ class CudaBackend:
         s = self.state
         dims, off = s.dims, s.offsets
         n = rows.size
-        ws = self._workspace(n)
+        ws = self._workspaces.get(n)
         d_X, d_labels, d_targets = self._device_data(X, labels, targets)
         d_rows = cuda.to_device(rows)
         width0 = int(dims[0])

@@ -9,7 +9,8 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
     scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
     partials float32 per-thread partial weight gradients (see weight_grad.py)
-    row_loss (n,) float64 scratch; row_hits (n,) float64: each row's accuracy (loss_delta.py); norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
+    row_loss (n,) float64 scratch;  row_hits (n,) float64: each row's accuracy (loss_delta.py)
+    norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
     dropout_key, dropout_threshold  this step's dropout masks (dropout.py); threshold 0: no dropout
     threads  how many blocks to cut each product into: Numba's thread count
 

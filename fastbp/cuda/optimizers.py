@@ -1,17 +1,16 @@
-"""Kernel 5 on the GPU: one fused pass over the flat parameter buffer, the CPU kernel's update rules
-(cpu/optimizers.py: sgd, adam, adamw, adagrad, rmsprop), one thread per parameter, grid-stride.
+"""Kernel 5 on the GPU: one fused pass over the flat parameter buffer, one thread per parameter
+(grid-stride), applying update_rules.update, the rule the CPU backend uses too.
 
 Shapes: params, grads, moment1, moment2 (P,) float32. grad_norm_sq (2,) float64 on the device:
 [0] is the squared gradient norm (from reduce.sums) when clipping, so no host round trip is needed.
 """
 import math
 
-import numpy as np
 from numba import cuda, float32
 
-from ..options import OPTIMIZERS
+from .. import update_rules
 
-SGD, ADAM, ADAMW, ADAGRAD, RMSPROP = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
+_update = cuda.jit(device=True, inline=True)(update_rules.update)
 
 
 @cuda.jit
@@ -23,44 +22,11 @@ def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov
         scale = float32(min(1.0, clip_norm / (math.sqrt(grad_norm_sq[0]) + 1e-6)))
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, params.size, stride):
-        p = params[i]
-        g = grads[i] * scale
-        if kind == ADAMW:
-            p *= decay
-        else:
-            g += wd * p
-        if kind == SGD:
-            if mu != 0:
-                buf = mu * moment1[i] + g
-                moment1[i] = buf
-                g = g + mu * buf if nesterov else buf
-            params[i] = p - lr * g
-        elif kind == ADAGRAD:
-            total = moment1[i] + g * g
-            moment1[i] = total
-            params[i] = p - lr * g / (math.sqrt(total) + eps)
-        elif kind == RMSPROP:
-            v = alpha * moment1[i] + one_minus_alpha * g * g
-            moment1[i] = v
-            u = g / (math.sqrt(v) + eps)
-            if mu != 0:
-                u = mu * moment2[i] + u
-                moment2[i] = u
-            params[i] = p - lr * u
-        else:
-            m = b1 * moment1[i] + one_minus_b1 * g
-            v = b2 * moment2[i] + one_minus_b2 * g * g
-            moment1[i] = m
-            moment2[i] = v
-            params[i] = p - step_size * m / (math.sqrt(v) * inv_sqrt_bc2 + eps)
+        params[i], moment1[i], moment2[i] = _update(
+            kind, params[i], grads[i] * scale, moment1[i], moment2[i], lr, wd, mu, nesterov, b1, b2, one_minus_b1,
+            one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay)
 
 
 def scalars(settings):
-    """The kernel's float32 scalars from options.OptimizerSettings, computed in float64 first."""
-    f = np.float32
-    return (settings.kind, f(settings.lr), f(settings.weight_decay), f(settings.momentum), bool(settings.nesterov),
-            f(settings.beta1), f(settings.beta2), f(1.0 - settings.beta1), f(1.0 - settings.beta2),
-            f(settings.alpha), f(1.0 - settings.alpha), f(settings.eps),
-            f(settings.lr / (1.0 - settings.beta1 ** settings.step)),
-            f(1.0 / math.sqrt(1.0 - settings.beta2 ** settings.step)),
-            f(1.0 - settings.lr * settings.weight_decay), float(settings.clip_norm))
+    """The kernel's arguments after the four arrays, from options.OptimizerSettings."""
+    return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm))

@@ -80,8 +80,10 @@ class Trainer:
     # ---- validation ----
 
     def _checked(self, X, y, names=("X", "y")):
-        X = validation.features(X, self.sizes[0], names[0])
-        labels, targets = validation.targets_for(self.config.loss, y, X.shape[0], self.sizes[-1], names[1])
+        """(X, labels, targets) as the kernels read them; the backend's checks also take its own device arrays."""
+        checks = self._backend.checks
+        X = checks.features(X, self.sizes[0], names[0])
+        labels, targets = checks.targets_for(self.config.loss, y, X.shape[0], self.sizes[-1], names[1])
         return X, labels, targets
 
     # ---- training ----
@@ -203,7 +205,7 @@ class Trainer:
 
     def predict(self, X):
         """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse."""
-        X = validation.features(X, self.sizes[0])
+        X = self._backend.checks.features(X, self.sizes[0])
         try:
             logits = self._logits(X)
         finally:

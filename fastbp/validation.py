@@ -7,6 +7,9 @@ import numpy as np
 
 
 def _as_numeric_array(value, name):
+    if hasattr(value, "__cuda_array_interface__") or getattr(value, "__cuda_ndarray__", False) is True:
+        raise TypeError(f"{name} is a GPU array: train with Trainer(..., device='cuda'), or copy it to the host "
+                        "(e.g. x.get() in CuPy, x.cpu().numpy() in PyTorch)")
     if hasattr(value, "toarray") and hasattr(value, "nnz"):
         raise TypeError(f"{name} is a sparse matrix; fastbp takes dense arrays: pass {name}.toarray()")
     try:

@@ -3,7 +3,7 @@
     python scripts/check_ptx.py [--cc 9.0] [--show]
 
 Needs the CUDA target with NVVM (pip install 'fastbp[cuda]'); must run without NUMBA_ENABLE_CUDASIM.
-Checks that the GEMM stages its tiles in shared memory with barriers, that no kernel spills to local
+Checks that the GEMM and the fused narrow-network kernel stage their tiles in shared memory with barriers, that no kernel spills to local
 memory, and prints each kernel's shared-memory and register-array footprint. Exit status 0 when all
 kernels compile and pass, 1 on a failed check, 77 when the CUDA compiler is not installed.
 """
@@ -16,21 +16,27 @@ import sys
 def kernels():
     """(name, python function, signature, expectations) for every kernel the CUDA backend launches."""
     from numba import types
-    from fastbp.cuda import gemm, reduce
+    from fastbp.cuda import device_data, fused_mlp, gemm, reduce
     from fastbp.cuda.gather import gather_input
     from fastbp.cuda.loss_delta import loss_and_delta
     from fastbp.cuda.optimizers import optimizer_update
+    from fastbp.cuda.weight_grad import sum_partials
     i8, f4, f8, b1 = types.int64, types.float32, types.float64, types.boolean
     v4, vi8, v8 = types.Array(f4, 1, "C"), types.Array(i8, 1, "C"), types.Array(f8, 1, "C")
     gemm_kernel, _ = gemm.make_gemm(*gemm.PRODUCTION_TILES)
     return [
         ("gemm", gemm_kernel.py_func,
-         (i8, i8, i8, i8, i8, v4, i8, v4, i8, v4, i8, i8, i8, v4, i8, i8, i8, i8), {"shared": True}),
+         (i8, i8, i8, i8, i8, v4, i8, v4, i8, v4, i8, i8, i8, v4, i8, i8, i8, i8, i8, i8), {"shared": True}),
+        ("fused_mlp", fused_mlp.make_fused(*fused_mlp.PRODUCTION_TILES).py_func,
+         (v4, vi8, i8, vi8, vi8, i8, v4, v4, vi8, v4, vi8, vi8, v4, i8, i8, v8, v8, i8, i8, i8), {"shared": True}),
+        ("sum_partials", sum_partials.py_func, (v4, i8, i8, v4), {}),
+        ("first_bad_value", device_data._first_bad_value.py_func, (v4, f8, f8, vi8), {}),
+        ("first_bad_label", device_data._first_bad_label.py_func, (vi8, i8, vi8), {}),
         ("loss_and_delta", loss_and_delta.py_func, (v4, i8, i8, vi8, v4, vi8, i8, v8, v8, b1), {}),
         ("sums", reduce.make_sums(256).py_func, (v8, v8, v8, b1), {"shared": True}),
         ("gather_input", gather_input.py_func, (v4, i8, vi8, v4), {}),
         ("optimizer_update", optimizer_update.py_func,
-         (v4, v4, v4, v4, i8, f4, f4, f4, b1, f4, f4, f4, f4, f4, f4, f4, f4, f4, f4, f8, v8), {}),
+         (v4, v4, v4, v4, i8, f4, f4, f4, b1, f4, f4, f4, f4, f4, f4, f4, f4, f4, f4, f8, v8, v8), {}),
     ]
 
 

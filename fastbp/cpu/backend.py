@@ -5,6 +5,7 @@ Inputs arrive validated and converted by the Trainer (see validation.py); nothin
 import numba
 import numpy as np
 
+from .. import validation
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from ..workspaces import WorkspaceCache
 from ..threads import blas_single_threaded
@@ -48,6 +49,8 @@ class Workspace:
 
 
 class CpuBackend:
+    checks = validation  # the Trainer validates data with these
+
     def __init__(self, config, state):
         self.state = state
         self.activation = ACTIVATIONS[config.activation]

@@ -2,12 +2,19 @@
 
 Parameters, gradients and moments live on the device as flat float32 arrays (state.py's layout); the
 host copies in NetworkState are refreshed only when the Trainer asks (pull) and sent back after it
-changes them (push). A training step launches a fixed set of kernels: the batch gather, one GEMM per
-layer forward (bias through the ones column, activation and dropout in the epilogue), the fused loss,
-one deterministic sum, then per layer the weight-gradient GEMM and the delta-propagation GEMM (act' in
-the epilogue, written over the activations), the norm for clipping and one optimizer pass. The only
-transfers per step are the batch's row indices in and the loss scalar out; data given as NumPy is
-copied to the device once per array (fit passes the same array every step).
+changes them (push).
+
+Two paths, chosen by the network's shape (fused_mlp.fits):
+- narrow networks (every width <= 128): one fused kernel for forward, loss and delta propagation of all
+  layers (fused_mlp.py), then one weight-gradient product per layer (weight_grad.py);
+- any other widths: the batch gather, one GEMM per layer forward (bias through the ones column,
+  activation and dropout in the epilogue), the fused loss, then per layer the weight-gradient product
+  and the delta-propagation GEMM (act' in the epilogue, written over the activations).
+Both end with one deterministic sum of the per-row losses, the norm for clipping when asked, and one
+optimizer pass that itself skips the update when the loss is not finite, so the step runs without a
+host round trip; its one transfer back is the loss scalar. Data given as NumPy is copied to the device
+once per array (fit passes the same arrays every step), GPU data is used in place (device_data.py), and
+an epoch's shuffled row order is uploaded once per epoch.
 """
 import math
 
@@ -17,10 +24,12 @@ from numba import cuda
 
 from ..options import ACTIVATIONS, LOSSES
 from ..workspaces import WorkspaceCache
-from . import gemm, reduce
+from . import device_data, fused_mlp, gemm, reduce
+from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
 from .gather import gather_input
 from .loss_delta import loss_and_delta
 from .optimizers import optimizer_update, scalars
+from .weight_grad import WeightGradient
 
 TRANS, NO_TRANS = 1, 0
 
@@ -29,37 +38,67 @@ def _simulated():
     return bool(numba.config.ENABLE_CUDASIM)
 
 
-class Workspace:
-    """Device scratch for batches of n rows: activations with ones columns (overwritten by the deltas in
-    the backward pass), per-row losses and hits, the two sums."""
+def _offsets(sizes):
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
-    def __init__(self, dims, n):
-        sizes = [n * (int(d) + 1) for d in dims[:-1]] + [n * int(dims[-1])]
-        self.act_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+class Workspace:
+    """Device scratch for batches of n rows: activations with ones columns (the general path writes the
+    deltas over them), the fused path's hidden deltas, weight-gradient partial products, per-row losses
+    and hits, the loss sums and the squared gradient norm."""
+
+    def __init__(self, dims, n, fused, partial_floats):
+        dims = [int(d) for d in dims]
+        self.act_off = _offsets([n * (d + 1) for d in dims[:-1]] + [n * dims[-1]])
         host = np.zeros(int(self.act_off[-1]), np.float32)
         for l in range(len(dims) - 1):
-            host[self.act_off[l]:self.act_off[l + 1]].reshape(n, int(dims[l]) + 1)[:, -1] = 1.0
+            host[self.act_off[l]:self.act_off[l + 1]].reshape(n, dims[l] + 1)[:, -1] = 1.0
         self.acts = cuda.to_device(host)
+        self.d_act_off = cuda.to_device(self.act_off)
+        # delta_l for the hidden layers 0 < l < L, at delta_off[l] (blocks 0 and L are empty).
+        self.delta_off = _offsets([0] + [n * d if fused else 0 for d in dims[1:-1]] + [0])
+        self.deltas = cuda.device_array(max(1, int(self.delta_off[-1])), np.float32)
+        self.d_delta_off = cuda.to_device(self.delta_off)
+        self.partials = cuda.device_array(max(1, partial_floats), np.float32)
         self.row_loss = cuda.device_array(n, np.float64)
         self.row_hits = cuda.device_array(n, np.float64)
         self.sums = cuda.device_array(2, np.float64)
-        self.norm = cuda.device_array(2, np.float64)
+        self.norm = cuda.to_device(np.zeros(2, np.float64))
         self.hits = 0.0
 
     def block(self, l):
         return self.acts[self.act_off[l]:self.act_off[l + 1]]
 
+    def delta_block(self, l):
+        return self.deltas[self.delta_off[l]:self.delta_off[l + 1]]
+
 
 class CudaBackend:
-    def __init__(self, config, state):
+    """fused: None chooses by the network's widths; True or False forces a path (tests, benchmarks)."""
+
+    checks = device_data  # the Trainer validates data with these: NumPy or GPU arrays
+
+    def __init__(self, config, state, fused=None):
         self.state = state
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
-        self.tiles = gemm.SIMULATOR_TILES if _simulated() else gemm.PRODUCTION_TILES
-        self.threads = 8 if _simulated() else 256
+        self.fused = fused_mlp.fits(state.dims) if fused is None else bool(fused)
+        if self.fused and not fused_mlp.fits(state.dims):
+            raise ValueError(f"the fused path takes widths up to {fused_mlp.MAX_WIDTH}, not {list(state.dims)}")
+        simulated = _simulated()
+        self.tiles = gemm.SIMULATOR_TILES if simulated else gemm.PRODUCTION_TILES
+        self.fused_tiles = fused_mlp.SIMULATOR_TILES if simulated else fused_mlp.PRODUCTION_TILES
+        self.threads = 8 if simulated else 256
+        multiprocessors = 2 if simulated else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self._weight_grad = WeightGradient(self.tiles, target_blocks=4 * multiprocessors,
+                                           min_chunk=self.tiles[2] if simulated else 512, threads=self.threads)
         self._sums = reduce.make_sums(self.threads)
-        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
+        self._workspaces = WorkspaceCache(lambda n: Workspace(
+            state.dims, n, self.fused, self._weight_grad.partial_size(state.dims, n)))
+        self._d_dims = cuda.to_device(np.asarray(state.dims, np.int64))
+        self._d_w_off = cuda.to_device(np.asarray(state.offsets, np.int64))
         self._data = {}
+        self._order = None  # (host row order of the epoch, its device copy)
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
         self.push()
@@ -82,70 +121,102 @@ class CudaBackend:
 
     # ---- data ----
 
+    @staticmethod
+    def _flat(arr):
+        return arr.reshape(arr.size) if device_data.is_device_array(arr) else cuda.to_device(arr.reshape(-1))
+
     def _device_data(self, X, labels, targets):
-        """Device copies of the data, made once per array during one Trainer call (fit passes the same
-        training and validation arrays every step); release_data() forgets them."""
+        """Flat device views of the data: GPU arrays as they are, NumPy arrays copied once per array during
+        one Trainer call (fit passes the same training and validation arrays every step)."""
         key = (id(X), id(labels), id(targets))
         if key not in self._data:
             if len(self._data) >= 2:  # training and validation data
                 self._data.pop(next(iter(self._data)))
-            self._data[key] = ((X, labels, targets),  # the host arrays, so that their ids stay unique
-                               cuda.to_device(X.reshape(-1)),
-                               self._empty_labels if labels is None else cuda.to_device(labels),
-                               self._empty_targets if targets is None else cuda.to_device(targets.reshape(-1)))
+            self._data[key] = ((X, labels, targets),  # the arrays themselves, so that their ids stay unique
+                               self._flat(X),
+                               self._empty_labels if labels is None else self._flat(labels),
+                               self._empty_targets if targets is None else self._flat(targets))
         return self._data[key][1:]
+
+    def _device_rows(self, rows):
+        """The batch's row indices on the device. fit's batches are slices of the epoch's shuffled order:
+        that order is uploaded once and sliced on the device."""
+        order = rows.base
+        if not (isinstance(order, np.ndarray) and order.dtype == np.int64 and order.ndim == 1
+                and order.flags.c_contiguous and rows.flags.c_contiguous):
+            return cuda.to_device(rows)
+        if self._order is None or self._order[0] is not order:
+            self._order = (order, cuda.to_device(order))
+        start = (rows.__array_interface__["data"][0] - order.__array_interface__["data"][0]) // rows.itemsize
+        return self._order[1][start:start + rows.size]
 
     def release_data(self):
         """Ends the data cache: the user may change their arrays in place between calls."""
         self._data.clear()
+        self._order = None
 
     def _blocks(self, size):
         return max(1, math.ceil(size / self.threads))
 
     # ---- the passes ----
 
-    def _forward(self, X, labels, targets, rows, dropout_key, dropout_threshold):
+    def _forward(self, X, labels, targets, rows, mode, dropout_key=0, dropout_threshold=0):
+        """Forward pass of the batch X[rows]; unless mode is MODE_LOGITS, the per-row losses summed into
+        ws.sums; in MODE_TRAIN also the output delta (and on the fused path every hidden delta)."""
         s = self.state
         dims, off = s.dims, s.offsets
         n = rows.size
+        n_layers = len(dims) - 1
         ws = self._workspaces.get(n)
         d_X, d_labels, d_targets = self._device_data(X, labels, targets)
-        d_rows = cuda.to_device(rows)
-        width0 = int(dims[0])
-        gather_input[self._blocks(n * (width0 + 1)), self.threads](d_X, width0, d_rows, ws.block(0))
-        n_layers = len(dims) - 1
-        for l in range(n_layers):
-            fan_in, fan_out = int(dims[l]), int(dims[l + 1])
-            hidden = l < n_layers - 1
-            gemm.launch(self.tiles, NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, ws.block(l), fan_in + 1,
-                        self.params[off[l]:off[l + 1]], fan_out, ws.block(l + 1),
-                        fan_out + 1 if hidden else fan_out,
-                        epilogue=gemm.EPI_ACTIVATE if hidden else gemm.EPI_NONE, activation=self.activation,
-                        layer=l, dropout_key=dropout_key, dropout_threshold=dropout_threshold if hidden else 0)
-        return ws, d_labels, d_targets, d_rows
+        d_rows = self._device_rows(rows)
+        if self.fused:
+            fused_mlp.launch(self.fused_tiles, d_X, d_rows, n, self._d_dims, self._d_w_off, n_layers, self.params,
+                             ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, d_labels, d_targets, self.loss,
+                             self.activation, ws.row_loss, ws.row_hits, mode, dropout_key, dropout_threshold)
+        else:
+            width0 = int(dims[0])
+            gather_input[self._blocks(n * (width0 + 1)), self.threads](d_X, width0, d_rows, ws.block(0))
+            for l in range(n_layers):
+                fan_in, fan_out = int(dims[l]), int(dims[l + 1])
+                hidden = l < n_layers - 1
+                gemm.launch(self.tiles, NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, ws.block(l), fan_in + 1,
+                            self.params[off[l]:off[l + 1]], fan_out, ws.block(l + 1),
+                            fan_out + 1 if hidden else fan_out,
+                            epilogue=gemm.EPI_ACTIVATE if hidden else gemm.EPI_NONE, activation=self.activation,
+                            layer=l, dropout_key=dropout_key, dropout_threshold=dropout_threshold if hidden else 0)
+            if mode != MODE_LOGITS:
+                loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
+                                                              d_targets, d_rows, self.loss, ws.row_loss,
+                                                              ws.row_hits, mode == MODE_TRAIN)
+        if mode != MODE_LOGITS:
+            self._sums[1, self.threads](ws.row_loss, ws.row_hits, ws.sums, False)
+        return ws
 
-    def _loss(self, ws, n, d_labels, d_targets, d_rows, want_delta):
-        m = int(self.state.dims[-1])
-        loss_and_delta[self._blocks(n), self.threads](ws.block(len(self.state.dims) - 1), n, m, d_labels,
-                                                      d_targets, d_rows, self.loss, ws.row_loss, ws.row_hits,
-                                                      want_delta)
-        self._sums[1, self.threads](ws.row_loss, ws.row_hits, ws.sums, False)
+    def _loss_value(self, ws, n):
+        """The batch's mean loss: the step's one device-to-host transfer."""
         total_loss, hits = ws.sums.copy_to_host()
         ws.hits = float(hits)
+        m = int(self.state.dims[-1])
         return total_loss / n if self.loss == LOSSES["cross_entropy"] else total_loss / (n * m)
 
     def _backward(self, ws, n, dropout_key, dropout_threshold):
+        """Every layer's [dW; db] into self.grads (and, on the general path, the hidden deltas)."""
         s = self.state
         dims, off = s.dims, s.offsets
         n_layers = len(dims) - 1
         for l in range(n_layers - 1, -1, -1):
             fan_in, fan_out = int(dims[l]), int(dims[l + 1])
-            ld_delta = fan_out if l == n_layers - 1 else fan_out + 1
-            delta, a_prev = ws.block(l + 1), ws.block(l)
-            # BP3 + BP4: [A_prev, 1]^T @ delta, one thread per gradient element, summed over the batch.
-            gemm.launch(self.tiles, TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta,
-                        self.grads[off[l]:off[l + 1]], fan_out)
-            if l > 0:
+            output = l == n_layers - 1
+            a_prev = ws.block(l)
+            if self.fused:  # the fused kernel left the hidden deltas in their own buffers
+                delta, ld_delta = (ws.block(l + 1) if output else ws.delta_block(l + 1)), fan_out
+            else:  # deltas are written over the activations, ones column included
+                delta, ld_delta = ws.block(l + 1), (fan_out if output else fan_out + 1)
+            # BP3 + BP4: [A_prev, 1]^T @ delta.
+            self._weight_grad(n, fan_in, fan_out, a_prev, delta, ld_delta, self.grads[off[l]:off[l + 1]],
+                              ws.partials)
+            if l > 0 and not self.fused:
                 # BP2: (delta @ W^T) * act'(A_prev), written over A_prev.
                 gemm.launch(self.tiles, NO_TRANS, TRANS, n, fan_in, fan_out, delta, ld_delta,
                             self.params[off[l]:off[l + 1]], fan_out, a_prev, fan_in + 1,
@@ -156,27 +227,22 @@ class CudaBackend:
     # ---- the CpuBackend interface ----
 
     def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0):
-        ws, d_labels, d_targets, d_rows = self._forward(X, labels, targets, rows, dropout_key, dropout_threshold)
-        value = self._loss(ws, rows.size, d_labels, d_targets, d_rows, True)
-        if not np.isfinite(value):
-            return value  # no update: the parameters keep their last finite values
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)
         self._backward(ws, rows.size, dropout_key, dropout_threshold)
         if settings.clip_norm > 0:
             self._sums[1, self.threads](self.grads, self.grads[:0], ws.norm, True)
         blocks = min(self._blocks(self.params.size), 1024)
         optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
-                                               *scalars(settings), ws.norm)
-        return value
+                                               *scalars(settings), ws.norm, ws.sums)
+        return self._loss_value(ws, rows.size)
 
     def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
-        ws, d_labels, d_targets, d_rows = self._forward(X, labels, targets, rows, dropout_key, dropout_threshold)
-        value = self._loss(ws, rows.size, d_labels, d_targets, d_rows, True)
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)
         self._backward(ws, rows.size, dropout_key, dropout_threshold)
-        return value
+        return self._loss_value(ws, rows.size)
 
     def loss_value(self, X, labels, targets, rows):
-        ws, d_labels, d_targets, d_rows = self._forward(X, labels, targets, rows, 0, 0)
-        return self._loss(ws, rows.size, d_labels, d_targets, d_rows, False)
+        return self._loss_value(self._forward(X, labels, targets, rows, MODE_LOSS), rows.size)
 
     def last_hits(self, n):
         return self._workspaces[n].hits
@@ -186,5 +252,5 @@ class CudaBackend:
         return ws.block(len(self.state.dims) - 1).copy_to_host().reshape(n, self.state.sizes[-1])
 
     def logits(self, X, rows):
-        self._forward(X, None, None, rows, 0, 0)
+        self._forward(X, None, None, rows, MODE_LOGITS)
         return self.last_logits(rows.size)

@@ -6,6 +6,10 @@ Each block computes a BM x BN tile of C, staging BK-deep slices of op(A) and op(
 each thread accumulates a TM x TN patch in registers. Threads per block: (BM / TM) * (BN / TN).
 Every element of C is one thread's sequential sum over k: no atomics, the same bits on every run.
 
+Split k (weight gradients of narrow layers over a long batch, where C has only a few tiles): block z of the
+grid sums k in [z * k_chunk, (z + 1) * k_chunk) into its own partial C at c[z * c_stride:]; the caller
+adds the partials in a fixed order (weight_grad.py). Without a split, k_chunk >= k and the grid has z = 1.
+
 Epilogue, applied to each element before it is stored (aux has C's layout, row stride ld_aux):
     EPI_NONE        c
     EPI_ACTIVATE    act(c), then inverted dropout when dropout_threshold > 0     (forward, hidden layers)
@@ -30,7 +34,7 @@ _kernels = {}
 
 
 @cuda.jit(device=True, inline=True)
-def _store(c, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, layer, dropout_key, dropout_threshold):
+def _store(c, base, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, layer, dropout_key, dropout_threshold):
     """Applies the epilogue to one element of C and stores it, if it lies inside C."""
     if r >= m or col >= n:
         return
@@ -50,32 +54,37 @@ def _store(c, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, layer, dr
             else:
                 v = float32(0.0)
         v *= dm.derivative(stored, activation)
-    c[r * ldc + col] = v
+    c[base + r * ldc + col] = v
 
 
 # The kernel's source, with the TM x TN accumulators as named scalars: a local array indexed in loops
-# stays in local memory (check_ptx.py saw 64 bytes of it); scalars live in registers.
+# stays in local memory (check_ptx.py saw 64 bytes of it); scalars live in registers. The sums pass
+# through shared memory to the epilogue, which then runs once per element in one loop: consecutive
+# threads store consecutive columns, and the epilogue's code exists once, not once per accumulator
+# (that took the kernel's compile from 14.8 s to a few).
 _TEMPLATE = """
 def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation, aux, ld_aux,
-         layer, dropout_key, dropout_threshold):
+         layer, dropout_key, dropout_threshold, k_chunk, c_stride):
     a_tile = cuda.shared.array((BK, BM), float32)  # op(A)[row0:row0+BM, k0:k0+BK], transposed
     b_tile = cuda.shared.array((BK, BN), float32)  # op(B)[k0:k0+BK, col0:col0+BN]
+    c_tile = cuda.shared.array((BM, BN_PADDED), float32)  # the block's sums before the epilogue (+1: no bank conflicts)
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.y * BM
     col0 = cuda.blockIdx.x * BN
-    r_base = row0 + (tid // THREADS_N) * TM
-    c_base = col0 + (tid % THREADS_N) * TN
     ta = (tid // THREADS_N) * TM
     tb = (tid % THREADS_N) * TN
+    k_begin = cuda.blockIdx.z * k_chunk
+    k_end = min(k, k_begin + k_chunk)
+    partial_base = cuda.blockIdx.z * c_stride
 {zero}
-    for k0 in range(0, k, BK):
+    for k0 in range(k_begin, k_end, BK):
         for t in range(A_LOADS):
             idx = tid + t * N_THREADS
             if idx < BM * BK:
                 r, kk = idx // BK, idx % BK
                 gr, gk = row0 + r, k0 + kk
                 v = float32(0.0)
-                if gr < m and gk < k:
+                if gr < m and gk < k_end:
                     v = a[gk * lda + gr] if trans_a else a[gr * lda + gk]
                 a_tile[kk, r] = v
         for t in range(B_LOADS):
@@ -84,7 +93,7 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation
                 kk, cc = idx // BN, idx % BN
                 gk, gc = k0 + kk, col0 + cc
                 v = float32(0.0)
-                if gk < k and gc < n:
+                if gk < k_end and gc < n:
                     v = b[gc * ldb + gk] if trans_b else b[gk * ldb + gc]
                 b_tile[kk, cc] = v
         cuda.syncthreads()
@@ -92,7 +101,13 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation
 {load}
 {fma}
         cuda.syncthreads()
-{store}
+{stage}
+    cuda.syncthreads()
+    for idx in range(tid, BM * BN, N_THREADS):
+        r = idx // BN
+        cc = idx - r * BN
+        _store(c, partial_base, ldc, row0 + r, col0 + cc, m, n, c_tile[r, cc], epilogue, activation, aux, ld_aux,
+               layer, dropout_key, dropout_threshold)
 """
 
 
@@ -107,10 +122,9 @@ def make_gemm(bm, bn, bk, tm, tn):
         load="\n".join([f"            a_{i} = a_tile[kk, ta + {i}]" for i in range(tm)]
                        + [f"            b_{j} = b_tile[kk, tb + {j}]" for j in range(tn)]),
         fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i in range(tm) for j in range(tn)),
-        store="\n".join(f"    _store(c, ldc, r_base + {i}, c_base + {j}, m, n, acc_{i}_{j}, epilogue, activation, "
-                        f"aux, ld_aux, layer, dropout_key, dropout_threshold)" for i in range(tm) for j in range(tn)))
+        stage="\n".join(f"    c_tile[ta + {i}, tb + {j}] = acc_{i}_{j}" for i in range(tm) for j in range(tn)))
     namespace = {"cuda": cuda, "float32": float32, "_store": _store, "BM": bm, "BN": bn, "BK": bk, "TM": tm,
-                 "TN": tn, "THREADS_N": bn // tn, "N_THREADS": n_threads,
+                 "TN": tn, "BN_PADDED": bn + 1, "THREADS_N": bn // tn, "N_THREADS": n_threads,
                  "A_LOADS": (bm * bk + n_threads - 1) // n_threads, "B_LOADS": (bk * bn + n_threads - 1) // n_threads}
     exec(compile(src, f"<fastbp.cuda.gemm {key}>", "exec"), namespace)
     _kernels[key] = (cuda.jit(namespace["gemm"]), n_threads)
@@ -118,10 +132,15 @@ def make_gemm(bm, bn, bk, tm, tn):
 
 
 def launch(tiles, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue=EPI_NONE, activation=0, aux=None,
-           ld_aux=0, layer=0, dropout_key=0, dropout_threshold=0, stream=0):
-    """Runs C = op(A) @ op(B) with its epilogue; a, b, c, aux: 1-D device arrays starting at element 0."""
+           ld_aux=0, layer=0, dropout_key=0, dropout_threshold=0, k_chunk=None):
+    """Runs C = op(A) @ op(B) with its epilogue; a, b, c, aux: 1-D device arrays starting at element 0.
+
+    k_chunk < k: k is cut into ceil(k / k_chunk) chunks and c holds one partial product of m * ldc
+    elements per chunk, back to back (the epilogue must be EPI_NONE)."""
     bm, bn, bk, tm, tn = tiles
     kernel, n_threads = make_gemm(*tiles)
-    grid = (math.ceil(n / bn), math.ceil(m / bm))
-    kernel[grid, n_threads, stream](trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation,
-                                    c if aux is None else aux, ld_aux, layer, dropout_key, dropout_threshold)
+    k_chunk = max(k, 1) if k_chunk is None else k_chunk
+    grid = (math.ceil(n / bn), math.ceil(m / bm), max(1, math.ceil(k / k_chunk)))
+    kernel[grid, n_threads](trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, activation,
+                            c if aux is None else aux, ld_aux, layer, dropout_key, dropout_threshold, k_chunk,
+                            m * ldc)

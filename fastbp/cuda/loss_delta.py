@@ -1,6 +1,7 @@
 """Kernel 2 on the GPU (BP1): loss and output delta fused, one thread per row; the CPU kernel's math
 (cpu/loss_delta.py). The delta overwrites the logits; row_loss and row_hits are summed afterwards by
-reduce.py in a fixed order.
+reduce.py in a fixed order. row_loss_and_delta is the per-row math, also called by the fused narrow
+path (fused_mlp.py) on logits held in shared memory.
 
 Shapes: logits (n * m,) float32 row-major; labels (N,) int64 or targets (N * m,) float32 row-major;
 rows (n,) int64; row_loss, row_hits (n,) float64.
@@ -14,14 +15,10 @@ from ..options import LOSSES
 MSE, CROSS_ENTROPY, BCE = (LOSSES[k] for k in ("mse", "cross_entropy", "bce"))
 
 
-@cuda.jit
-def loss_and_delta(logits, n, m, labels, targets, rows, loss, row_loss, row_hits, want_delta):
-    i = cuda.grid(1)
-    if i >= n:
-        return
-    base = i * m
-    src = rows[i]
-    scale = float32(1.0 / n) if loss == CROSS_ENTROPY else float32(1.0 / (n * m))
+@cuda.jit(device=True, inline=True)
+def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_delta):
+    """(loss, hits) of one row, logits[base:base + m]; its delta (scaled by `scale`) written over the logits
+    when want_delta. src: the row's index in labels / targets."""
     acc = float64(0.0)
     hits = float64(0.0)
     if loss == CROSS_ENTROPY:
@@ -59,5 +56,19 @@ def loss_and_delta(logits, n, m, labels, targets, rows, loss, row_loss, row_hits
             if want_delta:
                 p = float32(1.0) / (float32(1.0) + e) if v >= 0 else e / (float32(1.0) + e)
                 logits[base + j] = (p - t) * scale
-    row_loss[i] = acc
-    row_hits[i] = hits
+    return acc, hits
+
+
+@cuda.jit(device=True, inline=True)
+def delta_scale(loss, n, m):
+    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce: per output)."""
+    return float32(1.0 / n) if loss == CROSS_ENTROPY else float32(1.0 / (n * m))
+
+
+@cuda.jit
+def loss_and_delta(logits, n, m, labels, targets, rows, loss, row_loss, row_hits, want_delta):
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    row_loss[i], row_hits[i] = row_loss_and_delta(logits, i * m, m, labels, targets, rows[i], loss,
+                                                  delta_scale(loss, n, m), want_delta)

@@ -2,7 +2,9 @@
 (grid-stride), applying update_rules.update, the rule the CPU backend uses too.
 
 Shapes: params, grads, moment1, moment2 (P,) float32. grad_norm_sq (2,) float64 on the device:
-[0] is the squared gradient norm (from reduce.sums) when clipping, so no host round trip is needed.
+[0] is the squared gradient norm (from reduce.sums) when clipping; loss_sum (2,) float64: [0] is the
+batch's summed loss, and a non-finite one leaves everything unchanged (the CPU step's rule). Both are
+read on the device, so a step needs no host round trip before its update.
 """
 import math
 
@@ -16,7 +18,9 @@ _update = cuda.jit(device=True, inline=True)(update_rules.update)
 @cuda.jit
 def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov, b1, b2, one_minus_b1,
                      one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay, clip_norm,
-                     grad_norm_sq):
+                     grad_norm_sq, loss_sum):
+    if not math.isfinite(loss_sum[0]):
+        return
     scale = float32(1.0)
     if clip_norm > 0:
         scale = float32(min(1.0, clip_norm / (math.sqrt(grad_norm_sq[0]) + 1e-6)))

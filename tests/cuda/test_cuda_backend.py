@@ -35,20 +35,25 @@ def test_gemm_every_transpose_and_tile_edge(rng, m, n, k):
             assert np.isnan(out[:, n]).all()
 
 
-def pair(sizes, **kw):
-    return fastbp.Trainer(sizes, seed=0, **kw), fastbp.Trainer(sizes, seed=0, device="cuda", **kw)
+def pair(sizes, fused=None, **kw):
+    gpu = fastbp.Trainer(sizes, seed=0, device="cuda", **kw)
+    if fused is not None:
+        gpu._backend = CudaBackend(gpu.config, gpu.state, fused=fused)
+    return fastbp.Trainer(sizes, seed=0, **kw), gpu
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_backend_matches_cpu(rng, activation, loss):
-    """Loss, every gradient, two Adam steps and predictions; batch 17 over widths 9 and 1 crosses tile edges.
-    Tolerance 1e-4 as for the CPU kernels against float64: a nearly cancelling sum (an output bias
-    gradient of 1e-4) differs between two float32 summation orders by more than 1e-5 of itself."""
+def test_backend_matches_cpu(rng, activation, loss, fused):
+    """Loss, every gradient, two Adam steps and predictions, on both GPU paths; batch 17 over widths 9
+    and 1 crosses tile edges. Tolerance 1e-4 as for the CPU kernels against float64: a nearly cancelling
+    sum (an output bias gradient of 1e-4) differs between two float32 summation orders by more than 1e-5
+    of itself."""
     out = 3 if loss == "cross_entropy" else 1
-    cpu, gpu = pair([5, 9, 1, out] if loss != "cross_entropy" else [5, 9, 3], activation=activation, loss=loss,
-                    optimizer="adam", lr=1e-2)
-    assert isinstance(gpu._backend, CudaBackend)
+    cpu, gpu = pair([5, 9, 1, out] if loss != "cross_entropy" else [5, 9, 3], fused=fused, activation=activation,
+                    loss=loss, optimizer="adam", lr=1e-2)
+    assert isinstance(gpu._backend, CudaBackend) and gpu._backend.fused == fused
     X, y = rng.standard_normal((17, 5)), make_targets(rng, loss, 17, out)
     (lc, gc), (lg, gg) = cpu.gradients(X, y), gpu.gradients(X, y)
     assert lg == pytest.approx(lc, rel=1e-5)

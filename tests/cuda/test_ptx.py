@@ -1,5 +1,5 @@
-"""Every CUDA kernel compiles to PTX for a real GPU (sm_90), with the GEMM's tiles in shared memory behind
-barriers and no local-memory spills: the checks the simulator cannot make (it does no type checking).
+"""Every CUDA kernel compiles to PTX for a real GPU (sm_90), with the GEMM's and the fused kernel's tiles in
+shared memory behind barriers and no local-memory spills: the checks the simulator cannot make (it does no type checking).
 
 Runs scripts/check_ptx.py in a process without the simulator. Without the CUDA compiler (numba-cuda with
 NVVM) it is skipped, unless FASTBP_REQUIRE_PTX=1 (set by CI, which installs it) makes that a failure.
@@ -22,5 +22,6 @@ def test_every_kernel_compiles_for_sm90_without_spills():
         pytest.skip(result.stderr.strip())
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 5 and all(line.startswith("ok") for line in lines)
-    assert "bar.sync" in next(line for line in lines if " gemm:" in line)
+    assert len(lines) == 9 and all(line.startswith("ok") for line in lines)
+    for tiled in (" gemm:", " fused_mlp:"):
+        assert "bar.sync" in next(line for line in lines if tiled in line)

@@ -139,6 +139,10 @@ class Trainer:
             verbose=1, initial_epoch=0, callbacks=None):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
 
+        X (n, sizes[0]) and y (labels (n,) for cross_entropy, else (n, sizes[-1])): array-likes, or with
+        device="cuda" also GPU arrays (numba, CuPy, PyTorch CUDA tensors: float32 X and targets, int64
+        labels), used in place.
+
         The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
         (before shuffling). Returns a History with per-epoch "loss" and, for classification, "accuracy"
         (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".

@@ -3,10 +3,12 @@
     python scripts/bench_cuda.py                      # the five shared workloads + the narrow ones
     python scripts/bench_cuda.py --narrow-only --batches 16 18 20
 
-For each workload: the same initial weights and batch (already on the GPU for both), warm-up excluded,
-rounds interleaved, median step time with the device synchronised; samples/s, GFLOP/s
+For each workload: the same initial weights and batch (PyTorch CUDA tensors, which fastbp reads in place
+through __cuda_array_interface__), warm-up excluded, contenders interleaved round by round (10 steps
+each per round), median step time with the device synchronised; samples/s, GFLOP/s
 (6 x batch x sum(fan_in x fan_out) per step) and the ratio to PyTorch with TF32 off (like for like,
-float32) and on; the first-step losses of fastbp and PyTorch (TF32 off) must agree to 1e-4.
+float32) and on. Narrow networks also time fastbp's general path (fastbp_general) beside the fused one.
+The first-step losses of fastbp and PyTorch (TF32 off) must agree to 1e-4.
 Needs an NVIDIA GPU, numba-cuda and a CUDA build of PyTorch.
 """
 import argparse
@@ -17,55 +19,73 @@ import time
 import numpy as np
 
 from fastbp.bench import WORKLOADS, make_batch, step_flops
+from fastbp.cuda.fused_mlp import fits as fused_fits
 
 NARROW = {"narrow64": [32, 64, 64, 64, 64, 16], "narrow128": [32, 128, 128, 128, 16]}
 
 
-def timed(step, sync, rounds, per_round):
-    times = []
+def timed_interleaved(steps, sync, rounds, per_round):
+    """{name: median seconds per step}: each round runs every contender per_round steps in turn."""
+    times = {name: [] for name in steps}
     for _ in range(rounds):
-        for _ in range(per_round):
-            sync()
-            t = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, step in steps.items():
+            step.before()
+            for _ in range(per_round):
+                sync()
+                t = time.perf_counter()
+                step()
+                sync()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def run(name, sizes, batch, loss, rounds):
+class Contender:
+    """A step function and what must hold while it runs (PyTorch's TF32 switch is global)."""
+
+    def __init__(self, step, before=lambda: None):
+        self.step, self.before = step, before
+
+    def __call__(self):
+        return self.step()
+
+
+def run(name, sizes, batch, loss, rounds, per_round=10, warmup=3, torch_device="cuda"):
     import torch
     from numba import cuda
 
     import fastbp
     from fastbp import peers
+    from fastbp.cuda.backend import CudaBackend
     X, y = make_batch(sizes, batch, loss)
-    trainer = fastbp.Trainer(sizes, loss=loss, batch_size=batch, device="cuda", seed=0)
-    params = trainer.params
-    # Validated once and kept on the device, as fit does: the timed step copies only the row indices.
-    Xc, labels, targets = trainer._checked(X, y)
-    rows = np.arange(batch, dtype=np.int64)
-
-    def fast_step():
-        return trainer._train_rows(Xc, labels, targets, rows)
-
-    results = {}
-    first = {"fastbp": fast_step()}
+    xt, yt = torch.from_numpy(X).to(torch_device), torch.from_numpy(y).to(torch_device)
+    order = np.arange(batch, dtype=np.int64)
+    rows = order[:batch]  # a slice of the "epoch order", as in fit: uploaded once
+    contenders, first = {}, {}
+    paths = [True, False] if fused_fits(sizes) else [False]
+    for fused in paths:
+        trainer = fastbp.Trainer(sizes, loss=loss, batch_size=batch, device="cuda", seed=0)
+        params = trainer.params  # the same (seeded) start for every contender
+        trainer._backend = CudaBackend(trainer.config, trainer.state, fused=fused)
+        # The PyTorch tensors themselves, through __cuda_array_interface__: no copy, checked on the device.
+        data = trainer._checked(xt, yt)
+        label = "fastbp" if fused == paths[0] else "fastbp_general"
+        contenders[label] = Contender(lambda t=trainer, d=data: t._train_rows(*d, rows))
+        first[label] = contenders[label]()
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         _, model = peers.torch_peer(trainer.config, params)
-        model.cuda()
-        opt_step = _torch_cuda_step(torch, model, trainer.config, loss)
-        xt = torch.from_numpy(X).cuda()
-        yt = torch.from_numpy(y).cuda()
+        model.to(torch_device)
+        step = _torch_cuda_step(torch, model, trainer.config, loss)
         label = "torch_tf32" if tf32 else "torch"
-        first[label] = opt_step(xt, yt)
-        for _ in range(3):
-            opt_step(xt, yt)
-        results[label] = timed(lambda: opt_step(xt, yt), torch.cuda.synchronize, rounds, 10)
-    for _ in range(3):
-        fast_step()
-    results["fastbp"] = timed(fast_step, cuda.synchronize, rounds, 10)
+        contenders[label] = Contender(lambda s=step: s(xt, yt),
+                                      lambda v=tf32: setattr(torch.backends.cuda.matmul, "allow_tf32", v))
+        contenders[label].before()
+        first[label] = contenders[label]()
+    for contender in contenders.values():  # warm-up, excluded from the timing
+        contender.before()
+        for _ in range(warmup):
+            contender()
+    results = timed_interleaved(contenders, cuda.synchronize, rounds, per_round)
     flops = step_flops(sizes, batch)
     agree = abs(first["fastbp"] - first["torch"]) / max(abs(first["torch"]), 1e-30)
     print(f"{name:<15} batch {batch:>8}  " + "  ".join(
@@ -98,7 +118,13 @@ def main():
     parser.add_argument("--batches", type=int, nargs="*", default=[14, 16, 18, 21],
                         help="log2 batch sizes for the narrow workloads (default 14 16 18 21)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script itself on tiny sizes under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) "
+                             "with PyTorch on the CPU; its timings mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        return 0 if run("smoke", [3, 5, 2], 8, "cross_entropy", rounds=1, per_round=1, warmup=1,
+                        torch_device="cpu") else 1
     try:
         from numba import cuda
         import torch

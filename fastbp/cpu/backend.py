@@ -9,7 +9,7 @@ from .. import validation
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from ..workspaces import WorkspaceCache
 from ..threads import blas_single_threaded
-from . import step
+from . import pipeline, step
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS
@@ -41,7 +41,20 @@ class Workspace:
         # Two threads is the count that splits the most layers; size for it, with every thread's partial.
         split_layers = [(dims[l] + 1) * dims[l + 1] for l in range(dims.size - 1)
                         if split_batch(n, dims[l], dims[l + 1], 2)]
-        self.partials = np.zeros(max([1] + [(max_threads - 1) * size for size in split_layers]), np.float32)
+        partial_floats = [1] + [(max_threads - 1) * size for size in split_layers]
+        # The per-thread pipeline (narrow layers, long batches): a tile workspace per thread, ones columns
+        # preset, and every thread but the first accumulating a whole gradient of its own.
+        self.tiles = np.zeros(1, np.float32)
+        if pipeline.fits(dims, n, 1):
+            per_thread = pipeline.tile_floats(dims)
+            self.tiles = np.zeros(max_threads * per_thread, np.float32)
+            tile_off = activation_offsets(dims, pipeline.TILE_ROWS)
+            for t in range(max_threads):
+                for l in range(dims.size - 1):
+                    start = t * per_thread + tile_off[l]
+                    self.tiles[start:start + tile_off[l + 1] - tile_off[l]].reshape(-1, dims[l] + 1)[:, -1] = 1.0
+            partial_floats.append((max_threads - 1) * int(sum((dims[:-1] + 1) * dims[1:])))
+        self.partials = np.zeros(max(partial_floats), np.float32)
         self.row_loss = np.zeros(n, np.float64)
         self.row_hits = np.zeros(n, np.float64)
         self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
@@ -70,12 +83,17 @@ class CpuBackend:
     def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
         s = self.state
         ws = self._workspaces.get(rows.size)
+        threads = numba.get_num_threads()
+        # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
+        entry, tiles = step.run, ws.scratch
+        if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
+            entry, tiles = step.run_pipeline, ws.tiles
         with blas_single_threaded():
-            return step.run(mode, X, _EMPTY_LABELS if labels is None else labels,
-                            _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
-                            self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                            settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, ws.acts, ws.scratch,
-                            ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, numba.get_num_threads())
+            return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
+                         _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
+                         self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
+                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, ws.acts, tiles,
+                         ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not

@@ -25,9 +25,9 @@ NO_TRANS = ord("N")
 TRANS = ord("T")
 
 
-@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True)
-def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
-    """C = op(A) @ op(B), all row-major float32, op(X) = X or X^T.
+@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, types.float32, _vec, _i8), cache=True, nogil=True)
+def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """C = op(A) @ op(B) + beta C, all row-major float32, op(X) = X or X^T.
 
     a, b, c: 1-D float32 arrays starting at each matrix's first element (slices of flat buffers);
     op(A) is (m, k), op(B) is (k, n), C is (m, n); lda, ldb, ldc: row strides in elements.
@@ -41,10 +41,17 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
         raise IndexError("gemm operand does not fit its buffer")
     scalars = np.zeros(2, np.float32)
     scalars[0] = 1.0
+    scalars[1] = beta
     status = _xxgemm(ord("s"), trans_b, trans_a, n, m, k, scalars[0:].ctypes, b.ctypes, ldb,
                      a.ctypes, lda, scalars[1:].ctypes, c.ctypes, ldc)
     if status != 0:
         raise RuntimeError("BLAS sgemm failed")
+
+
+@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True)
+def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """C = op(A) @ op(B) (see gemm_into)."""
+    gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, np.float32(0.0), c, ldc)
 
 
 @njit(types.UniTuple(_i8, 2)(_i8, _i8, _i8), cache=True, nogil=True)

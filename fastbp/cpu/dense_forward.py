@@ -67,11 +67,11 @@ def activate_block(z, ld, r0, r1, c0, c1, activation):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def drop_block(z, ld, r0, r1, c0, c1, layer, key, threshold, inv_keep):
-    """In place: inverted dropout on z[r0:r1, c0:c1] (see dropout.py)."""
+def drop_block(z, ld, r0, r1, c0, c1, layer, key, threshold, inv_keep, row0):
+    """In place: inverted dropout on z[r0:r1, c0:c1] (see dropout.py); z's row i is batch row row0 + i."""
     for i in range(r0, r1):
         for j in range(c0, c1):
-            if keeps(key, layer, i, j, threshold):
+            if keeps(key, layer, row0 + i, j, threshold):
                 z[i * ld + j] *= inv_keep
             else:
                 z[i * ld + j] = 0.0
@@ -99,7 +99,7 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer,
             activate_block(z, ld_out, r0, r1, c0, c1, activation)
         if dropout_threshold > 0:
             drop_block(z, ld_out, r0, r1, c0, c1, layer, dropout_key, dropout_threshold,
-                       np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold)))
+                       np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold)), 0)
         restore(fp_state)
 
 

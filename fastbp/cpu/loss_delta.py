@@ -20,61 +20,74 @@ from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE
 from .denormals import flush_denormals, restore
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
+    """(loss, hits) of one row z (m,); its delta, scaled by `scale`, into d (m,) when want_delta (d may be z).
+    src: the row's index in labels / targets."""
+    acc = 0.0
+    hits = 0.0
+    if loss == CROSS_ENTROPY:
+        label = labels[src]
+        zmax = z[0]
+        best = 0
+        for j in range(1, m):
+            if z[j] > zmax:
+                zmax = z[j]
+                best = j
+        hits = 1.0 if best == label else 0.0
+        total = np.float32(0.0)
+        for j in range(m):
+            total += np.exp(z[j] - zmax)
+        acc = np.float64(zmax) + np.log(np.float64(total)) - np.float64(z[label])
+        if want_delta:
+            inv_total = np.float32(1.0) / total
+            for j in range(m):
+                d[j] = np.exp(z[j] - zmax) * inv_total * scale
+            d[label] -= scale
+    elif loss == MSE:
+        for j in range(m):
+            diff = z[j] - targets[src, j]
+            acc += np.float64(diff * diff)
+            if want_delta:
+                d[j] = np.float32(2.0) * diff * scale
+    else:  # BCE
+        for j in range(m):
+            v = z[j]
+            t = targets[src, j]
+            e = np.exp(-abs(v))
+            acc += np.float64(max(v, np.float32(0.0)) - v * t) + np.log1p(np.float64(e))
+            if (v > 0) == (t >= 0.5):
+                hits += 1.0 / m
+            if want_delta:
+                p = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
+                d[j] = (p - t) * scale
+    return acc, hits
+
+
+@njit(cache=True, nogil=True)
+def delta_scale(loss, n, m):
+    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce: per output)."""
+    return np.float32(1.0 / n) if loss == CROSS_ENTROPY else np.float32(1.0 / (n * m))
+
+
+@njit(cache=True, nogil=True)
+def mean_loss(row_loss, n, m, loss):
+    """The batch's mean loss from the per-row sums, added in row order."""
+    total_loss = 0.0
+    for i in range(n):
+        total_loss += row_loss[i]
+    return total_loss / n if loss == CROSS_ENTROPY else total_loss / (n * m)
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, row_hits, want_delta):
     """Returns the mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
     if loss not in (MSE, CROSS_ENTROPY, BCE):
         raise ValueError("unknown loss code")
-    if loss == CROSS_ENTROPY:
-        scale = np.float32(1.0 / n)
-    else:
-        scale = np.float32(1.0 / (n * m))
+    scale = delta_scale(loss, n, m)
     for i in prange(n):
         fp_state = flush_denormals()  # softmax probabilities of hopeless classes are often subnormal
-        z = logits[i * m:(i + 1) * m]
-        d = delta[i * m:(i + 1) * m]
-        src = rows[i]
-        acc = 0.0
-        hits = 0.0
-        if loss == CROSS_ENTROPY:
-            label = labels[src]
-            zmax = z[0]
-            best = 0
-            for j in range(1, m):
-                if z[j] > zmax:
-                    zmax = z[j]
-                    best = j
-            hits = 1.0 if best == label else 0.0
-            total = np.float32(0.0)
-            for j in range(m):
-                total += np.exp(z[j] - zmax)
-            acc = np.float64(zmax) + np.log(np.float64(total)) - np.float64(z[label])
-            if want_delta:
-                inv_total = np.float32(1.0) / total
-                for j in range(m):
-                    d[j] = np.exp(z[j] - zmax) * inv_total * scale
-                d[label] -= scale
-        elif loss == MSE:
-            for j in range(m):
-                diff = z[j] - targets[src, j]
-                acc += np.float64(diff * diff)
-                if want_delta:
-                    d[j] = np.float32(2.0) * diff * scale
-        else:  # BCE
-            for j in range(m):
-                v = z[j]
-                t = targets[src, j]
-                e = np.exp(-abs(v))
-                acc += np.float64(max(v, np.float32(0.0)) - v * t) + np.log1p(np.float64(e))
-                if (v > 0) == (t >= 0.5):
-                    hits += 1.0 / m
-                if want_delta:
-                    p = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
-                    d[j] = (p - t) * scale
-        row_loss[i] = acc
-        row_hits[i] = hits
+        row_loss[i], row_hits[i] = row_loss_and_delta(logits[i * m:(i + 1) * m], delta[i * m:(i + 1) * m], rows[i],
+                                                      m, labels, targets, loss, scale, want_delta)
         restore(fp_state)
-    total_loss = 0.0
-    for i in range(n):
-        total_loss += row_loss[i]
-    return total_loss / n if loss == CROSS_ENTROPY else total_loss / (n * m)
+    return mean_loss(row_loss, n, m, loss)

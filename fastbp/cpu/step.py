@@ -27,6 +27,7 @@ from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import loss_and_delta
 from .optimizers import clip_scale, optimizer_update
+from .pipeline import pipeline_gradients
 from .weight_grad import weight_gradient
 
 # What run() does; each mode includes the ones before it.
@@ -64,6 +65,21 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
         if l > 0:
             propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
                             dropout_threshold, scratch, threads)
+    if mode == STEP and np.isfinite(value):
+        scale = clip_scale(grads, settings.clip_norm, norm_sums)
+        optimizer_update(params, grads, moment1, moment2, settings, scale)
+    return value
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def run_pipeline(mode, X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
+                 settings, dropout_key, dropout_threshold, acts, tiles, partials, row_loss, row_hits, norm_sums,
+                 threads):
+    """run() in modes GRADIENTS and STEP through the per-thread pipeline (pipeline.py): a separate entry
+    point, so that networks that never take it never compile it. acts is unused (the tiles replace it);
+    after a call, the logits of the batch are not available (last_logits needs a FORWARD or LOSS call)."""
+    value = pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads,
+                               dropout_key, dropout_threshold, tiles, partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
         scale = clip_scale(grads, settings.clip_norm, norm_sums)
         optimizer_update(params, grads, moment1, moment2, settings, scale)

@@ -68,15 +68,21 @@ def build_peers(sizes, batch, loss, activation="relu", peers=("fastbp", "torch",
     for name in peers:
         if name == "fastbp":
             steps[name] = trainer.step
-        elif name == "torch":
+        elif name in ("torch", "torch_compile"):
             try:
-                steps[name] = peer_impls.torch_peer(trainer.config, params, threads=threads)[0]
+                steps[name] = peer_impls.torch_peer(trainer.config, params, threads=threads,
+                                                    compiled=name == "torch_compile")[0]
             except ImportError:
-                print("PyTorch is not installed: skipping the torch peer", file=sys.stderr)
+                print(f"PyTorch is not installed: skipping the {name} peer", file=sys.stderr)
+        elif name == "jax":
+            try:
+                steps[name] = peer_impls.jax_peer(trainer.config, params)
+            except ImportError:
+                print("JAX is not installed: skipping the jax peer", file=sys.stderr)
         elif name == "numpy":
             steps[name] = peer_impls.numpy_peer(trainer.config, params).step
         else:
-            raise ValueError(f"unknown peer {name!r}; valid: fastbp, torch, numpy")
+            raise ValueError(f"unknown peer {name!r}; valid: fastbp, torch, torch_compile, jax, numpy")
     return steps
 
 
@@ -165,13 +171,13 @@ def loss_agreement(results, against="torch"):
 
 def format_table(all_results, ceiling):
     lines = [f"GEMM ceiling (NumPy float32 4096^3, this run): {ceiling:.1f} GFLOP/s", "",
-             f"{'workload':<15} {'peer':<7} {'ms/step':>9} {'samples/s':>12} {'GFLOP/s':>8} {'ceiling':>8} "
+             f"{'workload':<15} {'peer':<13} {'ms/step':>9} {'samples/s':>12} {'GFLOP/s':>8} {'ceiling':>8} "
              f"{'fastbp x':>9} {'1st step s':>10}"]
     for name, res in all_results.items():
         base = res["peers"].get("fastbp")
         for peer, r in res["peers"].items():
             speedup = r["step_s"] / base["step_s"] if base else float("nan")
-            lines.append(f"{name:<15} {peer:<7} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:12,.0f} "
+            lines.append(f"{name:<15} {peer:<13} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:12,.0f} "
                          f"{r['gflops']:8.1f} {r['gflops'] / ceiling:8.1%} {speedup:9.2f} {r['first_step_s']:10.3f}")
         mem = res.get("memory")
         if mem:
@@ -191,7 +197,8 @@ def add_parser(sub):
     p.add_argument("--sizes", type=int, nargs="+", help="custom layer sizes (instead of --workloads)")
     p.add_argument("--batch", type=int, default=1024, help="batch for --sizes")
     p.add_argument("--loss", default="cross_entropy", help="loss for --sizes")
-    p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"])
+    p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"],
+                   help="any of: fastbp, torch, torch_compile, jax, numpy (peers not installed are skipped)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds-per-round", type=float, default=0.4)
     p.add_argument("--memory", action="store_true", help="also measure fastbp's peak training memory "

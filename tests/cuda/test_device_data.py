@@ -94,3 +94,20 @@ def test_row_order_uploaded_once_per_epoch(rng, monkeypatch):
     reference = fastbp.Trainer([4, 5, 3], loss="cross_entropy", seed=0, batch_size=7)
     reference.fit(X, y, epochs=3, verbose=0)
     assert rel_error(t.params[0][0], reference.params[0][0]) < 1e-5
+
+
+def test_a_training_step_copies_only_its_loss_back(rng, monkeypatch):
+    """Within fit: the data and each epoch's order go to the device once, and each step's one transfer
+    back is its loss (the non-finite check and the clipping norm stay on the device)."""
+    X, y = data(rng, n=20)
+    t = fastbp.Trainer([4, 5, 3], loss="cross_entropy", device="cuda", seed=0, batch_size=5, clip_norm=1.0)
+    t.fit(X, y, epochs=1, verbose=0)  # workspaces allocated
+    device_array_type = type(cuda.to_device(np.zeros(1)))
+    uploads, downloads = [], []
+    to_device, copy_to_host = cuda.to_device, device_array_type.copy_to_host
+    monkeypatch.setattr(cuda, "to_device", lambda a, *args, **kw: uploads.append(a.shape) or to_device(a, *args, **kw))
+    monkeypatch.setattr(device_array_type, "copy_to_host",
+                        lambda self, *args, **kw: downloads.append(self.shape) or copy_to_host(self, *args, **kw))
+    t.fit(X, y, epochs=2, verbose=0)
+    assert sorted(uploads) == sorted([(80,), (20,), (20,), (20,)])  # X flat, labels, two epochs' orders
+    assert downloads == [(2,)] * 8  # 2 epochs x 4 steps: the loss and accuracy sums

@@ -29,7 +29,7 @@ from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block
 from .denormals import flush_denormals, restore
 from .loss_delta import delta_scale, mean_loss, row_loss_and_delta
-from .weight_grad import SUM_CHUNKS
+from .weight_grad import add_partials
 
 MAX_WIDTH = 128
 TILE_ROWS = 128
@@ -108,13 +108,5 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
                         undo_dropout(a_prev, scratch, count, fan_in, t0, l - 1, dropout_key, dropout_threshold)
                     multiply_derivative_into(a_prev, scratch, count, fan_in, activation)
         restore(fp_state)
-    # The accumulators added up in thread order, in fixed chunks of the parameter buffer.
-    for c in prange(SUM_CHUNKS):
-        fp_state = flush_denormals()
-        for i in range(c * size // SUM_CHUNKS, (c + 1) * size // SUM_CHUNKS):
-            total = grads[i]
-            for q in range(threads - 1):
-                total += partials[q * size + i]
-            grads[i] = total
-        restore(fp_state)
+    add_partials(grads, partials, size, threads - 1)  # in thread order
     return mean_loss(row_loss, n, m, loss)

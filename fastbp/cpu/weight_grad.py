@@ -32,6 +32,20 @@ def split_batch(n, fan_in, fan_out, threads):
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
+def add_partials(grad, partials, size, count):
+    """grad[:size] += partials[q * size:(q + 1) * size] for q = 0 .. count - 1, added in that order, in
+    SUM_CHUNKS fixed pieces of grad (so the order of additions never depends on the thread count)."""
+    for c in prange(SUM_CHUNKS):
+        fp_state = flush_denormals()
+        for i in range(c * size // SUM_CHUNKS, (c + 1) * size // SUM_CHUNKS):
+            total = grad[i]
+            for q in range(count):
+                total += partials[q * size + i]
+            grad[i] = total
+        restore(fp_state)
+
+
+@njit(parallel=True, cache=True, nogil=True, inline="always")
 def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials, threads):
     size = (fan_in + 1) * fan_out
     if split_batch(n, fan_in, fan_out, threads):
@@ -44,14 +58,7 @@ def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials,
             gemm(TRANS, NO_TRANS, fan_in + 1, fan_out, r1 - r0, a_prev[r0 * (fan_in + 1):], fan_in + 1,
                  delta[r0 * ld_delta:], ld_delta, out, fan_out)
             restore(fp_state)
-        for c in prange(SUM_CHUNKS):
-            fp_state = flush_denormals()
-            for i in range(c * size // SUM_CHUNKS, (c + 1) * size // SUM_CHUNKS):
-                total = grad[i]
-                for p in range(threads - 1):
-                    total += partials[p * size + i]
-                grad[i] = total
-            restore(fp_state)
+        add_partials(grad, partials, size, threads - 1)
         return
     parts, by_rows = split_rows(fan_in + 1, fan_out, threads)
     for p in prange(parts):

@@ -63,3 +63,28 @@ def keep(threshold):
 @cuda.jit(device=True, inline=True)
 def inv_keep(threshold):
     return float32(16777216.0 / (16777216.0 - threshold))
+
+
+@cuda.jit(device=True, inline=True)
+def forward_epilogue(v, activation, key, layer, row, col, threshold):
+    """A hidden unit's output: act(z), then inverted dropout when threshold > 0."""
+    v = activate(v, activation)
+    if threshold > 0:
+        if keeps(key, layer, row, col, threshold):
+            v *= inv_keep(threshold)
+        else:
+            v = float32(0.0)
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def backward_epilogue(v, stored, activation, key, layer, row, col, threshold):
+    """BP2's last factor: v * act'(A) for a stored activation (undoing its dropout first: a dropped unit
+    passes nothing, a kept one passes v / keep with act' taken at A = stored * keep)."""
+    if threshold > 0:
+        if keeps(key, layer, row, col, threshold):
+            v *= inv_keep(threshold)
+            stored *= keep(threshold)
+        else:
+            return float32(0.0)
+    return v * derivative(stored, activation)

@@ -118,12 +118,8 @@ def fused(x, rows, n, dims, w_off, n_layers, params, acts, act_off, deltas, delt
                 row = row0 + r
                 v = float32(1.0)
                 if c < fan_out:
-                    v = dm.activate(buf[dst + r * LD + c], activation)
-                    if dropout_threshold > 0:
-                        if dm.keeps(dropout_key, l, row, c, dropout_threshold):
-                            v *= dm.inv_keep(dropout_threshold)
-                        else:
-                            v = float32(0.0)
+                    v = dm.forward_epilogue(buf[dst + r * LD + c], activation, dropout_key, l, row, c,
+                                            dropout_threshold)
                     if train and row < n:
                         acts[a_base + row * (fan_out + 1) + c] = v
                 buf[dst + r * LD + c] = v
@@ -169,15 +165,8 @@ def fused(x, rows, n, dims, w_off, n_layers, params, acts, act_off, deltas, delt
             row = row0 + r
             v = float32(0.0)  # past the batch's end: zeros, so nothing non-finite enters later products
             if row < n:
-                v = buf[dst + r * LD + c]
-                stored = acts[a_base + row * (fan_in + 1) + c]
-                if dropout_threshold > 0:
-                    if dm.keeps(dropout_key, l - 1, row, c, dropout_threshold):
-                        v *= dm.inv_keep(dropout_threshold)
-                        stored *= dm.keep(dropout_threshold)
-                    else:
-                        v = float32(0.0)
-                v *= dm.derivative(stored, activation)
+                v = dm.backward_epilogue(buf[dst + r * LD + c], acts[a_base + row * (fan_in + 1) + c], activation,
+                                         dropout_key, l - 1, row, c, dropout_threshold)
                 deltas[d_base + row * fan_in + c] = v
             buf[dst + r * LD + c] = v
         cuda.syncthreads()

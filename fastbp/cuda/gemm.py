@@ -39,21 +39,10 @@ def _store(c, base, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, lay
     if r >= m or col >= n:
         return
     if epilogue == EPI_ACTIVATE:
-        v = dm.activate(v, activation)
-        if dropout_threshold > 0:
-            if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
-                v *= dm.inv_keep(dropout_threshold)
-            else:
-                v = float32(0.0)
+        v = dm.forward_epilogue(v, activation, dropout_key, layer, r, col, dropout_threshold)
     elif epilogue == EPI_DERIVATIVE:
-        stored = aux[r * ld_aux + col]
-        if dropout_threshold > 0:
-            if dm.keeps(dropout_key, layer, r, col, dropout_threshold):
-                v *= dm.inv_keep(dropout_threshold)
-                stored *= dm.keep(dropout_threshold)
-            else:
-                v = float32(0.0)
-        v *= dm.derivative(stored, activation)
+        v = dm.backward_epilogue(v, aux[r * ld_aux + col], activation, dropout_key, layer, r, col,
+                                 dropout_threshold)
     c[base + r * ldc + col] = v
 
 

@@ -38,28 +38,31 @@ class TrainingStep:
 
 class FirstStep:
     """Import plus first step of a new network in a fresh process, with Numba's on-disk cache empty
-    (compilation included) and warm (what every later run of a program pays)."""
-    params = [["cold_cache", "warm_cache"]]
-    param_names = ["cache"]
+    (compilation included) and warm (what every later run of a program pays). mnist's step takes the
+    layer-at-a-time kernels (cpu/step.py: run), tiny's the per-thread pipeline (run_pipeline): two
+    separately compiled entry points."""
+    params = [["cold_cache", "warm_cache"], ["mnist", "tiny"]]
+    param_names = ["cache", "workload"]
     timeout = 600
     number = 1
     repeat = 1
 
-    def setup(self, cache):
+    def setup(self, cache, name):
         self.cache_dir = tempfile.mkdtemp(prefix="fastbp-numba-cache-")
         if cache == "warm_cache":
-            self._run()
+            self._run(name)
 
-    def _run(self):
-        code = ("import time; t = time.perf_counter(); import fastbp, numpy as np; "
-                "tr = fastbp.Trainer([784, 800, 10], loss='cross_entropy', seed=0); "
-                "tr.step(np.zeros((128, 784), np.float32), np.zeros(128, np.int64)); "
+    def _run(self, name):
+        w = WORKLOADS[name]
+        code = ("import time; t = time.perf_counter(); import fastbp; from fastbp.bench import make_batch; "
+                f"tr = fastbp.Trainer({w['sizes']}, loss={w['loss']!r}, seed=0); "
+                f"tr.step(*make_batch({w['sizes']}, {w['batch']}, {w['loss']!r})); "
                 "print(time.perf_counter() - t)")
         env = dict(os.environ, NUMBA_CACHE_DIR=self.cache_dir)
         out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
         return float(out.stdout.strip().splitlines()[-1])
 
-    def track_first_step_seconds(self, cache):
-        return self._run()
+    def track_first_step_seconds(self, cache, name):
+        return self._run(name)
 
     track_first_step_seconds.unit = "seconds"

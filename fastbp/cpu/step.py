@@ -73,13 +73,15 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def run_pipeline(mode, X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-                 settings, dropout_key, dropout_threshold, acts, tiles, partials, row_loss, row_hits, norm_sums,
+                 settings, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, norm_sums,
                  threads):
     """run() in modes GRADIENTS and STEP through the per-thread pipeline (pipeline.py): a separate entry
-    point, so that networks that never take it never compile it. acts is unused (the tiles replace it);
-    after a call, the logits of the batch are not available (last_logits needs a FORWARD or LOSS call)."""
+    point, so that networks that never take it never compile it. weights_t and tiles replace run()'s acts
+    and scratch (see pipeline.py); after a call the batch's logits are not kept (last_logits needs a
+    FORWARD or LOSS call)."""
     value = pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads,
-                               dropout_key, dropout_threshold, tiles, partials, row_loss, row_hits, threads)
+                               dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
+                               threads)
     if mode == STEP and np.isfinite(value):
         scale = clip_scale(grads, settings.clip_norm, norm_sums)
         optimizer_update(params, grads, moment1, moment2, settings, scale)

@@ -19,7 +19,7 @@ give bitwise the same gradient.
 """
 from numba import njit, prange
 
-from .blas import NO_TRANS, TRANS, gemm, gemm_block, part, split_rows
+from .blas import NO_TRANS, TRANS, gemm, gemm_block, part
 from .denormals import flush_denormals, restore
 
 # Pieces of the partial-gradient sum (fixed: the order of additions never depends on the thread count).
@@ -60,7 +60,11 @@ def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials,
             restore(fp_state)
         add_partials(grad, partials, size, threads - 1)
         return
-    parts, by_rows = split_rows(fan_in + 1, fan_out, threads)
+    # Blocks of rows of grad (columns of A_prev) unless the layer is much wider than its input: measured
+    # with one thread per block, 785 x 800 over 128 rows took 0.57 ms by rows against 0.68 ms by columns,
+    # 129 x 256 over 512 rows 0.171 against 0.178 ms, but 1025 x 4096 over 2048 rows 56.4 against 55.0 ms.
+    by_rows = 2 * (fan_in + 1) >= fan_out
+    parts = min(threads, fan_in + 1) if by_rows else min(threads, fan_out)
     for p in prange(parts):
         fp_state = flush_denormals()
         r0, r1, c0, c1 = 0, fan_in + 1, 0, fan_out

@@ -5,8 +5,9 @@ host copies in NetworkState are refreshed only when the Trainer asks (pull) and 
 changes them (push).
 
 Two paths, chosen by the network's shape (fused_mlp.fits):
-- narrow networks (every width <= 128): one fused kernel for forward, loss and delta propagation of all
-  layers (fused_mlp.py), then one weight-gradient product per layer (weight_grad.py);
+- narrow networks (every width <= 128): a transposed copy of the weights (so that the backward products
+  read them coalesced), one fused kernel for forward, loss and delta propagation of all layers
+  (fused_mlp.py), then one weight-gradient product per layer (weight_grad.py);
 - any other widths: the batch gather, one GEMM per layer forward (bias through the ones column,
   activation and dropout in the epilogue), the fused loss, then per layer the weight-gradient product
   and the delta-propagation GEMM (act' in the epilogue, written over the activations).
@@ -97,6 +98,7 @@ class CudaBackend:
             state.dims, n, self.fused, self._weight_grad.partial_size(state.dims, n)))
         self._d_dims = cuda.to_device(np.asarray(state.dims, np.int64))
         self._d_w_off = cuda.to_device(np.asarray(state.offsets, np.int64))
+        self._weights_t = cuda.device_array(state.params.size if self.fused else 1, np.float32)
         self._data = {}
         self._order = None  # (host row order of the epoch, its device copy)
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
@@ -171,9 +173,13 @@ class CudaBackend:
         d_X, d_labels, d_targets = self._device_data(X, labels, targets)
         d_rows = self._device_rows(rows)
         if self.fused:
+            if mode == MODE_TRAIN:
+                fused_mlp.transpose_weights[min(self._blocks(self.params.size), 1024), self.threads](
+                    self.params, self._d_w_off, self._d_dims, n_layers, self._weights_t)
             fused_mlp.launch(self.fused_tiles, d_X, d_rows, n, self._d_dims, self._d_w_off, n_layers, self.params,
-                             ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, d_labels, d_targets, self.loss,
-                             self.activation, ws.row_loss, ws.row_hits, mode, dropout_key, dropout_threshold)
+                             self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, d_labels, d_targets,
+                             self.loss, self.activation, ws.row_loss, ws.row_hits, mode, dropout_key,
+                             dropout_threshold)
         else:
             width0 = int(dims[0])
             gather_input[self._blocks(n * (width0 + 1)), self.threads](d_X, width0, d_rows, ws.block(0))

@@ -18,6 +18,8 @@ Unlike tiny-cuda-nn: float32, biases, any width up to 128, any batch size, and n
 Layouts, all row-major float32 unless noted; n batch rows in step order; L layers; dims (L + 1,) int64:
     x (N * dims[0],): the data; rows (n,) int64: the batch's rows of x, labels, targets
     params: state.py's flat buffer; layer l at w_off[l], a (dims[l] + 1, dims[l + 1]) matrix [W_l; b_l]
+    weights_t: layer l's W_l^T (dims[l + 1], dims[l]) at w_off[l] (transpose_weights, once per step), so
+               that the threads of a warp read consecutive weights in the backward products too
     acts: block l < L at act_off[l]: [A_l, 1] (n, dims[l] + 1); block L: logits or delta_L (n, dims[L])
     deltas: block l (0 < l < L) at delta_off[l]: delta_l (n, dims[l])
     row_loss, row_hits (n,) float64; labels (N,) int64 / targets (N * dims[L],) as in loss_delta.py
@@ -69,8 +71,8 @@ def forward_product(buf, src, dst, params, w_base, fan_in, fan_out):
 {store_out}
 
 
-def backward_product(buf, src, dst, params, w_base, fan_in, fan_out):
-    \"\"\"buf[dst] (ROWS, fan_in) = buf[src] (ROWS, fan_out) @ W^T (fan_out, fan_in).\"\"\"
+def backward_product(buf, src, dst, weights_t, w_base, fan_in, fan_out):
+    \"\"\"buf[dst] (ROWS, fan_in) = buf[src] (ROWS, fan_out) @ W^T, W^T read as weights_t (fan_out, fan_in).\"\"\"
     col_blocks = (fan_in + TN - 1) // TN
     for p in range(cuda.threadIdx.x, ROW_BLOCKS * col_blocks, THREADS):
         r0 = (p // col_blocks) * TM
@@ -84,8 +86,8 @@ def backward_product(buf, src, dst, params, w_base, fan_in, fan_out):
 {store_in}
 
 
-def fused(x, rows, n, dims, w_off, n_layers, params, acts, act_off, deltas, delta_off, labels, targets, loss,
-          activation, row_loss, row_hits, mode, dropout_key, dropout_threshold):
+def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, labels, targets,
+          loss, activation, row_loss, row_hits, mode, dropout_key, dropout_threshold):
     buf = cuda.shared.array(BUFFER, float32)  # two ROWS x LD tiles
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.x * ROWS
@@ -154,7 +156,7 @@ def fused(x, rows, n, dims, w_off, n_layers, params, acts, act_off, deltas, delt
     for l in range(n_layers - 1, 0, -1):
         dst = ROWS * LD - src
         fan_in = dims[l]
-        backward_product(buf, src, dst, params, w_off[l], fan_in, dims[l + 1])
+        backward_product(buf, src, dst, weights_t, w_off[l], fan_in, dims[l + 1])
         cuda.syncthreads()
         # delta_l = (delta_(l+1) @ W_l^T) * act'(A_l), undoing A_l's dropout (drawn by layer l - 1) first.
         a_base = act_off[l]
@@ -186,7 +188,7 @@ def make_fused(rows, tm, tn, threads):
         zero="\n".join(f"        acc_{i}_{j} = float32(0.0)" for i, j in ij),
         load_a="\n".join(f"            a_{i} = buf[src + (r0 + {i}) * LD + k]" for i in range(tm)),
         load_w_forward="\n".join(f"            b_{j} = params[w_row + cl_{j}]" for j in range(tn)),
-        load_w_backward="\n".join(f"            b_{j} = params[w_base + cl_{j} * fan_out + k]" for j in range(tn)),
+        load_w_backward="\n".join(f"            b_{j} = weights_t[w_base + k * fan_in + cl_{j}]" for j in range(tn)),
         fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i, j in ij),
         store_out="\n".join(f"        if c0 + {j} < fan_out:\n            buf[dst + (r0 + {i}) * LD + c0 + {j}] = acc_{i}_{j}"
                              for i, j in ij),
@@ -200,6 +202,19 @@ def make_fused(rows, tm, tn, threads):
         namespace[name] = cuda.jit(device=True, inline=True)(namespace[name])
     _kernels[key] = cuda.jit(namespace["fused"])
     return _kernels[key]
+
+
+@cuda.jit
+def transpose_weights(params, w_off, dims, n_layers, weights_t):
+    """weights_t <- each hidden-to-next layer's W^T (layers 1 .. L - 1: the ones a delta goes back through);
+    one thread per weight, grid-stride."""
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for l in range(1, n_layers):
+        fan_in, fan_out, base = dims[l], dims[l + 1], w_off[l]
+        for idx in range(start, fan_in * fan_out, stride):
+            i = idx // fan_out
+            j = idx - i * fan_out
+            weights_t[base + j * fan_in + i] = params[base + idx]
 
 
 def launch(tiles, x, rows, n, *args):

@@ -3,9 +3,10 @@
     python scripts/check_ptx.py [--cc 9.0] [--show]
 
 Needs the CUDA target with NVVM (pip install 'fastbp[cuda]'); must run without NUMBA_ENABLE_CUDASIM.
-Checks that the GEMM and the fused narrow-network kernel stage their tiles in shared memory with barriers, that no kernel spills to local
-memory, and prints each kernel's shared-memory and register-array footprint. Exit status 0 when all
-kernels compile and pass, 1 on a failed check, 77 when the CUDA compiler is not installed.
+Checks that the GEMM and the fused narrow-network kernel stage their tiles in shared memory with barriers,
+that no kernel spills to local memory, and prints each kernel's shared-memory and register-array
+footprint. Exit status 0 when all kernels compile and pass, 1 on a failed check, 77 when the CUDA
+compiler is not installed.
 """
 import argparse
 import os

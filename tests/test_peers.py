@@ -6,7 +6,7 @@ import pytest
 
 import fastbp
 from fastbp import peers, reference
-from conftest import make_targets, rel_error
+from conftest import make_targets
 
 
 def three_steps(rng, make_step, loss):

@@ -44,7 +44,7 @@ class Workspace:
         partial_floats = [1] + [(max_threads - 1) * size for size in split_layers]
         # The per-thread pipeline (narrow layers, long batches): a tile workspace per thread, ones columns
         # preset, and every thread but the first accumulating a whole gradient of its own.
-        self.tiles = self.weights_t = np.zeros(1, np.float32)
+        self.tiles, self.weights_t = np.zeros(1, np.float32), np.zeros(1, np.float32)
         if pipeline.fits(dims, n, 1):
             self.weights_t = np.zeros(int(sum((dims[:-1] + 1) * dims[1:])), np.float32)
             per_thread = pipeline.tile_floats(dims)
@@ -93,7 +93,8 @@ class CpuBackend:
             return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
                          _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
                          self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
+                         ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not

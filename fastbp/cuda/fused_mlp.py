@@ -182,6 +182,10 @@ def make_fused(rows, tm, tn, threads):
     if key in _kernels:
         return _kernels[key]
     ij = [(i, j) for i in range(tm) for j in range(tn)]
+
+    def stores(width):  # the raw sums of the patch's columns inside the product's width
+        return "\n".join(f"        if c0 + {j} < {width}:\n"
+                         f"            buf[dst + (r0 + {i}) * LD + c0 + {j}] = acc_{i}_{j}" for i, j in ij)
     src = _TEMPLATE.format(
         clamp_out="\n".join(f"        cl_{j} = min(c0 + {j}, fan_out - 1)" for j in range(tn)),
         clamp_in="\n".join(f"        cl_{j} = min(c0 + {j}, fan_in - 1)" for j in range(tn)),
@@ -190,13 +194,10 @@ def make_fused(rows, tm, tn, threads):
         load_w_forward="\n".join(f"            b_{j} = params[w_row + cl_{j}]" for j in range(tn)),
         load_w_backward="\n".join(f"            b_{j} = weights_t[w_base + k * fan_in + cl_{j}]" for j in range(tn)),
         fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i, j in ij),
-        store_out="\n".join(f"        if c0 + {j} < fan_out:\n            buf[dst + (r0 + {i}) * LD + c0 + {j}] = acc_{i}_{j}"
-                             for i, j in ij),
-        store_in="\n".join(f"        if c0 + {j} < fan_in:\n            buf[dst + (r0 + {i}) * LD + c0 + {j}] = acc_{i}_{j}"
-                            for i, j in ij))
+        store_out=stores("fan_out"), store_in=stores("fan_in"))
     namespace = {"cuda": cuda, "float32": float32, "dm": dm, "row_loss_and_delta": row_loss_and_delta,
-                 "delta_scale": delta_scale, "ROWS": rows, "LD": LD, "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn, "THREADS": threads,
-                 "ROW_BLOCKS": rows // tm, "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
+                 "delta_scale": delta_scale, "ROWS": rows, "LD": LD, "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn,
+                 "THREADS": threads, "ROW_BLOCKS": rows // tm, "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
     exec(compile(src, f"<fastbp.cuda.fused_mlp {key}>", "exec"), namespace)
     for name in ("forward_product", "backward_product"):
         namespace[name] = cuda.jit(device=True, inline=True)(namespace[name])

@@ -1,5 +1,6 @@
 """Every CUDA kernel compiles to PTX for a real GPU (sm_90), with the GEMM's and the fused kernel's tiles in
-shared memory behind barriers and no local-memory spills: the checks the simulator cannot make (it does no type checking).
+shared memory behind barriers and no local-memory spills: the checks the simulator cannot make (it does no
+type checking).
 
 Runs scripts/check_ptx.py in a process without the simulator. Without the CUDA compiler (numba-cuda with
 NVVM) it is skipped, unless FASTBP_REQUIRE_PTX=1 (set by CI, which installs it) makes that a failure.

@@ -38,6 +38,26 @@ def finite_number(name, value, low=None, low_inclusive=True, high=None, high_inc
     return float(value)
 
 
+# The kernels compute in float32: a setting beyond its range would be inf (or eps flushed to 0) there.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32; the kernels flush subnormals to zero
+# Dropout keeps a unit when a 24-bit hash reaches rate * 2^24 (rounded): rates closer to 1 than this would
+# drop every unit and scale by 1 / (1 - rate) beyond float32's precision.
+MAX_DROPOUT = 1.0 - 2.0 ** -24
+
+
+def float32_number(name, value, low=None, low_inclusive=True, high=None, high_inclusive=False):
+    """finite_number, also within float32's range: |value| <= FLOAT32_MAX, and 0 or |value| >= FLOAT32_TINY."""
+    value = finite_number(name, value, low, low_inclusive, high, high_inclusive)
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{name}={value!r} is beyond float32's range (max {FLOAT32_MAX:.4g}), which the "
+                         "kernels compute in")
+    if value != 0 and abs(value) < FLOAT32_TINY:
+        raise ValueError(f"{name}={value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}) and "
+                         "would be 0 in the kernels")
+    return value
+
+
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -80,7 +100,7 @@ class Config:
         _choice("device", self.device, DEVICES)
         if self.loss == "cross_entropy" and self.sizes[-1] < 2:
             raise ValueError("cross_entropy needs at least 2 output classes; for one output use loss='bce'")
-        object.__setattr__(self, "lr", finite_number("lr", self.lr, low=0.0))
+        object.__setattr__(self, "lr", float32_number("lr", self.lr, low=0.0))
         object.__setattr__(self, "batch_size", positive_int("batch_size", self.batch_size))
         if self.seed is not None:
             seed = self.seed
@@ -90,7 +110,7 @@ class Config:
         wd = self.weight_decay
         if wd is None:
             wd = ADAMW_DEFAULT_WEIGHT_DECAY if self.optimizer == "adamw" else 0.0
-        object.__setattr__(self, "weight_decay", finite_number("weight_decay", wd, low=0.0))
+        object.__setattr__(self, "weight_decay", float32_number("weight_decay", wd, low=0.0))
         object.__setattr__(self, "momentum", finite_number("momentum", self.momentum, low=0.0, high=1.0))
         if not isinstance(self.nesterov, bool):
             raise TypeError(f"nesterov must be True or False, got {self.nesterov!r}")
@@ -104,12 +124,13 @@ class Config:
         betas = tuple(finite_number("each of betas", b, low=0.0, high=1.0) for b in self.betas)
         object.__setattr__(self, "betas", betas)
         eps = DEFAULT_EPS.get(self.optimizer, 1e-8) if self.eps is None else self.eps
-        object.__setattr__(self, "eps", finite_number("eps", eps, low=0.0, low_inclusive=False))
+        object.__setattr__(self, "eps", float32_number("eps", eps, low=0.0, low_inclusive=False))
         object.__setattr__(self, "alpha", finite_number("alpha", self.alpha, low=0.0, high=1.0))
         if self.clip_norm is not None:
-            object.__setattr__(self, "clip_norm", finite_number("clip_norm", self.clip_norm, low=0.0,
-                                                                low_inclusive=False))
-        object.__setattr__(self, "dropout", finite_number("dropout", self.dropout, low=0.0, high=1.0))
+            object.__setattr__(self, "clip_norm", float32_number("clip_norm", self.clip_norm, low=0.0,
+                                                                 low_inclusive=False))
+        object.__setattr__(self, "dropout", finite_number("dropout", self.dropout, low=0.0, high=MAX_DROPOUT,
+                                                          high_inclusive=True))
         if self.dropout and len(self.sizes) < 3:
             raise ValueError("dropout applies to hidden layers, and this network has none")
 

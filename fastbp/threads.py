@@ -1,24 +1,79 @@
-"""Keeps Numba's threads and BLAS's threads from competing for the cores.
+"""How many threads the kernels use, and keeping Numba's threads and BLAS's threads from competing.
 
 fastbp's kernels split every product into one block per Numba thread and call BLAS on each block, so
 BLAS must run single-threaded meanwhile: two thread pools, each as wide as the machine, would
 oversubscribe it (measured here on 2 cores: ~24 ms per small step instead of ~0.2 ms, as OpenMP
 workers spin while OpenBLAS's threads wait for a core). The user's own BLAS setting is restored on exit.
+
+The kernels' thread count honours every limit a process can be given (kernel_threads).
 """
+import os
 import threading
 
+import numba
+
 _lock = threading.RLock()
-_libraries = None
+_controller = None
+
+
+def _threadpools():
+    """threadpoolctl's view of the loaded BLAS and OpenMP libraries (looked up once)."""
+    global _controller
+    with _lock:
+        if _controller is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call must be loaded)
+            from threadpoolctl import ThreadpoolController
+            _controller = ThreadpoolController()
+    return _controller
 
 
 def _blas_libraries():
-    global _libraries
-    with _lock:
-        if _libraries is None:
-            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call must be loaded)
-            from threadpoolctl import ThreadpoolController
-            _libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _libraries
+    return _threadpools().select(user_api="blas").lib_controllers
+
+
+def _env_limit(name):
+    try:
+        value = int(os.environ.get(name, "").split(",")[0])
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def limit():
+    """The most threads this process should run kernels on, from every limit the field sets:
+    Numba's own count in the calling thread (NUMBA_NUM_THREADS, numba.set_num_threads: joblib's loky
+    workers get NUMBA_NUM_THREADS = cores // n_jobs), the CPUs this process may run on (taskset,
+    cgroup cpusets, Slurm), OMP_NUM_THREADS, and OpenMP limits set through threadpoolctl
+    (threadpool_limits(1) around a call)."""
+    limits = [numba.get_num_threads()]
+    if hasattr(os, "sched_getaffinity"):
+        limits.append(len(os.sched_getaffinity(0)))
+    env = _env_limit("OMP_NUM_THREADS")
+    if env:
+        limits.append(env)
+    for lib in _threadpools().select(user_api="openmp").lib_controllers:
+        limits.append(lib.num_threads)
+    return max(1, min(limits))
+
+
+def check_requested(threads):
+    """Trainer(threads=...): None (fastbp chooses) or an integer in [1, Numba's maximum]."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads={threads} is more than Numba's maximum of {numba.config.NUMBA_NUM_THREADS} "
+                         "(set NUMBA_NUM_THREADS before starting Python to raise it)")
+    return threads
+
+
+def kernel_threads(requested):
+    """The thread count for the next compiled call: `requested` (Trainer(threads=...)) if given, capped by
+    Numba's maximum, else limit()."""
+    if requested is not None:
+        return min(requested, numba.config.NUMBA_NUM_THREADS)
+    return limit()
 
 
 _active = 0        # how many blas_single_threaded blocks are open, in any thread

@@ -1,22 +1,24 @@
 """The public Trainer: validation, batching and the training loop, on top of a backend's compiled kernels."""
+import copy
 import numbers
 import time
 
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, schedules, validation
+from . import checkpoint, schedules, threads as thread_limits, validation
+from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
 from .cpu.dropout import threshold as dropout_threshold
-from .options import Config, OptimizerSettings, finite_number, positive_int
-from .state import NetworkState
+from .options import Config, OptimizerSettings, finite_number, float32_number, positive_int
+from .state import NetworkState, layer_offsets
 
 # Rows per compiled call in predict/evaluate: bounds the workspace, whatever the size of X.
 EVAL_CHUNK = 4096
 
 
-def _make_backend(config, state):
+def _make_backend(config, state, threads=None):
     if config.device == "cuda":
         try:
             from numba import cuda
@@ -29,20 +31,60 @@ def _make_backend(config, state):
         from .cuda.backend import CudaBackend
         return CudaBackend(config, state)
     from .cpu.backend import CpuBackend
-    return CpuBackend(config, state)
+    return CpuBackend(config, state, threads)
+
+
+def _checkpoint_length(meta):
+    """The flat buffers' length that a checkpoint's saved config implies (checked before reading them)."""
+    try:
+        return int(layer_offsets(Config.from_dict(meta["config"]).sizes)[-1])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"its config is not valid: {exc}") from None
+
+
+def _counter(value, name):
+    """A saved step count, epoch count or seed: an integer in [0, 2^62]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2 ** 62:
+        raise ValueError(f"{name} must be an integer in [0, 2^62], got {value!r}")
+    return value
 
 
 class Trainer:
     """A multilayer perceptron and its optimizer.
 
-    sizes: [input width, hidden widths..., output width]. Hidden layers use `activation`; the output layer
-    is linear and `loss` applies softmax (cross_entropy) or sigmoid (bce) itself, as PyTorch's losses do.
-    Parameters are (W, b) per layer with W of shape (fan_in, fan_out): Z = A_prev @ W + b.
+    Parameters are (W, b) per layer with W of shape (fan_in, fan_out): Z = A_prev @ W + b. Hidden layers
+    use `activation`; the output layer is linear and `loss` applies softmax (cross_entropy) or sigmoid
+    (bce) itself, as PyTorch's losses do.
+
+    Options (each checked on construction; a bad value is a ValueError or TypeError naming it):
+        sizes        [input width, hidden widths..., output width]
+        activation   "relu" (default), "leaky_relu" (slope 0.01), "tanh", "sigmoid", "identity"
+        loss         "mse" (default; targets (n, out)), "cross_entropy" (integer labels (n,), softmax
+                     outputs), "bce" (targets in [0, 1], sigmoid outputs)
+        optimizer    "adam" (default), "adamw", "sgd", "adagrad", "rmsprop", with PyTorch's update rules
+        lr           learning rate (default 1e-3); `trainer.lr` may be changed between steps
+        batch_size   rows per step in fit (default 32)
+        device       "cpu" (default) or "cuda"
+        seed         initial weights, shuffling and dropout masks; None draws a fresh seed
+        weight_decay L2 decay (AdamW: decoupled; default 0.01 for AdamW, else 0)
+        momentum, nesterov       SGD (and RMSprop) momentum
+        betas, eps   Adam/AdamW moment decays and epsilon (eps default 1e-8; Adagrad 1e-10)
+        alpha        RMSprop's smoothing constant (default 0.99)
+        clip_norm    clip the global gradient norm to this value (default None: no clipping)
+        dropout      rate on every hidden layer during training, in [0, 1) (default 0)
+        schedule     a fastbp.schedules.Schedule for the learning rate (default None: constant)
+        threads      CPU threads for the kernels (default None: as many as the process may use, see
+                     fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured)
+
+    Thread safety: every method may be called from any thread; calls on one Trainer take turns, and
+    training it from two threads at once is a RuntimeError. A Ctrl-C during training takes effect between
+    steps: the state is always that of a whole number of steps (`step_count`).
     """
 
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None):
+                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None,
+                 threads=None):
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
@@ -50,12 +92,14 @@ class Trainer:
         if schedule is not None and not isinstance(schedule, schedules.Schedule):
             raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
         self.schedule = schedule
+        self.threads = thread_limits.check_requested(threads)
+        self._guard = CallGuard()
         self.state = NetworkState(self.config.sizes)
         self._rng = np.random.default_rng(self.config.seed)
         self.state.initialize(self.config.activation, self._rng)
         self._dropout_seed = int(self._rng.integers(2 ** 62))
         self._dropout_threshold = dropout_threshold(self.config.dropout)
-        self._backend = _make_backend(self.config, self.state)
+        self._backend = _make_backend(self.config, self.state, self.threads)
         self.lr = self.config.lr
         self.epochs_done = 0
         self.stop_training = False
@@ -68,11 +112,16 @@ class Trainer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = finite_number("lr", value, low=0.0)
+        self._lr = float32_number("lr", value, low=0.0)
 
     @property
     def sizes(self):
         return self.config.sizes
+
+    @property
+    def step_count(self):
+        """Optimizer steps applied so far (what Adam's bias correction and the dropout masks follow)."""
+        return self.state.step_count
 
     def _optimizer_settings(self):
         return OptimizerSettings.for_step(self.config, self._lr, self.state.step_count + 1)
@@ -93,26 +142,39 @@ class Trainer:
         return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
     def _train_rows(self, X, labels, targets, rows):
-        if self.schedule is not None and self.schedule.interval == "step":
-            self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
-        loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(), self._dropout_key(),
-                                        self._dropout_threshold)
-        if not np.isfinite(loss):
-            # The compiled step skips the update when the loss is not finite: parameters and moments
-            # still hold the last finite state.
-            raise FloatingPointError(f"loss became {loss} at step {self.state.step_count + 1}; the update was "
-                                     "not applied, parameters hold their last finite values. Lower the "
-                                     "learning rate, clip gradients (clip_norm) or check the data scale.")
-        self.state.step_count += 1
-        return float(loss)
+        """One step on X[rows]; returns (loss, hits). The update and the step count move together: a
+        Ctrl-C is held back until both have (guard.whole_steps), and other threads wait for the lock."""
+        with self._guard.lock, whole_steps():
+            if self.schedule is not None and self.schedule.interval == "step":
+                self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
+            loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(),
+                                            self._dropout_key(), self._dropout_threshold)
+            if not np.isfinite(loss):
+                # The compiled step skips the update when the loss is not finite.
+                self._raise_non_finite_loss(loss)
+            self.state.step_count += 1
+            hits = self._backend.last_hits(rows.size) if self.config.loss != "mse" else 0.0
+        return float(loss), hits
+
+    def _raise_non_finite_loss(self, loss):
+        self._backend.pull()
+        if np.isfinite(self.state.params).all():
+            where = "the update was not applied, parameters hold their last finite values"
+        else:
+            where = ("the parameters themselves hold NaN or infinity (an earlier update overflowed float32): "
+                     "restore them from a checkpoint or re-initialize")
+        raise FloatingPointError(f"loss became {loss} at step {self.state.step_count + 1}; {where}. Lower the "
+                                 "learning rate, clip gradients (clip_norm) or check the data scale.")
 
     def step(self, xb, yb):
         """One training step (forward, backward, update) on one batch; returns the batch's mean loss."""
-        X, labels, targets = self._checked(xb, yb)
-        try:
-            return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))
-        finally:
-            self._backend.release_data()
+        with self._guard.training("step"), self._guard.lock:
+            self._backend.check_batch_memory(validation.row_count(xb), self.sizes)
+            X, labels, targets = self._checked(xb, yb)
+            try:
+                return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))[0]
+            finally:
+                self._backend.release_data()
 
     def _validation_set(self, X, labels, targets, validation_data, validation_split):
         """(train part, validation part or None) of the already checked data."""
@@ -149,6 +211,12 @@ class Trainer:
         verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
         per epoch. callbacks: see callbacks.py; `trainer.stop_training = True` ends after the epoch.
         """
+        with self._guard.training("fit"):
+            return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
+                             initial_epoch, callbacks)
+
+    def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
+             callbacks):
         X, labels, targets = self._checked(X, y)
         (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
         epochs = positive_int("epochs", epochs)
@@ -156,6 +224,7 @@ class Trainer:
                 or not 0 <= initial_epoch < epochs:
             raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
         batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
+        self._backend.check_batch_memory(min(batch_size, X.shape[0]), self.sizes)
         callbacks = callback_tools.check(callbacks)
         n = X.shape[0]
         history = History()
@@ -174,9 +243,9 @@ class Trainer:
                 loss_sum = hits = 0.0
                 for start in range(0, n, batch_size):
                     rows = order[start:start + batch_size]
-                    loss_sum += self._train_rows(X, labels, targets, rows) * rows.size
-                    if classification:
-                        hits += self._backend.last_hits(rows.size)
+                    loss, batch_hits = self._train_rows(X, labels, targets, rows)
+                    loss_sum += loss * rows.size
+                    hits += batch_hits
                     progress.batch_done(rows.size, loss_sum / min(start + batch_size, n))
                 seconds = time.perf_counter() - start_time
                 self.epochs_done = epoch + 1
@@ -184,7 +253,7 @@ class Trainer:
                 if classification:
                     logs["accuracy"] = hits / n
                 if val is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate(*val).items()})
+                    logs.update({"val_" + k: v for k, v in self._evaluate(*val, "the validation data").items()})
                 progress.end_epoch(epoch, logs, seconds)
                 history.record(epoch, **logs, lr=epoch_lr)
                 if self.schedule is not None:
@@ -210,10 +279,11 @@ class Trainer:
     def predict(self, X):
         """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse."""
         X = self._backend.checks.features(X, self.sizes[0])
-        try:
-            logits = self._logits(X)
-        finally:
-            self._backend.release_data()
+        with self._guard.lock:  # every chunk from the same parameters
+            try:
+                logits = self._logits(X)
+            finally:
+                self._backend.release_data()
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs are reported just below
             if self.config.loss == "cross_entropy":
                 logits -= logits.max(axis=1, keepdims=True)
@@ -227,12 +297,17 @@ class Trainer:
                                      "for float32, or diverged parameters")
         return logits
 
-    def _evaluate(self, X, labels, targets):
+    def _evaluate(self, X, labels, targets, what="the data"):
         n = X.shape[0]
         loss_sum, correct = 0.0, 0.0
-        for rows in self._chunks(n):
-            loss_sum += self._backend.loss_value(X, labels, targets, rows) * rows.size
-            correct += self._backend.last_hits(rows.size)
+        with self._guard.lock:
+            for rows in self._chunks(n):
+                loss_sum += self._backend.loss_value(X, labels, targets, rows) * rows.size
+                correct += self._backend.last_hits(rows.size)
+        if not np.isfinite(loss_sum):
+            raise FloatingPointError(f"the loss over {what} is {loss_sum / n}: the outputs or their errors are "
+                                     "beyond float32's range (inputs or targets too large, or diverged "
+                                     "parameters)")
         result = {"loss": loss_sum / n}
         if self.config.loss != "mse":
             result["accuracy"] = float(correct / n)
@@ -249,37 +324,48 @@ class Trainer:
         """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
 
         training=True applies dropout with the masks the next training step would draw."""
-        X, labels, targets = self._checked(X, y)
-        loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
-                                                self._dropout_key(), self._dropout_threshold if training else 0)
-        self._backend.release_data()
-        self._backend.pull()
-        return float(loss), [(dW.copy(), db.copy()) for dW, db in self.state.layer_views(self.state.grads)]
+        with self._guard.lock:
+            self._backend.check_batch_memory(validation.row_count(X), self.sizes)
+            X, labels, targets = self._checked(X, y)
+            try:
+                loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
+                                                        self._dropout_key(), self._dropout_threshold if training else 0)
+            finally:
+                self._backend.release_data()
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss}: the outputs or their errors are beyond float32's "
+                                         "range (inputs or targets too large, or diverged parameters)")
+            self._backend.pull()
+            return float(loss), [(dW.copy(), db.copy()) for dW, db in self.state.layer_views(self.state.grads)]
 
     @property
     def params(self):
         """[(W, b), ...] float32 copies; W: (fan_in, fan_out), b: (fan_out,)."""
-        self._backend.pull()
-        return [(W.copy(), b.copy()) for W, b in self.state.layer_views(self.state.params)]
+        with self._guard.lock:
+            self._backend.pull()
+            return [(W.copy(), b.copy()) for W, b in self.state.layer_views(self.state.params)]
 
     def set_params(self, params):
         """Replaces the weights (e.g. with a reference implementation's); optimizer state is kept."""
         checked = validation.parameter_list(params, self.sizes)
-        self._backend.pull()
-        for (W, b), (W_new, b_new) in zip(self.state.layer_views(self.state.params), checked):
-            W[...] = W_new
-            b[...] = b_new
-        self._backend.push()
+        with self._guard.lock, whole_steps():
+            self._backend.pull()
+            for (W, b), (W_new, b_new) in zip(self.state.layer_views(self.state.params), checked):
+                W[...] = W_new
+                b[...] = b_new
+            self._backend.push()
 
     def _flat_params(self):
         """A copy of the flat parameter buffer (callbacks keep snapshots of it)."""
-        self._backend.pull()
-        return self.state.params.copy()
+        with self._guard.lock:
+            self._backend.pull()
+            return self.state.params.copy()
 
     def _set_flat_params(self, flat):
-        self._backend.pull()
-        self.state.params[:] = flat
-        self._backend.push()
+        with self._guard.lock, whole_steps():
+            self._backend.pull()
+            self.state.params[:] = flat
+            self._backend.push()
 
     # ---- checkpoints ----
 
@@ -287,56 +373,65 @@ class Trainer:
         """Everything training depends on, in one .npz written atomically (a crash never leaves a partial
         file): config, weights, optimizer moments and step count, learning rate and schedule state, the
         shuffling RNG, the dropout seed and the epoch count."""
-        self._backend.pull()
-        s = self.state
-        checkpoint.write(path, {"params": s.params, "moment1": s.moment1, "moment2": s.moment2},
-                         {"config": self.config.to_dict(), "lr": self._lr, "step_count": s.step_count,
-                          "epochs_done": self.epochs_done, "rng_state": self._rng.bit_generator.state,
-                          "dropout_seed": self._dropout_seed,
-                          "schedule": None if self.schedule is None else schedules.to_dict(self.schedule)})
+        with self._guard.lock:
+            self._backend.pull()
+            s = self.state
+            checkpoint.write(path, {"params": s.params, "moment1": s.moment1, "moment2": s.moment2},
+                             {"config": self.config.to_dict(), "lr": self._lr, "step_count": s.step_count,
+                              "epochs_done": self.epochs_done, "rng_state": self._rng.bit_generator.state,
+                              "dropout_seed": self._dropout_seed,
+                              "schedule": None if self.schedule is None else schedules.to_dict(self.schedule)})
 
     @classmethod
     def load(cls, path):
-        """A Trainer that continues exactly where the saved one stopped."""
-        arrays, meta = checkpoint.read(path)
+        """A Trainer that continues exactly where the saved one stopped. A file that is not a consistent
+        fastbp checkpoint (crafted, damaged, foreign) is a ValueError naming the problem."""
+        arrays, meta = checkpoint.read(path, _checkpoint_length)
         try:
             config = Config.from_dict(meta["config"])
-            t = cls(**config.to_dict())
-            s = t.state
-            for name in ("params", "moment1", "moment2"):
-                saved = arrays[name]
-                if saved.shape != getattr(s, name).shape or saved.dtype != np.float32:
-                    raise ValueError(f"{name} has shape {saved.shape} {saved.dtype}, the config needs "
-                                     f"{getattr(s, name).shape} float32")
+            for name, saved in arrays.items():
                 if not np.isfinite(saved).all():
                     raise ValueError(f"{name} holds NaN or infinity")
-                getattr(s, name)[:] = saved
-            s.step_count = int(meta["step_count"])
-            t.epochs_done = int(meta["epochs_done"])
+            if (arrays["moment2"] < 0).any():
+                raise ValueError("moment2 holds negative values (it is a running mean of squares)")
+            step_count = _counter(meta["step_count"], "step_count")
+            epochs_done = _counter(meta["epochs_done"], "epochs_done")
+            dropout_seed = _counter(meta["dropout_seed"], "dropout_seed")
+            schedule = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
+            t = cls(**config.to_dict())
             t.lr = meta["lr"]
+            if not isinstance(meta["rng_state"], dict):
+                raise ValueError("rng_state is not a generator state")
             t._rng.bit_generator.state = meta["rng_state"]
-            t._dropout_seed = int(meta["dropout_seed"])
-            t.schedule = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
-            t._backend.push()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path} is not a consistent fastbp checkpoint: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+            what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path} is not a consistent fastbp checkpoint: {what}") from None
+        s = t.state
+        for name, saved in arrays.items():
+            getattr(s, name)[:] = saved
+        s.step_count, t.epochs_done, t._dropout_seed, t.schedule = step_count, epochs_done, dropout_seed, schedule
+        t._backend.push()
         return t
 
     # ---- pickling (joblib, multiprocessing, scikit-learn's clone of fitted estimators) ----
 
     def __getstate__(self):
-        self._backend.pull()
-        state = self.__dict__.copy()
-        del state["_backend"]  # workspaces and compiled-code handles: rebuilt on load
+        with self._guard.lock:
+            self._backend.pull()
+            state = self.__dict__.copy()
+            state["state"] = copy.deepcopy(self.state)  # a snapshot, not the arrays the next step changes
+        del state["_backend"], state["_guard"]  # workspaces, compiled-code handles and locks: rebuilt on load
         return state
 
     def __setstate__(self, state):
+        state.setdefault("threads", None)  # pickles from before the option existed
         self.__dict__.update(state)
+        self._guard = CallGuard()
         s = self.state
         # Arrays may come back read-only (e.g. memory-mapped by joblib); the kernels write to them.
         for name in ("params", "grads", "moment1", "moment2"):
             setattr(s, name, np.array(getattr(s, name), dtype=np.float32, copy=True))
-        self._backend = _make_backend(self.config, self.state)
+        self._backend = _make_backend(self.config, self.state, self.threads)
 
     def __repr__(self):
         c = self.config

@@ -6,6 +6,22 @@ kernels read: X as C-contiguous float32, labels as int64, targets as C-contiguou
 import numpy as np
 
 
+_STRINGS_HINT = ("; for class names (strings) use fastbp.MLPClassifier, which encodes them, or map them to "
+                 "integers 0..k-1 yourself")
+
+
+def row_count(X):
+    """The number of rows X will have, without converting it (so that a batch too large for memory is
+    refused before a float32 copy of it is made); None when it cannot be told cheaply."""
+    shape = getattr(X, "shape", None)
+    if shape is None and isinstance(X, (list, tuple)):
+        return len(X)
+    try:
+        return int(shape[0]) if shape is not None and len(shape) >= 1 else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _as_numeric_array(value, name):
     if hasattr(value, "__cuda_array_interface__") or getattr(value, "__cuda_ndarray__", False) is True:
         raise TypeError(f"{name} is a GPU array: train with Trainer(..., device='cuda'), or copy it to the host "
@@ -20,7 +36,10 @@ def _as_numeric_array(value, name):
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not") from None
+            raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not{_STRINGS_HINT}") \
+                from None
+    if arr.dtype.kind in "US":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}{_STRINGS_HINT}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
@@ -85,7 +104,9 @@ def class_labels(y, n_rows, n_classes, name="y"):
         bad = arr[(arr < 0) | (arr >= n_classes)][0]
         raise ValueError(f"{name} has label {bad} out of range: labels must be in [0, {n_classes - 1}] "
                          f"for {n_classes} output classes")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    # Always a copy: the kernels index memory with these labels, so they must not change after this check
+    # (a callback relabelling y in place, another thread, the caller's validation_data).
+    return np.array(arr, dtype=np.int64, order="C", copy=True)
 
 
 def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
@@ -97,8 +118,12 @@ def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
     if arr.ndim == 1 and n_outputs == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        hint = ""
+        if arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer) and n_outputs > 1:
+            hint = ("; integer class labels need loss='cross_entropy' (the default loss is 'mse', which "
+                    "takes one target per output)")
         raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) to match the output width, "
-                         f"got shape {arr.shape}")
+                         f"got shape {arr.shape}{hint}")
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows} rows")
     _check_finite(arr, name)
@@ -140,5 +165,5 @@ def parameter_list(params, sizes):
             raise ValueError(f"params[{l}] b has shape {b.shape}, expected {want_b}")
         _check_finite(W, f"params[{l}] W")
         _check_finite(b, f"params[{l}] b")
-        checked.append((W.astype(np.float32), b.astype(np.float32)))
+        checked.append((_to_float32(W, f"params[{l}] W"), _to_float32(b, f"params[{l}] b")))
     return checked

@@ -21,3 +21,34 @@ class WorkspaceCache:
 
     def __getitem__(self, n):
         return self._items[n]
+
+
+def batch_bytes(dims, n):
+    """Bytes a batch of n rows needs beyond the model: its float32 copy, [A_l, 1] for every layer and the
+    logits (the deltas reuse them), and the per-row float64 loss and hits."""
+    dims = [int(d) for d in dims]
+    floats = n * dims[0] + n * (sum(d + 1 for d in dims[:-1]) + dims[-1])
+    return 4 * floats + 16 * n
+
+
+def available_host_bytes():
+    """MemAvailable from /proc/meminfo (memory the kernel can give without swapping), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_batch_fits(dims, n, available, where):
+    """MemoryError, before anything is allocated, when a batch of n rows cannot fit in `available` bytes."""
+    if n is None or available is None:
+        return
+    need = batch_bytes(dims, n)
+    if need > available:
+        raise MemoryError(f"a batch of {n:,} rows needs about {need / 2 ** 30:.2f} GiB of {where} for its "
+                          f"activations, more than the {available / 2 ** 30:.2f} GiB available: use a smaller "
+                          "batch (fit(batch_size=...), or split the call)")

@@ -7,9 +7,9 @@ import numpy as np
 
 from .. import validation
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
-from ..workspaces import WorkspaceCache
-from ..threads import blas_single_threaded
-from . import pipeline, step
+from ..workspaces import WorkspaceCache, available_host_bytes, check_batch_fits
+from ..threads import blas_single_threaded, kernel_threads
+from . import pipeline, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS
@@ -63,13 +63,19 @@ class Workspace:
 
 
 class CpuBackend:
+    """threads: Trainer(threads=...), None to follow the process's limits (threads.kernel_threads)."""
     checks = validation  # the Trainer validates data with these
 
-    def __init__(self, config, state):
+    def __init__(self, config, state, threads=None):
         self.state = state
+        self.threads = threads
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
+
+    def check_batch_memory(self, n, sizes):
+        """MemoryError before any allocation if a batch of n rows cannot fit in the memory available."""
+        check_batch_fits(sizes, n, available_host_bytes(), "memory")
 
     # The state arrays are the ones the kernels use: nothing to copy (see cuda/backend.py).
     def push(self):
@@ -84,17 +90,22 @@ class CpuBackend:
     def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
         s = self.state
         ws = self._workspaces.get(rows.size)
-        threads = numba.get_num_threads()
+        threads = kernel_threads(self.threads)
         # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
         entry, scratch = step.run, (ws.acts, ws.scratch)
         if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
             entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
-        with blas_single_threaded():
-            return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
-                         _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
-                         self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
-                         ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+        callers_threads = numba.get_num_threads()  # thread-local in Numba: other threads are unaffected
+        numba.set_num_threads(threads)
+        try:
+            with blas_single_threaded(), threading_layer.serialized():
+                return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
+                             _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
+                             self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
+                             settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
+                             ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+        finally:
+            numba.set_num_threads(callers_threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not

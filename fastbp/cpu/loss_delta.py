@@ -28,6 +28,13 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
     hits = 0.0
     if loss == CROSS_ENTROPY:
         label = labels[src]
+        if label < 0 or label >= m:
+            # Never index with a label the checks did not see (changed in place since): a NaN loss, so a
+            # step skips its update and reports it, and no delta.
+            if want_delta:
+                for j in range(m):
+                    d[j] = np.float32(0.0)
+            return np.nan, 0.0
         zmax = z[0]
         best = 0
         for j in range(1, m):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda
 
 from ..options import ACTIVATIONS, LOSSES
-from ..workspaces import WorkspaceCache
+from ..workspaces import WorkspaceCache, available_host_bytes, check_batch_fits
 from . import device_data, fused_mlp, gemm, reduce
 from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
 from .gather import gather_input
@@ -104,6 +104,14 @@ class CudaBackend:
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
         self.push()
+
+    def check_batch_memory(self, n, sizes):
+        """MemoryError before any allocation if a batch of n rows cannot fit in the GPU's free memory (the
+        host's under the simulator)."""
+        if _simulated():
+            check_batch_fits(sizes, n, available_host_bytes(), "memory")
+        else:
+            check_batch_fits(sizes, n, cuda.current_context().get_memory_info().free, "GPU memory")
 
     # ---- host <-> device state ----
 

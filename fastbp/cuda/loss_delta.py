@@ -23,6 +23,13 @@ def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_
     hits = float64(0.0)
     if loss == CROSS_ENTROPY:
         label = labels[src]
+        if label < 0 or label >= m:
+            # GPU labels are used in place: one changed since the checks ran is never used as an index.
+            # A NaN loss makes the step skip its update and report it.
+            if want_delta:
+                for j in range(m):
+                    logits[base + j] = float32(0.0)
+            return math.nan, hits
         zmax = logits[base]
         best = 0
         for j in range(1, m):

@@ -1,0 +1,68 @@
+"""A Trainer used from many places at once: calls take turns, one thread trains at a time, and Ctrl-C lands
+between whole steps.
+
+- CallGuard: one re-entrant lock per Trainer, held for every call that touches the network state or the
+  backend's workspaces (a step, a whole predict or evaluate, a save). Concurrent predicts are served one
+  after another, each on one consistent set of parameters; a predict during another thread's fit sees the
+  parameters of a whole number of steps. Training (fit, step) from a second thread while one trains is a
+  RuntimeError: two loops interleaving their steps on one model is never what anyone meant.
+- whole_steps: a KeyboardInterrupt (SIGINT) arriving inside is held back and raised at the block's end,
+  so the parameters, the optimizer moments and the step count always describe the same whole number of
+  steps. Only the main thread receives signals, so elsewhere it does nothing.
+"""
+import contextlib
+import signal
+import threading
+
+
+class CallGuard:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._trainer_thread = None  # ident of the thread inside fit/step, if any
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def training(self, what):
+        """Marks the calling thread as the one training for the block; RuntimeError if another thread is."""
+        me = threading.get_ident()
+        with self.lock:
+            if self._trainer_thread not in (None, me):
+                raise RuntimeError(f"{what} called while another thread is training this Trainer; train one model "
+                                   "from one thread at a time (predict and evaluate may be called from any thread)")
+            self._trainer_thread = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._trainer_thread = None
+
+
+class whole_steps:
+    """Context manager that defers SIGINT's handler to the end of the block (see the module's docstring).
+
+    A handler the user installed runs then too, with the signal's frame; SIG_IGN and SIG_DFL are left as
+    they are."""
+
+    def __enter__(self):
+        self._previous = None
+        self._received = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous):
+            self._previous = previous
+            signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self._received = (signum, frame)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            if self._received is not None:
+                self._previous(*self._received)  # the default handler raises KeyboardInterrupt here
+        return False

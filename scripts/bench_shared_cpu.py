@@ -1,0 +1,87 @@
+"""fastbp's step time on a shared CPU: quiet, then with one CPU-bound busy process per core beside it.
+
+A fair share is about 2x the quiet step time (the cores are split between fastbp and the busy
+processes). Rounds alternate quiet and loaded so that drift hits both alike; the figure per
+condition is the median step time. Run it with nothing else on the machine:
+
+    python scripts/bench_shared_cpu.py                      # every benchmark workload
+    python scripts/bench_shared_cpu.py --workloads mnist deep --rounds 7
+
+Prints one row per workload: quiet ms, loaded ms, their ratio, and the threading layer in use.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from fastbp import Trainer
+from fastbp.bench import WORKLOADS, make_batch
+from fastbp.cpu import threading_layer
+
+BUSY_LOOP = "while True: pass"
+
+
+def start_busy(count):
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+    time.sleep(0.3)  # let them reach the scheduler's steady state
+    return procs
+
+
+def stop_busy(procs):
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def timed_steps(trainer, X, y, seconds):
+    """Per-step times of as many steps as fit in `seconds` (at least 5), after one untimed step."""
+    trainer.step(X, y)
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < 5 or time.perf_counter() < end:
+        t = time.perf_counter()
+        trainer.step(X, y)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def measure(name, rounds, seconds, busy, threads):
+    spec = WORKLOADS[name]
+    X, y = make_batch(spec["sizes"], spec["batch"], spec["loss"])
+    trainer = Trainer(spec["sizes"], loss=spec["loss"], batch_size=spec["batch"], seed=0, threads=threads)
+    for _ in range(3):  # compile and warm up
+        trainer.step(X, y)
+    quiet, loaded = [], []
+    for _ in range(rounds):
+        quiet += timed_steps(trainer, X, y, seconds)
+        procs = start_busy(busy)
+        try:
+            loaded += timed_steps(trainer, X, y, seconds)
+        finally:
+            stop_busy(procs)
+        time.sleep(0.2)
+    return statistics.median(quiet), statistics.median(loaded)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds-per-round", type=float, default=1.0)
+    p.add_argument("--busy", type=int, default=os.cpu_count(), help="busy processes beside fastbp")
+    p.add_argument("--threads", type=int, default=None, help="Trainer(threads=...); default: fastbp's choice")
+    args = p.parse_args(argv)
+    print(f"{args.busy} busy processes on {os.cpu_count()} CPUs; fair share is about "
+          f"{(args.busy + 1) / 1:.0f}x / ({os.cpu_count()} cores) of the quiet time, i.e. ~2x with one per core")
+    print(f"{'workload':16} {'quiet ms':>9} {'loaded ms':>10} {'ratio':>6}  layer")
+    for name in args.workloads:
+        quiet, loaded = measure(name, args.rounds, args.seconds_per_round, args.busy, args.threads)
+        print(f"{name:16} {quiet * 1e3:9.2f} {loaded * 1e3:10.2f} {loaded / quiet:6.2f}  {threading_layer.name()}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

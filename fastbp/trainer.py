@@ -217,14 +217,16 @@ class Trainer:
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
              callbacks):
+        batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
+        n_rows = validation.row_count(X)
+        self._backend.check_batch_memory(None if n_rows is None else min(batch_size, n_rows), self.sizes,
+                                         validation.conversion_bytes(X))
         X, labels, targets = self._checked(X, y)
         (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
         epochs = positive_int("epochs", epochs)
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
                 or not 0 <= initial_epoch < epochs:
             raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
-        batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
-        self._backend.check_batch_memory(min(batch_size, X.shape[0]), self.sizes)
         callbacks = callback_tools.check(callbacks)
         n = X.shape[0]
         history = History()

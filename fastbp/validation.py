@@ -22,6 +22,13 @@ def row_count(X):
         return None
 
 
+def conversion_bytes(X):
+    """Bytes a float32, C-contiguous copy of X would take (0 when X is one already, or is no array)."""
+    if not isinstance(X, np.ndarray) or (X.dtype == np.float32 and X.flags.c_contiguous):
+        return 0
+    return 4 * X.size
+
+
 def _as_numeric_array(value, name):
     if hasattr(value, "__cuda_array_interface__") or getattr(value, "__cuda_ndarray__", False) is True:
         raise TypeError(f"{name} is a GPU array: train with Trainer(..., device='cuda'), or copy it to the host "

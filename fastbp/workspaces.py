@@ -43,11 +43,12 @@ def available_host_bytes():
     return None
 
 
-def check_batch_fits(dims, n, available, where):
-    """MemoryError, before anything is allocated, when a batch of n rows cannot fit in `available` bytes."""
+def check_batch_fits(dims, n, available, where, data_bytes=0):
+    """MemoryError, before anything is allocated, when a batch of n rows (plus data_bytes of converted
+    data) cannot fit in `available` bytes."""
     if n is None or available is None:
         return
-    need = batch_bytes(dims, n)
+    need = batch_bytes(dims, n) + data_bytes
     if need > available:
         raise MemoryError(f"a batch of {n:,} rows needs about {need / 2 ** 30:.2f} GiB of {where} for its "
                           f"activations, more than the {available / 2 ** 30:.2f} GiB available: use a smaller "

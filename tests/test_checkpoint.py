@@ -70,3 +70,125 @@ def test_mismatched_arrays_are_a_clear_error(tmp_path):
                                              "moment2": t.state.moment2}, meta)
     with pytest.raises(ValueError, match="unknown activation"):
         fastbp.Trainer.load(tmp_path / "bad2.npz")
+
+
+# ---- crafted and foreign files: every one a ValueError naming the problem, nothing unpickled ----
+
+def saved_parts(t):
+    arrays = {"params": t.state.params, "moment1": t.state.moment1, "moment2": t.state.moment2}
+    meta = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": t.config.to_dict(), "lr": 0.1,
+            "step_count": 1, "epochs_done": 0, "rng_state": t._rng.bit_generator.state, "dropout_seed": 7,
+            "schedule": None}
+    return arrays, meta
+
+
+def write_raw(path, arrays, meta_value):
+    """An .npz with any metadata value (np.savez itself, so only the contents are crafted)."""
+    np.savez(path, meta=np.array(meta_value), **arrays)
+
+
+def npy_with_header(shape, dtype="<f4", payload=b""):
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode("latin1")
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+
+
+def crafted_files(tmp_path):
+    import json
+    import zipfile
+    t = trained()
+    arrays, meta = saved_parts(t)
+    files = {}
+    files["plain .npy"] = tmp_path / "a.npy"
+    np.save(files["plain .npy"], t.state.params)
+    files["list metadata"] = tmp_path / "list.npz"
+    write_raw(files["list metadata"], arrays, json.dumps([1, 2]))
+    files["number metadata"] = tmp_path / "number.npz"
+    write_raw(files["number metadata"], arrays, 3.5)
+    files["deep JSON"] = tmp_path / "deep.npz"
+    write_raw(files["deep JSON"], arrays, "[" * 100000 + "]" * 100000)
+    for name, value in [("huge step count", 10 ** 30), ("negative step count", -1), ("float step count", 1.5),
+                        ("string step count", "7")]:
+        files[name] = tmp_path / f"{name.replace(' ', '_')}.npz"
+        write_raw(files[name], arrays, json.dumps(dict(meta, step_count=value)))
+    files["negative moment2"] = tmp_path / "negative_v.npz"
+    write_raw(files["negative moment2"], dict(arrays, moment2=-np.ones_like(t.state.moment2)), json.dumps(meta))
+    files["object array"] = tmp_path / "object.npz"
+    np.savez(files["object array"], meta=np.array(json.dumps(meta)), params=np.array([None, 1], dtype=object),
+             moment1=arrays["moment1"], moment2=arrays["moment2"])
+    files["bad rng state"] = tmp_path / "rng.npz"
+    write_raw(files["bad rng state"], arrays, json.dumps(dict(meta, rng_state={"bit_generator": "nope"})))
+    files["bad schedule"] = tmp_path / "schedule.npz"
+    write_raw(files["bad schedule"], arrays, json.dumps(dict(meta, schedule={"name": "StepDecay", "config": 3})))
+    files["huge sizes"] = tmp_path / "sizes.npz"
+    write_raw(files["huge sizes"], arrays, json.dumps(dict(meta, config=dict(meta["config"], sizes=[10 ** 6] * 4))))
+    files["huge shape header"] = tmp_path / "shape.npz"
+    with zipfile.ZipFile(files["huge shape header"], "w") as z:
+        z.writestr("meta.npy", npy_with_header((), "<U%d" % len(json.dumps(meta)),
+                                               json.dumps(meta).encode("utf-32-le")))
+        for name in ("params", "moment1", "moment2"):
+            z.writestr(name + ".npy", npy_with_header((10 ** 12,), payload=b"\0" * 64))
+    files["huge metadata"] = tmp_path / "bigmeta.npz"
+    write_raw(files["huge metadata"], arrays, json.dumps(dict(meta, padding="x" * 2_000_000)))
+    files["float64 arrays"] = tmp_path / "f64.npz"
+    write_raw(files["float64 arrays"], {k: v.astype(np.float64) for k, v in arrays.items()}, json.dumps(meta))
+    return files
+
+
+def test_crafted_files_are_value_errors(tmp_path):
+    for what, path in crafted_files(tmp_path).items():
+        with pytest.raises(ValueError) as info:
+            fastbp.Trainer.load(path)
+        message = str(info.value)
+        assert "checkpoint" in message, what
+        assert "allow_pickle" not in message and "pickle" not in message.lower(), what
+
+
+def test_a_valid_crafted_file_still_loads(tmp_path):
+    """The strict reader is not stricter than the writer: a checkpoint written by hand in the same format
+    loads, with every field as written."""
+    import json
+    t = trained()
+    arrays, meta = saved_parts(t)
+    write_raw(tmp_path / "ok.npz", arrays, json.dumps(dict(meta, step_count=2 ** 40)))
+    u = fastbp.Trainer.load(tmp_path / "ok.npz")
+    assert u.step_count == 2 ** 40 and u._dropout_seed == 7 and np.array_equal(u.state.params, t.state.params)
+
+
+def test_saved_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        trained().save(tmp_path / "m.npz")
+        np.savez(tmp_path / "reference.npz", a=np.zeros(1))
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "m.npz").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "reference.npz").st_mode & 0o777 == 0o644
+
+
+def test_read_only_target_is_not_replaced(tmp_path):
+    path = tmp_path / "keep.npz"
+    trained(seed=1).save(path)
+    before = path.read_bytes()
+    os.chmod(path, 0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        trained(seed=2).save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["keep.npz"]
+
+
+def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, monkeypatch):
+    """SIGINT mid-write: the checkpoint is still written whole, no temporary file is left, and the
+    KeyboardInterrupt arrives once the file is in place."""
+    import signal
+    real_savez = np.savez
+
+    def interrupted(file, **arrays):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_savez(file, **arrays)
+    monkeypatch.setattr(checkpoint.np, "savez", interrupted)
+    t = trained(seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        t.save(tmp_path / "c.npz")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["c.npz"]
+    assert np.array_equal(fastbp.Trainer.load(tmp_path / "c.npz").state.params, t.state.params)

@@ -73,9 +73,9 @@ class CpuBackend:
         self.loss = LOSSES[config.loss]
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
 
-    def check_batch_memory(self, n, sizes):
+    def check_batch_memory(self, n, sizes, data_bytes=0):
         """MemoryError before any allocation if a batch of n rows cannot fit in the memory available."""
-        check_batch_fits(sizes, n, available_host_bytes(), "memory")
+        check_batch_fits(sizes, n, available_host_bytes(), "memory", data_bytes)
 
     # The state arrays are the ones the kernels use: nothing to copy (see cuda/backend.py).
     def push(self):

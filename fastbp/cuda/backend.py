@@ -105,13 +105,14 @@ class CudaBackend:
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
         self.push()
 
-    def check_batch_memory(self, n, sizes):
+    def check_batch_memory(self, n, sizes, data_bytes=0):
         """MemoryError before any allocation if a batch of n rows cannot fit in the GPU's free memory (the
         host's under the simulator)."""
         if _simulated():
-            check_batch_fits(sizes, n, available_host_bytes(), "memory")
+            check_batch_fits(sizes, n, available_host_bytes(), "memory", data_bytes)
         else:
-            check_batch_fits(sizes, n, cuda.current_context().get_memory_info().free, "GPU memory")
+            check_batch_fits(sizes, n, cuda.current_context().get_memory_info().free, "GPU memory",
+                             data_bytes)
 
     # ---- host <-> device state ----
 

@@ -5,6 +5,7 @@ included there, and timed separately), rounds of steps are interleaved peer by p
 drift hits every peer alike; the figure is the median step time. FLOPs per step are counted as
 6 x batch x sum(fan_in x fan_out), and the GEMM ceiling is NumPy's float32 product measured in the same run.
 """
+import argparse
 import json
 import multiprocessing
 import os
@@ -192,15 +193,16 @@ def format_table(all_results, ceiling):
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="benchmark a training step against PyTorch eager and the NumPy reference")
+    p = sub.add_parser("bench", help="benchmark a training step against PyTorch eager and the NumPy reference",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), help=f"any of: {', '.join(WORKLOADS)}")
     p.add_argument("--sizes", type=int, nargs="+", help="custom layer sizes (instead of --workloads)")
     p.add_argument("--batch", type=int, default=1024, help="batch for --sizes")
     p.add_argument("--loss", default="cross_entropy", help="loss for --sizes")
     p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"],
                    help="any of: fastbp, torch, torch_compile, jax, numpy (peers not installed are skipped)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds-per-round", type=float, default=0.4)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per peer (the median is reported)")
+    p.add_argument("--seconds-per-round", type=float, default=0.4, help="timed steps per round, in seconds")
     p.add_argument("--memory", action="store_true", help="also measure fastbp's peak training memory "
                    "(one fresh process per workload)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")

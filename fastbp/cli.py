@@ -13,24 +13,29 @@ from .options import ACTIVATIONS, LOSSES, OPTIMIZERS
 
 
 def _train_parser(sub):
-    p = sub.add_parser("train", help="train an MLP and report accuracy, loss and samples/s (the default)")
+    p = sub.add_parser("train", help="train an MLP and report accuracy, loss and samples/s (the default)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="FILE.npz", help="arrays X, y (or x_train, y_train, x_test, y_test)")
     src.add_argument("--idx", nargs=2, metavar=("IMAGES", "LABELS"), help="MNIST-style IDX files, raw or .gz")
     src.add_argument("--mnist-dir", metavar="DIR", help="directory holding MNIST's four IDX files")
-    p.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden widths (default: 256)")
-    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
-    p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES))
-    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden widths")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden layers' activation")
+    p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES), help="training loss")
+    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--batch-size", type=int, default=128, help="rows per training step")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training rows")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, shuffling, dropout and the test split")
     p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share held out for testing when the data has no test split (default 0.2)")
+                   help="share held out for testing when the data has no test split")
+    p.add_argument("--validation-split", type=float, default=0.1,
+                   help="share of the training rows held out for the per-epoch val_ metrics (0: none)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
     p.add_argument("--save", metavar="PATH", help="write a checkpoint of the trained model")
     p.add_argument("--plot", metavar="PNG", help="save loss and accuracy curves (needs matplotlib)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the kernels; None: as many as the process may use")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return p
 
@@ -73,16 +78,24 @@ def _output_width(loss, y):
 
 def train(args):
     from .trainer import Trainer
+    if args.plot:  # before training, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
     Xtr, ytr, Xte, yte, name = _load_data(args)
     Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
     Xte = np.asarray(Xte).reshape(len(Xte), -1)
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
     trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout)
+                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads)
     print(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
     print(f"model: {trainer}")
     start = time.perf_counter()
-    history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_data=(Xte, yte), verbose=0 if args.quiet else 1)
+    # Per-epoch "val_" metrics come from a validation split of the training rows; the test set is only
+    # evaluated once, at the end, and labelled as such.
+    history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_split=args.validation_split,
+                          verbose=0 if args.quiet else 1)
     seconds = time.perf_counter() - start
     result = trainer.evaluate(Xte, yte)
     summary = f"test loss {result['loss']:.4f}"

@@ -8,8 +8,8 @@ def _is_terminal(stream):
 
 
 class EpochProgress:
-    """verbose 0: nothing; 1: a progress bar (samples/s, running loss) when stdout is a terminal, else one
-    line per epoch; 2: one line per epoch (Keras's levels)."""
+    """verbose 0: nothing; 1: a progress bar (samples/s, running loss) when stdout is a terminal, then the
+    epoch's line; else one line per epoch; 2: one line per epoch (Keras's levels)."""
 
     def __init__(self, verbose, epochs, n_samples, stream=None):
         if verbose not in (0, 1, 2):
@@ -34,10 +34,11 @@ class EpochProgress:
     def end_epoch(self, epoch, logs, seconds):
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         if self.bar is not None:
-            self.bar.set_postfix_str(metrics, refresh=False)
+            # The metrics go on a line of their own: as the bar's postfix, a terminal of 80 columns cut
+            # them off (accuracy and val_accuracy were lost).
             self.bar.close()
             self.bar = None
-        elif self.lines_wanted:
+        if self.bar_wanted or self.lines_wanted:
             print(f"epoch {epoch + 1}/{self.epochs}: {metrics}  {self.n / seconds:,.0f} samples/s",
                   file=self.stream, flush=True)
 

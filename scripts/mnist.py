@@ -20,7 +20,12 @@ def load(args):
     if args.mnist_dir:
         Xtr, ytr, Xte, yte = datasets.load_mnist_dir(args.mnist_dir)
         return Xtr, ytr, Xte, yte, "MNIST"
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise SystemExit("Without --mnist-dir this script trains on scikit-learn's bundled digits, and scikit-learn "
+                         "is not installed: pip install 'fastbp[sklearn]', or pass --mnist-dir DIR with MNIST's "
+                         "IDX files") from None
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     order = np.random.default_rng(0).permutation(len(X))
@@ -73,8 +78,12 @@ def run_torch(Xtr, ytr, Xte, yte, args):
     return float(accuracy), seconds
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--mnist-dir", help="directory with MNIST's IDX files")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)

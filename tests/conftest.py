@@ -33,3 +33,9 @@ def make_targets(rng, loss, n, width):
 def rng(request):
     # A fresh, test-specific stream: every test sees different random inputs, reproducibly.
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--stress", type=int, default=1, metavar="N",
+                     help="run every CUDA test N times: the simulator runs a block's threads concurrently, and a "
+                          "race (a missing barrier, a reused shared buffer) shows only now and then")

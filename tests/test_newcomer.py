@@ -1,0 +1,91 @@
+"""A newcomer's first hour: the README's examples run as written and do something sensible, help texts
+and messages say what to do."""
+import io
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli
+from fastbp.progress import EpochProgress
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(heading):
+    """The first ```python block after a README heading."""
+    text = README.read_text()
+    start = text.index(heading)
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def test_readme_quickstart_and_training_loop_run_and_learn(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write model.npz, best.npz, last.npz, curves.png
+    ns = {}
+    exec(readme_block("## Quickstart"), ns)
+    assert ns["t"].evaluate(ns["X"][16000:], ns["y"][16000:])["accuracy"] > 0.9
+    pytest.importorskip("matplotlib")  # the loop example plots
+    exec(readme_block("### The training loop"), ns)
+    t2 = ns["t2"]
+    # The schedule spans the whole run: the rate is positive until the last epoch, including after resuming.
+    assert t2.epochs_done == 30 and all(lr > 0 for lr in ns["hist"].history["lr"])
+    assert t2.evaluate(ns["X"], ns["y"])["accuracy"] > 0.9
+
+
+def test_epoch_line_is_whole_on_an_80_column_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    p = EpochProgress(1, epochs=10, n_samples=16000, stream=out)
+    p.start_epoch(9)
+    p.batch_done(16000, 0.1234)
+    p.end_epoch(9, {"loss": 0.1234, "accuracy": 0.9876, "val_loss": 0.2345, "val_accuracy": 0.9765}, 1.0)
+    last = out.getvalue().rstrip("\n").splitlines()[-1]
+    assert "val_accuracy 0.9765" in last and "accuracy 0.9876" in last
+
+
+def test_cli_help_shows_defaults():
+    result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0 and "(default: 128)" in text and "(default: 0.001)" in text
+
+
+def test_cli_plot_without_matplotlib_fails_before_training(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(fastbp.Trainer, "fit", lambda *a, **k: pytest.fail("trained before checking --plot"))
+    assert cli.main(["--epochs", "1", "--plot", "x.png"]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_cli_labels_the_test_set_as_test(capsys):
+    assert cli.main(["--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "val_accuracy" in out  # per-epoch val_ comes from a validation split
+
+
+def test_mnist_script_without_scikit_learn_says_what_to_do(tmp_path):
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "mnist.py"
+    code = f"import sys, runpy; sys.modules['sklearn'] = None; sys.argv = ['mnist.py']; runpy.run_path({str(script)!r}, run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(script.parent.parent)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "pip install 'fastbp[sklearn]'" in result.stderr and "--mnist-dir" in result.stderr
+
+
+def test_help_describes_the_constructor_options_and_step_count_is_public():
+    doc = fastbp.Trainer.__doc__
+    for option in ("sizes", "activation", "loss", "optimizer", "lr", "batch_size", "device", "seed", "weight_decay",
+                   "momentum", "betas", "eps", "alpha", "clip_norm", "dropout", "schedule", "threads"):
+        assert re.search(rf"\b{option}\b", doc), option
+    t = fastbp.Trainer([3, 2], seed=0)
+    t.step(np.ones((4, 3)), np.ones((4, 2)))
+    assert t.step_count == 1
+    with pytest.raises(AttributeError):
+        t.step_count = 5  # read-only: the optimizer's count follows the updates

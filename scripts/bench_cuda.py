@@ -69,7 +69,7 @@ def run(name, sizes, batch, loss, rounds, per_round=10, warmup=3, torch_device="
         # The PyTorch tensors themselves, through __cuda_array_interface__: no copy, checked on the device.
         data = trainer._checked(xt, yt)
         label = "fastbp" if fused == paths[0] else "fastbp_general"
-        contenders[label] = Contender(lambda t=trainer, d=data: t._train_rows(*d, rows))
+        contenders[label] = Contender(lambda t=trainer, d=data: t._train_rows(*d, rows)[0])
         first[label] = contenders[label]()
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -74,8 +74,8 @@ def main(argv=None):
     p.add_argument("--busy", type=int, default=os.cpu_count(), help="busy processes beside fastbp")
     p.add_argument("--threads", type=int, default=None, help="Trainer(threads=...); default: fastbp's choice")
     args = p.parse_args(argv)
-    print(f"{args.busy} busy processes on {os.cpu_count()} CPUs; fair share is about "
-          f"{(args.busy + 1) / 1:.0f}x / ({os.cpu_count()} cores) of the quiet time, i.e. ~2x with one per core")
+    print(f"{args.busy} busy processes beside fastbp on {os.cpu_count()} CPUs (one per core: a fair share is "
+          "about 2x the quiet step time)")
     print(f"{'workload':16} {'quiet ms':>9} {'loaded ms':>10} {'ratio':>6}  layer")
     for name in args.workloads:
         quiet, loaded = measure(name, args.rounds, args.seconds_per_round, args.busy, args.threads)

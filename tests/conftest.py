@@ -39,3 +39,16 @@ def pytest_addoption(parser):
     parser.addoption("--stress", type=int, default=1, metavar="N",
                      help="run every CUDA test N times: the simulator runs a block's threads concurrently, and a "
                           "race (a missing barrier, a reused shared buffer) shows only now and then")
+
+
+def pytest_generate_tests(metafunc):
+    """Stress mode: `python -m pytest tests/cuda --stress 20` runs each CUDA test 20 times."""
+    rounds = metafunc.config.getoption("stress")
+    if rounds > 1 and "cuda" in metafunc.definition.path.parts:
+        metafunc.fixturenames.append("stress_round")
+        metafunc.parametrize("stress_round", range(rounds), ids=lambda r: f"round{r}")
+
+
+@pytest.fixture
+def stress_round(request):
+    return request.param

@@ -250,3 +250,20 @@ print("interrupted", landed)
 def test_ctrl_c_during_fit_leaves_the_state_of_whole_steps():
     out = run_script(INTERRUPT.replace("TRIES", "20"), timeout=300)
     assert int(out.split()[-1]) >= 15  # the interrupt did land inside fit (not before or after it)
+
+
+@pytest.mark.parametrize("chosen, expected", [(None, "tbb"), ("tbb", "tbb"), ("omp", "omp"),
+                                              ("workqueue", "workqueue")])
+def test_threading_layer_is_tbb_unless_the_user_chose(chosen, expected):
+    """fastbp picks TBB (the wheel's library loaded by path); a layer the user names is kept, TBB included."""
+    if chosen is None and os.environ.get("NUMBA_THREADING_LAYER"):
+        pytest.skip("this test run names a threading layer itself")
+    env = {"NUMBA_THREADING_LAYER": chosen} if chosen else {}
+    out = run_script("""
+import numpy as np
+import fastbp
+from fastbp.cpu import threading_layer
+fastbp.Trainer([3, 4, 2], seed=0).predict(np.ones((5, 3)))
+print(threading_layer.name())
+""", timeout=120, env=env)
+    assert out.strip() == expected

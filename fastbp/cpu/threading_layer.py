@@ -52,9 +52,10 @@ def configure():
     """Sets numba.config.THREADING_LAYER unless the user chose one or Numba's threads already run."""
     if _numba_parallel._is_initialized:  # too late to choose: the layer in use stays
         return
+    tbb_loaded = _load_tbb()  # also when the user asked for TBB ('tbb', 'safe', ...): Numba needs it loaded
     if os.environ.get("NUMBA_THREADING_LAYER") or numba.config.THREADING_LAYER != "default":
         return
-    numba.config.THREADING_LAYER = "tbb" if _load_tbb() else "workqueue"
+    numba.config.THREADING_LAYER = "tbb" if tbb_loaded else "workqueue"
 
 
 def name():

@@ -2,7 +2,8 @@
 
 The file is written to a temporary name in the same directory, flushed to disk, then renamed over the
 target: a crash mid-write leaves the previous checkpoint intact, never a half-written one, and a Ctrl-C
-during the write takes effect once the file is complete. The new file gets the permissions a plain
+during the write takes effect once the file is complete. A temporary file left by a process killed
+mid-write is removed by the next save of the same target on the same host. The new file gets the permissions a plain
 open() would give it (0666 less the umask), like np.savez's.
 
 Reading trusts nothing in the file: the metadata is size-limited JSON that must be an object, and every
@@ -10,8 +11,10 @@ array's .npy header is checked (dtype float32, the length the metadata's config 
 memory is allocated for it. Anything else is a ValueError saying what is wrong; nothing is ever
 unpickled.
 """
+import contextlib
 import json
 import os
+import socket
 import stat
 import tempfile
 import zipfile
@@ -50,6 +53,35 @@ def _check_writable(path):
         raise PermissionError(f"cannot save to {path}: the file is read-only")
 
 
+def _temporary_prefix(path, host=None, pid=None):
+    """Temporary files name their target, host and process: `.model.npz.fastbp-HOST-PID-`."""
+    host = socket.gethostname() if host is None else host
+    pid = os.getpid() if pid is None else pid
+    return f".{os.path.basename(path)}.fastbp-{host}-{pid}-"
+
+
+def _remove_orphans(directory, target):
+    """Deletes temporary files that an earlier save of `target` on this host left when its process was
+    killed mid-write (SIGKILL, power loss: nothing could clean up). A file whose process still runs is
+    another save in progress, and files of other hosts (a shared filesystem) are left alone."""
+    mine = f".{target}.fastbp-{socket.gethostname()}-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(mine) and name.endswith(".tmp")):
+            continue
+        try:
+            pid = int(name[len(mine):].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except (ValueError, PermissionError, OSError):
+            continue  # not our naming, or a live process of another user
+
+
 def write(path, arrays, meta):
     """arrays: name -> ndarray; meta: JSON-serialisable dict (config, counters, RNG state)."""
     path = os.fspath(path)
@@ -58,8 +90,10 @@ def write(path, arrays, meta):
         raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
     _check_writable(path)
     header = {"format": FORMAT, "version": VERSION, **meta}
+    prefix = _temporary_prefix(path)
+    _remove_orphans(directory, os.path.basename(path))
     with whole_steps():  # a Ctrl-C lands after the rename or the clean-up, never between
-        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(header)), **arrays)

@@ -192,3 +192,49 @@ def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, monkeyp
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["c.npz"]
     assert np.array_equal(fastbp.Trainer.load(tmp_path / "c.npz").state.params, t.state.params)
+
+
+def test_orphans_of_killed_saves_are_removed_by_the_next_save(tmp_path):
+    """A save killed mid-write (SIGKILL: no clean-up possible) leaves its temporary file; the next save of
+    that target on this host removes it, but never a file of a live process or of another host."""
+    import subprocess
+    import sys
+    target = tmp_path / "m.npz"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / (checkpoint._temporary_prefix(target, pid=dead.pid) + "abc.tmp")
+    live = tmp_path / (checkpoint._temporary_prefix(target) + "def.tmp")  # this process: a save under way
+    foreign = tmp_path / (checkpoint._temporary_prefix(target, host="elsewhere", pid=dead.pid) + "ghi.tmp")
+    other_target = tmp_path / (checkpoint._temporary_prefix(tmp_path / "other.npz", pid=dead.pid) + "jkl.tmp")
+    for f in (orphan, live, foreign, other_target):
+        f.write_bytes(b"partial")
+    trained().save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name, foreign.name,
+                                                                 other_target.name])
+
+
+def test_save_killed_mid_write_leaves_the_previous_file(tmp_path):
+    """SIGKILL in the middle of np.savez, in a subprocess: the target is still the old, loadable file."""
+    import subprocess
+    import sys
+    import textwrap
+    target = tmp_path / "m.npz"
+    first = trained(seed=1)
+    first.save(target)
+    code = textwrap.dedent(f"""
+        import os, signal, numpy as np, fastbp
+        from fastbp import checkpoint
+        real = np.savez
+        def killed(f, **arrays):
+            f.write(b"PK half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.np.savez = killed
+        t = fastbp.Trainer([3, 7, 2], seed=2)
+        t.save({str(target)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9
+    assert np.array_equal(fastbp.Trainer.load(target).state.params, first.state.params)
+    assert len(list(tmp_path.iterdir())) == 2  # the target and the killed save's orphan
+    trained(seed=3).save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]

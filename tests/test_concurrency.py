@@ -267,3 +267,28 @@ fastbp.Trainer([3, 4, 2], seed=0).predict(np.ones((5, 3)))
 print(threading_layer.name())
 """, timeout=120, env=env)
     assert out.strip() == expected
+
+
+def test_two_trainers_in_two_threads_on_the_workqueue_layer():
+    """Numba's workqueue layer aborts the process when two threads enter it at once; fastbp makes those
+    calls take turns (the layer a user names is kept, so this must hold there too)."""
+    out = run_script("""
+import threading
+import numpy as np
+import fastbp
+from fastbp.cpu import threading_layer
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((2048, 16)).astype(np.float32)
+y = X[:, :4].argmax(axis=1)
+
+def train(seed):
+    fastbp.Trainer([16, 160, 4], loss="cross_entropy", seed=seed, batch_size=64).fit(X, y, epochs=3, verbose=0)
+threads = [threading.Thread(target=train, args=(s,)) for s in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(threading_layer.name())
+""", timeout=180, env={"NUMBA_THREADING_LAYER": "workqueue"})
+    assert out.strip() == "workqueue"

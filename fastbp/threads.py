@@ -11,9 +11,33 @@ import os
 import threading
 
 import numba
+import threadpoolctl
 
 _lock = threading.RLock()
 _controller = None
+_threadpoolctl_limit = None  # set through threadpoolctl (threadpool_limits), process-wide like its other limits
+
+
+class NumbaKernels(threadpoolctl.LibController):
+    """fastbp's kernels as a thread pool threadpoolctl knows: `threadpool_limits(1)` (or with
+    user_api="openmp", scikit-learn's idiom for OpenMP-style pools) limits them too, and
+    threadpool_info() lists them. Matched by the library of Numba's threading layer."""
+    user_api = "openmp"
+    internal_api = "numba"
+    filename_prefixes = ("tbbpool", "omppool", "workqueue")
+
+    def get_num_threads(self):
+        return numba.config.NUMBA_NUM_THREADS if _threadpoolctl_limit is None else _threadpoolctl_limit
+
+    def set_num_threads(self, num_threads):
+        global _threadpoolctl_limit
+        _threadpoolctl_limit = None if num_threads >= numba.config.NUMBA_NUM_THREADS else max(1, int(num_threads))
+
+    def get_version(self):
+        return numba.__version__
+
+
+threadpoolctl.register(NumbaKernels)
 
 
 def _threadpools():
@@ -43,16 +67,19 @@ def limit():
     """The most threads this process should run kernels on, from every limit the field sets:
     Numba's own count in the calling thread (NUMBA_NUM_THREADS, numba.set_num_threads: joblib's loky
     workers get NUMBA_NUM_THREADS = cores // n_jobs), the CPUs this process may run on (taskset,
-    cgroup cpusets, Slurm), OMP_NUM_THREADS, and OpenMP limits set through threadpoolctl
-    (threadpool_limits(1) around a call)."""
+    cgroup cpusets, Slurm), OMP_NUM_THREADS, and limits set through threadpoolctl (threadpool_limits(1)
+    around a call: on the kernels themselves, see NumbaKernels, and on any OpenMP library loaded)."""
     limits = [numba.get_num_threads()]
+    if _threadpoolctl_limit is not None:
+        limits.append(_threadpoolctl_limit)
     if hasattr(os, "sched_getaffinity"):
         limits.append(len(os.sched_getaffinity(0)))
     env = _env_limit("OMP_NUM_THREADS")
     if env:
         limits.append(env)
     for lib in _threadpools().select(user_api="openmp").lib_controllers:
-        limits.append(lib.num_threads)
+        if not isinstance(lib, NumbaKernels):  # counted above, from the current value
+            limits.append(lib.num_threads)
     return max(1, min(limits))
 
 

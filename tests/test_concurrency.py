@@ -292,3 +292,37 @@ for t in threads:
 print(threading_layer.name())
 """, timeout=180, env={"NUMBA_THREADING_LAYER": "workqueue"})
     assert out.strip() == "workqueue"
+
+
+def test_threadpoolctl_limits_the_kernels():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastbp import threads
+    fastbp.Trainer([3, 2])  # its backend loads Numba's threading layer
+    assert any(info["internal_api"] == "numba" for info in threadpool_info())
+    full = threads.limit()
+    with threadpool_limits(1):
+        assert threads.limit() == 1
+    with threadpool_limits(1, user_api="openmp"):  # scikit-learn's idiom for OpenMP-style pools
+        assert threads.limit() == 1
+    assert threads.limit() == full
+
+
+def test_threads_option(rng):
+    X, y = data(rng, n=600)
+    with pytest.raises(ValueError, match="threads"):
+        fastbp.Trainer([12, 4], threads=0)
+    with pytest.raises(ValueError, match="maximum"):
+        fastbp.Trainer([12, 4], threads=10 ** 6)
+    one = fastbp.Trainer([12, 64, 4], loss="cross_entropy", seed=0, threads=1)
+    one.fit(X, y, epochs=2, verbose=0)
+    two = fastbp.Trainer([12, 64, 4], loss="cross_entropy", seed=0)
+    two.fit(X, y, epochs=2, verbose=0)
+    for (W1, _), (W2, _) in zip(one.params, two.params):
+        assert np.allclose(W1, W2, rtol=1e-4, atol=1e-5)  # the same training, up to the order of sums
+    assert one.threads == 1 and pickle_round_trip(one).threads == 1
+
+
+def pickle_round_trip(obj):
+    import pickle
+    return pickle.loads(pickle.dumps(obj))

@@ -69,6 +69,7 @@ class CpuBackend:
     def __init__(self, config, state, threads=None):
         self.state = state
         self.threads = threads
+        numba.get_num_threads()  # loads the threading layer now, so that threadpoolctl can see and limit it
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))

@@ -6,9 +6,11 @@ between whole steps.
   after another, each on one consistent set of parameters; a predict during another thread's fit sees the
   parameters of a whole number of steps. Training (fit, step) from a second thread while one trains is a
   RuntimeError: two loops interleaving their steps on one model is never what anyone meant.
-- whole_steps: a KeyboardInterrupt (SIGINT) arriving inside is held back and raised at the block's end,
-  so the parameters, the optimizer moments and the step count always describe the same whole number of
-  steps. Only the main thread receives signals, so elsewhere it does nothing.
+- whole_steps: a KeyboardInterrupt (SIGINT) arriving inside is held back and raised at the block's end
+  (or where the block calls deliver(), between two steps), so the parameters, the optimizer moments and
+  the step count always describe the same whole number of steps. Only the main thread receives
+  signals, so elsewhere it does nothing. The handler is installed once per block (two sigaction calls,
+  ~10 us), not once per step.
 """
 import contextlib
 import signal
@@ -60,9 +62,15 @@ class whole_steps:
     def _hold(self, signum, frame):
         self._received = (signum, frame)
 
+    def deliver(self):
+        """Runs the held-back handler now, if a signal arrived (the default one raises KeyboardInterrupt).
+        Call it only where the state is whole (between steps)."""
+        if self._received is not None:
+            received, self._received = self._received, None
+            self._previous(*received)
+
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-            if self._received is not None:
-                self._previous(*self._received)  # the default handler raises KeyboardInterrupt here
+            self.deliver()
         return False

@@ -55,6 +55,18 @@ def _blas_libraries():
     return _threadpools().select(user_api="blas").lib_controllers
 
 
+_openmp = None
+
+
+def _openmp_libraries():
+    """The OpenMP runtimes loaded when first asked (not fastbp's own kernels: _threadpoolctl_limit)."""
+    global _openmp
+    if _openmp is None:
+        _openmp = [lib for lib in _threadpools().select(user_api="openmp").lib_controllers
+                   if not isinstance(lib, NumbaKernels)]
+    return _openmp
+
+
 def _env_limit(name):
     try:
         value = int(os.environ.get(name, "").split(",")[0])
@@ -77,9 +89,8 @@ def limit():
     env = _env_limit("OMP_NUM_THREADS")
     if env:
         limits.append(env)
-    for lib in _threadpools().select(user_api="openmp").lib_controllers:
-        if not isinstance(lib, NumbaKernels):  # counted above, from the current value
-            limits.append(lib.num_threads)
+    for lib in _openmp_libraries():
+        limits.append(lib.num_threads)
     return max(1, min(limits))
 
 

@@ -142,9 +142,9 @@ class Trainer:
         return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
     def _train_rows(self, X, labels, targets, rows):
-        """One step on X[rows]; returns (loss, hits). The update and the step count move together: a
-        Ctrl-C is held back until both have (guard.whole_steps), and other threads wait for the lock."""
-        with self._guard.lock, whole_steps():
+        """One step on X[rows]; returns (loss, hits). The update and the step count move together (callers
+        hold back Ctrl-C with guard.whole_steps), and other threads wait for the lock meanwhile."""
+        with self._guard.lock:
             if self.schedule is not None and self.schedule.interval == "step":
                 self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
             loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(),
@@ -168,7 +168,7 @@ class Trainer:
 
     def step(self, xb, yb):
         """One training step (forward, backward, update) on one batch; returns the batch's mean loss."""
-        with self._guard.training("step"), self._guard.lock:
+        with self._guard.training("step"), self._guard.lock, whole_steps():
             self._backend.check_batch_memory(validation.row_count(xb), self.sizes)
             X, labels, targets = self._checked(xb, yb)
             try:
@@ -234,38 +234,41 @@ class Trainer:
         classification = self.config.loss != "mse"
         self.stop_training = False
         callback_tools.call(callbacks, "on_train_begin", self)
-        try:
-            for epoch in range(int(initial_epoch), epochs):
-                if self.schedule is not None and self.schedule.interval == "epoch":
-                    self.lr = self.schedule.lr(self.config.lr, epoch)
-                epoch_lr = self._lr
-                start_time = time.perf_counter()
-                progress.start_epoch(epoch)
-                order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-                loss_sum = hits = 0.0
-                for start in range(0, n, batch_size):
-                    rows = order[start:start + batch_size]
-                    loss, batch_hits = self._train_rows(X, labels, targets, rows)
-                    loss_sum += loss * rows.size
-                    hits += batch_hits
-                    progress.batch_done(rows.size, loss_sum / min(start + batch_size, n))
-                seconds = time.perf_counter() - start_time
-                self.epochs_done = epoch + 1
-                logs = {"loss": loss_sum / n}
-                if classification:
-                    logs["accuracy"] = hits / n
-                if val is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate(*val, "the validation data").items()})
-                progress.end_epoch(epoch, logs, seconds)
-                history.record(epoch, **logs, lr=epoch_lr)
-                if self.schedule is not None:
-                    self.schedule.on_epoch_end(logs)
-                callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
-                if self.stop_training:
-                    break
-        finally:
-            progress.abort()
-            self._backend.release_data()
+        with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
+            try:
+                for epoch in range(int(initial_epoch), epochs):
+                    if self.schedule is not None and self.schedule.interval == "epoch":
+                        self.lr = self.schedule.lr(self.config.lr, epoch)
+                    epoch_lr = self._lr
+                    start_time = time.perf_counter()
+                    progress.start_epoch(epoch)
+                    order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+                    loss_sum = hits = 0.0
+                    for start in range(0, n, batch_size):
+                        rows = order[start:start + batch_size]
+                        loss, batch_hits = self._train_rows(X, labels, targets, rows)
+                        interrupts.deliver()  # a Ctrl-C during the step lands here, after it
+                        loss_sum += loss * rows.size
+                        hits += batch_hits
+                        progress.batch_done(rows.size, loss_sum / min(start + batch_size, n))
+                    seconds = time.perf_counter() - start_time
+                    self.epochs_done = epoch + 1
+                    logs = {"loss": loss_sum / n}
+                    if classification:
+                        logs["accuracy"] = hits / n
+                    if val is not None:
+                        scores = self._evaluate(*val, "the validation data")
+                        logs.update({"val_" + k: v for k, v in scores.items()})
+                    progress.end_epoch(epoch, logs, seconds)
+                    history.record(epoch, **logs, lr=epoch_lr)
+                    if self.schedule is not None:
+                        self.schedule.on_epoch_end(logs)
+                    callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
+                    if self.stop_training:
+                        break
+            finally:
+                progress.abort()
+                self._backend.release_data()
         callback_tools.call(callbacks, "on_train_end", self)
         return history
 

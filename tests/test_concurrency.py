@@ -80,7 +80,8 @@ def test_concurrent_predicts_are_bitwise_equal_to_sequential(rng):
 def test_evaluate_and_gradients_from_threads_match_sequential(rng):
     X, y = data(rng)
     t = fastbp.Trainer([12, 32, 4], loss="cross_entropy", seed=1)
-    expected_eval, (expected_loss, expected_grads) = in_a_thread(lambda: (t.evaluate(X, y), t.gradients(X[:50], y[:50])))
+    expected_eval, (expected_loss, expected_grads) = in_a_thread(
+        lambda: (t.evaluate(X, y), t.gradients(X[:50], y[:50])))
     results = []
 
     def work():

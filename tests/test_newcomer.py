@@ -72,7 +72,8 @@ def test_cli_labels_the_test_set_as_test(capsys):
 
 def test_mnist_script_without_scikit_learn_says_what_to_do(tmp_path):
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "mnist.py"
-    code = f"import sys, runpy; sys.modules['sklearn'] = None; sys.argv = ['mnist.py']; runpy.run_path({str(script)!r}, run_name='__main__')"
+    code = ("import sys, runpy; sys.modules['sklearn'] = None; sys.argv = ['mnist.py']; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(script.parent.parent)})
     assert result.returncode != 0 and "Traceback" not in result.stderr

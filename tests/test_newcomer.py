@@ -37,18 +37,25 @@ def test_readme_quickstart_and_training_loop_run_and_learn(tmp_path, monkeypatch
     assert t2.evaluate(ns["X"], ns["y"])["accuracy"] > 0.9
 
 
-def test_epoch_line_is_whole_on_an_80_column_terminal(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-    monkeypatch.setenv("COLUMNS", "80")
-    out = Terminal()
-    p = EpochProgress(1, epochs=10, n_samples=16000, stream=out)
-    p.start_epoch(9)
-    p.batch_done(16000, 0.1234)
-    p.end_epoch(9, {"loss": 0.1234, "accuracy": 0.9876, "val_loss": 0.2345, "val_accuracy": 0.9765}, 1.0)
-    last = out.getvalue().rstrip("\n").splitlines()[-1]
-    assert "val_accuracy 0.9765" in last and "accuracy 0.9876" in last
+def test_epoch_line_is_whole_on_an_80_column_terminal():
+    """On a real 80-column terminal (a pseudo-terminal), the epoch's metrics are printed whole; as the
+    bar's postfix they were cut off there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with os.fdopen(slave, "w") as terminal:
+        p = EpochProgress(1, epochs=10, n_samples=16000, stream=terminal)
+        assert p.bar_wanted
+        p.start_epoch(9)
+        p.batch_done(16000, 0.1234)
+        p.end_epoch(9, {"loss": 0.1234, "accuracy": 0.9876, "val_loss": 0.2345, "val_accuracy": 0.9765}, 1.0)
+        terminal.flush()
+        shown = os.read(master, 1 << 16).decode()
+    os.close(master)
+    assert "val_accuracy 0.9765" in shown and "accuracy 0.9876" in shown and "val_loss 0.2345" in shown
 
 
 def test_cli_help_shows_defaults():
@@ -64,10 +71,20 @@ def test_cli_plot_without_matplotlib_fails_before_training(monkeypatch, capsys):
     assert "matplotlib" in capsys.readouterr().err
 
 
-def test_cli_labels_the_test_set_as_test(capsys):
+def test_cli_labels_the_test_set_as_test(monkeypatch, capsys):
+    """The test set is evaluated once, at the end, as "test"; per-epoch val_ metrics come from a split of the
+    training rows (the test set used to be passed as validation_data and printed as val_)."""
+    seen = {}
+    real_fit = fastbp.Trainer.fit
+
+    def spy(self, X, y, **kw):
+        seen.update(kw, n=len(X))
+        return real_fit(self, X, y, **kw)
+    monkeypatch.setattr(fastbp.Trainer, "fit", spy)
     assert cli.main(["--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "val_accuracy" in out  # per-epoch val_ comes from a validation split
+    assert seen.get("validation_data") is None and seen["validation_split"] == 0.1
+    assert "test accuracy" in out and "val_accuracy" in out
 
 
 def test_mnist_script_without_scikit_learn_says_what_to_do(tmp_path):

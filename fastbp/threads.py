@@ -51,11 +51,16 @@ def _threadpools():
     return _controller
 
 
-def _blas_libraries():
-    return _threadpools().select(user_api="blas").lib_controllers
-
-
+_blas = None
 _openmp = None
+
+
+def _blas_libraries():
+    """The BLAS libraries loaded when first asked (SciPy's, which the kernels call, among them)."""
+    global _blas
+    if _blas is None:
+        _blas = _threadpools().select(user_api="blas").lib_controllers
+    return _blas
 
 
 def _openmp_libraries():
@@ -68,8 +73,11 @@ def _openmp_libraries():
 
 
 def _env_limit(name):
+    text = os.environ.get(name)
+    if not text:
+        return None
     try:
-        value = int(os.environ.get(name, "").split(",")[0])
+        value = int(text.split(",")[0])  # OpenMP's nested form "4,2": the outer level is ours
     except ValueError:
         return None
     return value if value > 0 else None

@@ -97,7 +97,8 @@ class CpuBackend:
         if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
             entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
         callers_threads = numba.get_num_threads()  # thread-local in Numba: other threads are unaffected
-        numba.set_num_threads(threads)
+        if threads != callers_threads:
+            numba.set_num_threads(threads)
         try:
             with blas_single_threaded(), threading_layer.serialized():
                 return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
@@ -106,7 +107,8 @@ class CpuBackend:
                              settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
                              ws.row_loss, ws.row_hits, ws.norm_sums, threads)
         finally:
-            numba.set_num_threads(callers_threads)
+            if threads != callers_threads:
+                numba.set_num_threads(callers_threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not

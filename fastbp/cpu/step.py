@@ -2,7 +2,9 @@
 
 Shapes (N = rows of the data set given, n = rows in this batch, see dense_forward.py for the layouts):
     X        (N, d0) float32 C-contiguous;  rows (n,) int64: the batch is X[rows]
-    labels   (N,) int64 (cross_entropy), targets (N, d_L) float32 (mse, bce); the other may be empty
+    labels   (N,) int64 (cross_entropy), targets (N, d_L) float32 (mse, bce); the other may be empty. A label
+             outside [0, d_L) is never used as an index: that row's loss is NaN (loss_delta.py), so a step
+             skips its update
     dims     (L + 1,) int64 layer widths; offsets (L + 1,) int64 block starts in the flat buffers
     params, grads, moment1, moment2   flat float32 buffers (state.py)
     acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements; the backward pass

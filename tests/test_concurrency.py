@@ -138,13 +138,13 @@ def test_predict_during_fit_sees_whole_steps(rng):
             seen.append(t.predict(X[:20]))
     th = threading.Thread(target=watch)
     th.start()
-    t.fit(X, y, epochs=30, verbose=0, shuffle=False, callbacks=[Record()])
+    t.fit(X, y, epochs=100, verbose=0, shuffle=False, callbacks=[Record()])  # long enough for the watcher
     done.set()
     th.join()
     # Replay: every step's outputs, from a fresh model fed the same batches.
     replay = fastbp.Trainer([12, 16, 4], loss="cross_entropy", seed=3, batch_size=32, optimizer="sgd", lr=0.05)
     every_step = [replay.predict(X[:20])]
-    for _ in range(30):
+    for _ in range(100):
         for start in range(0, 256, 32):
             replay.step(X[start:start + 32], y[start:start + 32])
             every_step.append(replay.predict(X[:20]))

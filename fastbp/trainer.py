@@ -71,7 +71,7 @@ class Trainer:
         betas, eps   Adam/AdamW moment decays and epsilon (eps default 1e-8; Adagrad 1e-10)
         alpha        RMSprop's smoothing constant (default 0.99)
         clip_norm    clip the global gradient norm to this value (default None: no clipping)
-        dropout      rate on every hidden layer during training, in [0, 1) (default 0)
+        dropout      rate on every hidden layer during training, in [0, 1 - 2^-24] (default 0)
         schedule     a fastbp.schedules.Schedule for the learning rate (default None: constant)
         threads      CPU threads for the kernels (default None: as many as the process may use, see
                      fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured)

@@ -77,7 +77,10 @@ def _output_width(loss, y):
 
 
 def train(args):
+    from .distributed import launched_world
     from .trainer import Trainer
+    comm = launched_world()  # under mpiexec / srun: data-parallel over the launched ranks
+    say = print if comm is None or comm.Get_rank() == 0 else (lambda *a, **k: None)
     if args.plot:  # before training, not after it
         try:
             import matplotlib  # noqa: F401
@@ -88,9 +91,11 @@ def train(args):
     Xte = np.asarray(Xte).reshape(len(Xte), -1)
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
     trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads)
-    print(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
-    print(f"model: {trainer}")
+                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads,
+                      comm=comm)
+    say(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
+    ranks = "" if comm is None else f" on {comm.Get_size()} MPI ranks x {trainer.threads} threads"
+    say(f"model: {trainer}{ranks}")
     start = time.perf_counter()
     # Per-epoch "val_" metrics come from a validation split of the training rows; the test set is only
     # evaluated once, at the end, and labelled as such.
@@ -102,14 +107,14 @@ def train(args):
     if "accuracy" in result:
         summary = f"test accuracy {result['accuracy']:.4f}  " + summary
     samples = len(Xtr) * args.epochs
-    print(f"{summary}  train time {seconds:.2f} s  {samples / seconds:,.0f} samples/s "
+    say(f"{summary}  train time {seconds:.2f} s  {samples / seconds:,.0f} samples/s "
           f"(includes first-call compilation and per-epoch evaluation)")
     if args.save:
-        trainer.save(args.save)
-        print(f"saved {args.save}")
-    if args.plot:
+        trainer.save(args.save)  # rank 0 writes
+        say(f"saved {args.save}")
+    if args.plot and (comm is None or comm.Get_rank() == 0):
         history.plot(args.plot)
-        print(f"plotted {args.plot}")
+        say(f"plotted {args.plot}")
     return 0
 
 

@@ -9,6 +9,9 @@ Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's convention
 - solver is 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'); no 'lbfgs';
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
   has not improved by tol for n_iter_no_change epochs, as in scikit-learn.
+
+comm (fastbp's own): an mpi4py communicator for data-parallel training (see Trainer); every rank calls
+fit with the same X and y, and gets the same fitted model.
 """
 import numbers
 import warnings
@@ -20,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from . import distributed
 from .callbacks import EarlyStopping
 from .trainer import Trainer
 
@@ -33,7 +37,7 @@ class _BaseMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -53,6 +57,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
 
     # ---- what subclasses define ----
     _loss = None                  # fastbp loss for the data seen
@@ -99,7 +104,7 @@ class _BaseMLP(BaseEstimator):
             options.update(momentum=self.momentum, nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         elif self.solver == "rmsprop":
             options.update(momentum=self.momentum)
-        return Trainer(**options)
+        return Trainer(**options, comm=self.comm)
 
     def _fit(self, X, y, incremental, classes=None):
         first_call = not (incremental and hasattr(self, "trainer_"))
@@ -132,7 +137,8 @@ class _BaseMLP(BaseEstimator):
         if val_split:
             # scikit-learn draws a stratified/random validation set; fastbp's validation_split takes the
             # last rows, so shuffle first with the estimator's own random state.
-            order = check_random_state(self.random_state).permutation(X.shape[0])
+            order = distributed.wrap(self.comm).broadcast(check_random_state(self.random_state)
+                                                          .permutation(X.shape[0]))  # rank 0's, on every rank
             X, y = X[order], y[order]
         history = self.trainer_.fit(X, y, epochs=epochs, batch_size=self._batch_size(X.shape[0]),
                                     validation_split=val_split, shuffle=self.shuffle,

@@ -62,11 +62,24 @@ class whole_steps:
     def _hold(self, signum, frame):
         self._received = (signum, frame)
 
+    def pending(self):
+        """Whether a signal is held back, waiting for deliver()."""
+        return self._received is not None
+
+    def request(self):
+        """Makes the next deliver() act as if SIGINT had arrived here too: MPI ranks that did not receive
+        the signal stop after the same step as one that did (distributed.py)."""
+        if self._received is None:
+            self._received = (signal.SIGINT, None)
+
     def deliver(self):
-        """Runs the held-back handler now, if a signal arrived (the default one raises KeyboardInterrupt).
+        """Runs the held-back handler now, if a signal arrived (the default one raises KeyboardInterrupt;
+        outside the main thread, or under SIG_IGN/SIG_DFL, a request() raises KeyboardInterrupt).
         Call it only where the state is whole (between steps)."""
         if self._received is not None:
             received, self._received = self._received, None
+            if self._previous is None:
+                raise KeyboardInterrupt
             self._previous(*received)
 
     def __exit__(self, *exc):

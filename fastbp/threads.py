@@ -114,6 +114,14 @@ def check_requested(threads):
     return threads
 
 
+def per_rank(node_ranks):
+    """Threads for one of node_ranks MPI ranks sharing this machine: limit(), split evenly among them
+    unless the launcher already bound each rank to its own CPUs (then they do not share them)."""
+    threads = limit()
+    bound = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 1)
+    return threads if bound else max(1, threads // node_ranks)
+
+
 def kernel_threads(requested):
     """The thread count for the next compiled call: `requested` (Trainer(threads=...)) if given, capped by
     Numba's maximum, else limit()."""

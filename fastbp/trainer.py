@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, schedules, threads as thread_limits, validation
+from . import checkpoint, distributed, schedules, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
@@ -18,7 +18,7 @@ from .state import NetworkState, layer_offsets
 EVAL_CHUNK = 4096
 
 
-def _make_backend(config, state, threads=None):
+def _make_backend(config, state, threads=None, comm=distributed.Single()):
     if config.device == "cuda":
         try:
             from numba import cuda
@@ -28,6 +28,8 @@ def _make_backend(config, state, threads=None):
         if not available:
             raise RuntimeError("device='cuda' needs an NVIDIA GPU with a working driver and the CUDA target "
                                "(pip install 'fastbp[cuda]'); none was found. Use device='cpu'.")
+        if comm.size > 1:  # one GPU per rank: the ranks on a machine take its GPUs in turn
+            cuda.select_device(comm.node_rank() % len(cuda.gpus))
         from .cuda.backend import CudaBackend
         return CudaBackend(config, state)
     from .cpu.backend import CpuBackend
@@ -74,7 +76,12 @@ class Trainer:
         dropout      rate on every hidden layer during training, in [0, 1 - 2^-24] (default 0)
         schedule     a fastbp.schedules.Schedule for the learning rate (default None: constant)
         threads      CPU threads for the kernels (default None: as many as the process may use, see
-                     fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured)
+                     fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured; with comm,
+                     that number divided among the ranks on the same machine)
+        comm         an mpi4py communicator (e.g. MPI.COMM_WORLD) for data-parallel training on its ranks,
+                     or None (default): one process. See distributed.py and the README's "MPI" section:
+                     every rank constructs the Trainer and calls its methods in the same order; rank 0's
+                     initial weights are used everywhere; batch_size is the global batch.
 
     Thread safety: every method may be called from any thread; calls on one Trainer take turns, and
     training it from two threads at once is a RuntimeError. A Ctrl-C during training takes effect between
@@ -84,7 +91,8 @@ class Trainer:
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None,
-                 threads=None):
+                 threads=None, comm=None):
+        self._comm = distributed.wrap(comm)
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
@@ -98,11 +106,35 @@ class Trainer:
         self._rng = np.random.default_rng(self.config.seed)
         self.state.initialize(self.config.activation, self._rng)
         self._dropout_seed = int(self._rng.integers(2 ** 62))
+        if self._comm.size > 1:
+            self._share_initial_state()
         self._dropout_threshold = dropout_threshold(self.config.dropout)
-        self._backend = _make_backend(self.config, self.state, self.threads)
+        self._backend = _make_backend(self.config, self.state, self.threads, self._comm)
         self.lr = self.config.lr
         self.epochs_done = 0
         self.stop_training = False
+
+    def _share_initial_state(self):
+        """Every rank: the same options (else ValueError on every rank), then rank 0's weights, shuffling
+        RNG and dropout seed; the kernels' threads shared among the ranks on this machine."""
+        comm = self._comm
+        configs = comm.allgather(self.config.to_dict())
+        differing = sorted(k for k in configs[0] if k != "seed" and any(c[k] != configs[0][k] for c in configs))
+        if differing:
+            raise ValueError(f"every rank must construct the Trainer with the same options; {', '.join(differing)} "
+                             f"differ between ranks")
+        params, rng_state, dropout_seed = comm.broadcast(
+            (self.state.params, self._rng.bit_generator.state, self._dropout_seed))
+        self.state.params[:] = params
+        self._rng.bit_generator.state = rng_state
+        self._dropout_seed = dropout_seed
+        if self.threads is None and self.config.device == "cpu":
+            self.threads = thread_limits.per_rank(comm.node_ranks())
+
+    @property
+    def comm(self):
+        """The mpi4py communicator given at construction (None: one process)."""
+        return self._comm.comm
 
     # ---- configuration that may change during training ----
 
@@ -141,20 +173,52 @@ class Trainer:
         """This step's dropout key: a function of the trainer's dropout seed and the step count only."""
         return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
-    def _train_rows(self, X, labels, targets, rows):
-        """One step on X[rows]; returns (loss, hits). The update and the step count move together (callers
-        hold back Ctrl-C with guard.whole_steps), and other threads wait for the lock meanwhile."""
+    def _train_rows(self, X, labels, targets, rows, parts, interrupts):
+        """One step on the batch of global rows `rows` (of which this rank computes parts.mine(rows)); returns
+        (loss, hits) of the whole batch. The update and the step count move together (interrupts: the
+        caller's guard.whole_steps, which holds back Ctrl-C), and other threads wait for the lock meanwhile."""
         with self._guard.lock:
             if self.schedule is not None and self.schedule.interval == "step":
                 self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
-            loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(),
-                                            self._dropout_key(), self._dropout_threshold)
+            if self._comm.size == 1:  # one compiled call: gradient and update fused
+                loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(),
+                                                self._dropout_key(), self._dropout_threshold)
+                hits = self._backend.last_hits(rows.size) if self.config.loss != "mse" else 0.0
+            else:
+                loss, hits = self._summed_gradients(X, labels, targets, *parts.mine(rows), self._dropout_threshold,
+                                                    interrupts)
+                if np.isfinite(loss):
+                    self._backend.apply_update(self._optimizer_settings())
             if not np.isfinite(loss):
-                # The compiled step skips the update when the loss is not finite.
+                # The update was skipped (by the compiled step itself on one process).
                 self._raise_non_finite_loss(loss)
             self.state.step_count += 1
-            hits = self._backend.last_hits(rows.size) if self.config.loss != "mse" else 0.0
         return float(loss), hits
+
+    def _summed_gradients(self, X, labels, targets, local_rows, share, dropout_threshold, interrupts=None):
+        """The gradient of a batch split among MPI ranks, left in the backend's gradient buffer on every rank:
+        this rank's part (rows local_rows, `share` of the batch's rows) weighted by its share, summed over
+        the ranks; returns the batch's (loss, hits), also summed. A Ctrl-C held back on any rank is
+        requested on every rank (interrupts.request), so that all stop after this same step."""
+        classification = self.config.loss != "mse"
+        if local_rows.size:
+            loss = self._backend.loss_and_gradients(X, labels, targets, local_rows, self._dropout_key(),
+                                                    dropout_threshold)
+            hits = self._backend.last_hits(local_rows.size) if classification else 0.0
+            grads = self._backend.grads_to_host()
+            grads *= np.float32(share)
+        else:  # a batch shorter than the number of ranks, or a shard with no row in it
+            loss = hits = 0.0
+            grads = self._backend.grads_to_host()
+            grads[:] = 0.0
+        with np.errstate(invalid="ignore", over="ignore"):
+            totals = np.array([loss * share, hits, interrupts is not None and interrupts.pending()], np.float64)
+        self._comm.sum_(totals)
+        self._comm.sum_(grads)
+        self._backend.grads_from_host()
+        if totals[2] and interrupts is not None:
+            interrupts.request()
+        return float(totals[0]), float(totals[1])
 
     def _raise_non_finite_loss(self, loss):
         self._backend.pull()
@@ -166,13 +230,19 @@ class Trainer:
         raise FloatingPointError(f"loss became {loss} at step {self.state.step_count + 1}; {where}. Lower the "
                                  "learning rate, clip gradients (clip_norm) or check the data scale.")
 
-    def step(self, xb, yb):
-        """One training step (forward, backward, update) on one batch; returns the batch's mean loss."""
-        with self._guard.training("step"), self._guard.lock, whole_steps():
-            self._backend.check_batch_memory(validation.row_count(xb), self.sizes)
-            X, labels, targets = self._checked(xb, yb)
+    def step(self, xb, yb, sharded=False):
+        """One training step (forward, backward, update) on one batch; returns the batch's mean loss.
+
+        With comm, every rank calls step: sharded=False, each with the same whole batch (each computes its
+        part); sharded=True, each with its own rows of the batch."""
+        with self._guard.training("step"), self._guard.lock, whole_steps() as interrupts:
+            with self._comm.agreement():
+                self._backend.check_batch_memory(validation.row_count(xb), self.sizes)
+                X, labels, targets = self._checked(xb, yb)
             try:
-                return self._train_rows(X, labels, targets, np.arange(X.shape[0], dtype=np.int64))[0]
+                parts = self._comm.row_parts(X.shape[0], sharded, "step")
+                rows = np.arange(parts.n_total, dtype=np.int64)
+                return self._train_rows(X, labels, targets, rows, parts, interrupts)[0]
             finally:
                 self._backend.release_data()
 
@@ -198,7 +268,7 @@ class Trainer:
         return train, val
 
     def fit(self, X, y, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
-            verbose=1, initial_epoch=0, callbacks=None):
+            verbose=1, initial_epoch=0, callbacks=None, sharded=False):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
 
         X (n, sizes[0]) and y (labels (n,) for cross_entropy, else (n, sizes[-1])): array-likes, or with
@@ -210,30 +280,40 @@ class Trainer:
         (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".
         verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
         per epoch. callbacks: see callbacks.py; `trainer.stop_training = True` ends after the epoch.
+
+        With comm, every rank calls fit with the same arguments but the data: sharded=False, each rank
+        with the same data set (it computes its part of each batch); sharded=True, each with its own
+        rows (its shard; validation_split then holds out the last fraction of each shard, and
+        validation_data is sharded too). Only rank 0 shows progress; every rank gets the same History.
         """
         with self._guard.training("fit"):
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
-                             initial_epoch, callbacks)
+                             initial_epoch, callbacks, sharded)
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
-             callbacks):
-        batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
-        n_rows = validation.row_count(X)
-        self._backend.check_batch_memory(None if n_rows is None else min(batch_size, n_rows), self.sizes,
-                                         validation.conversion_bytes(X))
-        X, labels, targets = self._checked(X, y)
-        (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
-        epochs = positive_int("epochs", epochs)
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
-                or not 0 <= initial_epoch < epochs:
-            raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
-        callbacks = callback_tools.check(callbacks)
-        n = X.shape[0]
+             callbacks, sharded):
+        with self._comm.agreement():  # an error on one rank is raised on every rank, before any step
+            batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
+            n_rows = validation.row_count(X)
+            self._backend.check_batch_memory(None if n_rows is None else min(batch_size, n_rows), self.sizes,
+                                             validation.conversion_bytes(X))
+            X, labels, targets = self._checked(X, y)
+            (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
+            epochs = positive_int("epochs", epochs)
+            if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                    or not 0 <= initial_epoch < epochs:
+                raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
+            callbacks = callback_tools.check(callbacks)
+        parts = self._comm.row_parts(X.shape[0], sharded, (epochs, batch_size, shuffle, int(initial_epoch),
+                                                           val is not None))
+        val_parts = None if val is None else self._comm.row_parts(val[0].shape[0], sharded)
+        n = parts.n_total
         history = History()
-        progress = EpochProgress(verbose, epochs, n)
+        progress = EpochProgress(verbose if self._comm.is_root else 0, epochs, n)
         classification = self.config.loss != "mse"
         self.stop_training = False
-        callback_tools.call(callbacks, "on_train_begin", self)
+        with self._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
+            callback_tools.call(callbacks, "on_train_begin", self)
         with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
             try:
                 for epoch in range(int(initial_epoch), epochs):
@@ -246,7 +326,7 @@ class Trainer:
                     loss_sum = hits = 0.0
                     for start in range(0, n, batch_size):
                         rows = order[start:start + batch_size]
-                        loss, batch_hits = self._train_rows(X, labels, targets, rows)
+                        loss, batch_hits = self._train_rows(X, labels, targets, rows, parts, interrupts)
                         interrupts.deliver()  # a Ctrl-C during the step lands here, after it
                         loss_sum += loss * rows.size
                         hits += batch_hits
@@ -257,19 +337,22 @@ class Trainer:
                     if classification:
                         logs["accuracy"] = hits / n
                     if val is not None:
-                        scores = self._evaluate(*val, "the validation data")
+                        scores = self._evaluate(*val, val_parts, "the validation data")
                         logs.update({"val_" + k: v for k, v in scores.items()})
                     progress.end_epoch(epoch, logs, seconds)
                     history.record(epoch, **logs, lr=epoch_lr)
-                    if self.schedule is not None:
-                        self.schedule.on_epoch_end(logs)
-                    callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
+                    with self._comm.agreement():
+                        if self.schedule is not None:
+                            self.schedule.on_epoch_end(logs)
+                        callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
+                    self.stop_training = self._comm.any_(self.stop_training)  # the same decision on every rank
                     if self.stop_training:
                         break
             finally:
                 progress.abort()
                 self._backend.release_data()
-        callback_tools.call(callbacks, "on_train_end", self)
+        with self._comm.agreement():
+            callback_tools.call(callbacks, "on_train_end", self)
         return history
 
     # ---- inference and inspection ----
@@ -302,13 +385,19 @@ class Trainer:
                                      "for float32, or diverged parameters")
         return logits
 
-    def _evaluate(self, X, labels, targets, what="the data"):
-        n = X.shape[0]
-        loss_sum, correct = 0.0, 0.0
+    def _evaluate(self, X, labels, targets, parts, what="the data"):
+        """Loss and accuracy over the data set that parts describes (with comm: each rank computes its
+        rows, parts.mine of all of them, and the sums are added up)."""
+        n = parts.n_total
+        mine, _ = parts.mine(np.arange(n, dtype=np.int64))
+        sums = np.zeros(2, np.float64)  # loss, correct
         with self._guard.lock:
-            for rows in self._chunks(n):
-                loss_sum += self._backend.loss_value(X, labels, targets, rows) * rows.size
-                correct += self._backend.last_hits(rows.size)
+            for chunk in self._chunks(mine.size):
+                rows = mine[chunk]
+                sums[0] += self._backend.loss_value(X, labels, targets, rows) * rows.size
+                sums[1] += self._backend.last_hits(rows.size)
+        self._comm.sum_(sums)
+        loss_sum, correct = sums
         if not np.isfinite(loss_sum):
             raise FloatingPointError(f"the loss over {what} is {loss_sum / n}: the outputs or their errors are "
                                      "beyond float32's range (inputs or targets too large, or diverged "
@@ -318,23 +407,37 @@ class Trainer:
             result["accuracy"] = float(correct / n)
         return result
 
-    def evaluate(self, X, y):
-        """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}."""
+    def evaluate(self, X, y, sharded=False):
+        """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}.
+
+        With comm, every rank calls it, with the same data (sharded=False) or its own rows (sharded=True);
+        each computes its part and every rank gets the result for the whole data set."""
         try:
-            return self._evaluate(*self._checked(X, y))
+            with self._comm.agreement():
+                checked = self._checked(X, y)
+            return self._evaluate(*checked, self._comm.row_parts(checked[0].shape[0], sharded, "evaluate"))
         finally:
             self._backend.release_data()
 
-    def gradients(self, X, y, training=False):
+    def gradients(self, X, y, training=False, sharded=False):
         """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
 
-        training=True applies dropout with the masks the next training step would draw."""
+        training=True applies dropout with the masks the next training step would draw. With comm, every
+        rank calls it (sharded as in evaluate) and gets the gradient over the whole data set."""
         with self._guard.lock:
-            self._backend.check_batch_memory(validation.row_count(X), self.sizes)
-            X, labels, targets = self._checked(X, y)
+            with self._comm.agreement():
+                self._backend.check_batch_memory(validation.row_count(X), self.sizes)
+                X, labels, targets = self._checked(X, y)
+            dropout_threshold = self._dropout_threshold if training else 0
             try:
-                loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
-                                                        self._dropout_key(), self._dropout_threshold if training else 0)
+                parts = self._comm.row_parts(X.shape[0], sharded, ("gradients", bool(training)))
+                if self._comm.size == 1:
+                    loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
+                                                            self._dropout_key(), dropout_threshold)
+                else:
+                    loss, _ = self._summed_gradients(X, labels, targets,
+                                                     *parts.mine(np.arange(parts.n_total, dtype=np.int64)),
+                                                     dropout_threshold)
             finally:
                 self._backend.release_data()
             if not np.isfinite(loss):
@@ -377,7 +480,12 @@ class Trainer:
     def save(self, path):
         """Everything training depends on, in one .npz written atomically (a crash never leaves a partial
         file): config, weights, optimizer moments and step count, learning rate and schedule state, the
-        shuffling RNG, the dropout seed and the epoch count."""
+        shuffling RNG, the dropout seed and the epoch count.
+
+        With comm, only rank 0 writes (the state is the same on every rank); on the others save does
+        nothing, so `if comm.rank == 0: trainer.save(path)` and a save on every rank are alike."""
+        if not self._comm.is_root:
+            return
         with self._guard.lock:
             self._backend.pull()
             s = self.state
@@ -387,10 +495,9 @@ class Trainer:
                               "dropout_seed": self._dropout_seed,
                               "schedule": None if self.schedule is None else schedules.to_dict(self.schedule)})
 
-    @classmethod
-    def load(cls, path):
-        """A Trainer that continues exactly where the saved one stopped. A file that is not a consistent
-        fastbp checkpoint (crafted, damaged, foreign) is a ValueError naming the problem."""
+    @staticmethod
+    def _read_checkpoint(path):
+        """(config, arrays, meta) of a checkpoint file, every value checked; ValueError naming the problem."""
         arrays, meta = checkpoint.read(path, _checkpoint_length)
         try:
             config = Config.from_dict(meta["config"])
@@ -399,22 +506,39 @@ class Trainer:
                     raise ValueError(f"{name} holds NaN or infinity")
             if (arrays["moment2"] < 0).any():
                 raise ValueError("moment2 holds negative values (it is a running mean of squares)")
-            step_count = _counter(meta["step_count"], "step_count")
-            epochs_done = _counter(meta["epochs_done"], "epochs_done")
-            dropout_seed = _counter(meta["dropout_seed"], "dropout_seed")
-            schedule = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
-            t = cls(**config.to_dict())
-            t.lr = meta["lr"]
+            for name in ("step_count", "epochs_done", "dropout_seed"):
+                _counter(meta[name], name)
+            meta["schedule"] = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
+            float32_number("lr", meta["lr"], low=0.0)
             if not isinstance(meta["rng_state"], dict):
                 raise ValueError("rng_state is not a generator state")
-            t._rng.bit_generator.state = meta["rng_state"]
+            np.random.default_rng().bit_generator.state = meta["rng_state"]  # the same generator as Trainer's
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
             what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(f"{path} is not a consistent fastbp checkpoint: {what}") from None
+        return config, arrays, meta
+
+    @classmethod
+    def load(cls, path, comm=None):
+        """A Trainer that continues exactly where the saved one stopped. A file that is not a consistent
+        fastbp checkpoint (crafted, damaged, foreign) is a ValueError naming the problem.
+
+        With comm, every rank calls load; rank 0 reads the file and sends it to the others (no shared
+        file system needed). A checkpoint written on any number of ranks loads on any number."""
+        comm = distributed.wrap(comm)
+        loaded = None
+        with comm.agreement():
+            if comm.is_root:
+                loaded = cls._read_checkpoint(path)
+        config, arrays, meta = comm.broadcast(loaded)
+        t = cls(**config.to_dict(), comm=comm)
         s = t.state
         for name, saved in arrays.items():
             getattr(s, name)[:] = saved
-        s.step_count, t.epochs_done, t._dropout_seed, t.schedule = step_count, epochs_done, dropout_seed, schedule
+        t.lr = meta["lr"]
+        t._rng.bit_generator.state = meta["rng_state"]
+        s.step_count, t.epochs_done, t._dropout_seed = meta["step_count"], meta["epochs_done"], meta["dropout_seed"]
+        t.schedule = meta["schedule"]
         t._backend.push()
         return t
 
@@ -426,11 +550,13 @@ class Trainer:
             state = self.__dict__.copy()
             state["state"] = copy.deepcopy(self.state)  # a snapshot, not the arrays the next step changes
         del state["_backend"], state["_guard"]  # workspaces, compiled-code handles and locks: rebuilt on load
+        state["_comm"] = None  # a communicator does not travel: the copy trains in one process
         return state
 
     def __setstate__(self, state):
         state.setdefault("threads", None)  # pickles from before the option existed
         self.__dict__.update(state)
+        self._comm = distributed.wrap(state.get("_comm"))
         self._guard = CallGuard()
         s = self.state
         # Arrays may come back read-only (e.g. memory-mapped by joblib); the kernels write to them.

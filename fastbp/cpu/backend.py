@@ -2,6 +2,8 @@
 
 Inputs arrive validated and converted by the Trainer (see validation.py); nothing here checks user data.
 """
+import contextlib
+
 import numba
 import numpy as np
 
@@ -73,6 +75,7 @@ class CpuBackend:
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
+        self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
 
     def check_batch_memory(self, n, sizes, data_bytes=0):
         """MemoryError before any allocation if a batch of n rows cannot fit in the memory available."""
@@ -88,27 +91,34 @@ class CpuBackend:
     def release_data(self):
         pass
 
-    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
-        s = self.state
-        ws = self._workspaces.get(rows.size)
+    @contextlib.contextmanager
+    def _kernel_threads(self):
+        """Numba's thread count set to the kernels' for the block (it is thread-local in Numba: other threads
+        are unaffected), BLAS single-threaded meanwhile; yields the count."""
         threads = kernel_threads(self.threads)
-        # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
-        entry, scratch = step.run, (ws.acts, ws.scratch)
-        if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
-            entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
-        callers_threads = numba.get_num_threads()  # thread-local in Numba: other threads are unaffected
+        callers_threads = numba.get_num_threads()
         if threads != callers_threads:
             numba.set_num_threads(threads)
         try:
             with blas_single_threaded(), threading_layer.serialized():
-                return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
-                             _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
-                             self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                             settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
-                             ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+                yield threads
         finally:
             if threads != callers_threads:
                 numba.set_num_threads(callers_threads)
+
+    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
+        s = self.state
+        ws = self._workspaces.get(rows.size)
+        with self._kernel_threads() as threads:
+            # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
+            entry, scratch = step.run, (ws.acts, ws.scratch)
+            if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
+                entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
+            return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
+                         _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
+                         self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
+                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
+                         ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not
@@ -118,6 +128,20 @@ class CpuBackend:
     def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
         """Fills state.grads for batch X[rows] (with dropout when dropout_threshold > 0); returns the loss."""
         return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold)
+
+    # The gradient's trip through an MPI reduction (distributed.py): on the CPU it already lives on the host.
+    def grads_to_host(self):
+        """state.grads, holding the last loss_and_gradients call's gradient."""
+        return self.state.grads
+
+    def grads_from_host(self):
+        pass
+
+    def apply_update(self, settings: OptimizerSettings):
+        """Clipping and the optimizer update from state.grads, as train_step would apply them."""
+        s = self.state
+        with self._kernel_threads():
+            step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums)
 
     def loss_value(self, X, labels, targets, rows):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""

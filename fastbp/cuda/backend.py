@@ -103,6 +103,7 @@ class CudaBackend:
         self._order = None  # (host row order of the epoch, its device copy)
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
+        self._update_scratch = None  # apply_update's (norm, loss sums) device pair, made on first use
         self.push()
 
     def check_batch_memory(self, n, sizes, data_bytes=0):
@@ -241,15 +242,36 @@ class CudaBackend:
 
     # ---- the CpuBackend interface ----
 
+    def _update(self, settings, norm, loss_sums):
+        """Clipping and the optimizer pass; the kernel skips the update when loss_sums[0] is not finite."""
+        if settings.clip_norm > 0:
+            self._sums[1, self.threads](self.grads, self.grads[:0], norm, True)
+        blocks = min(self._blocks(self.params.size), 1024)
+        optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
+                                               *scalars(settings), norm, loss_sums)
+
     def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0):
         ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)
         self._backward(ws, rows.size, dropout_key, dropout_threshold)
-        if settings.clip_norm > 0:
-            self._sums[1, self.threads](self.grads, self.grads[:0], ws.norm, True)
-        blocks = min(self._blocks(self.params.size), 1024)
-        optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
-                                               *scalars(settings), ws.norm, ws.sums)
+        self._update(settings, ws.norm, ws.sums)
         return self._loss_value(ws, rows.size)
+
+    # The gradient's trip through an MPI reduction (distributed.py), through host memory: one copy each way.
+    def grads_to_host(self):
+        """state.grads, holding the last loss_and_gradients call's gradient (copied from the device)."""
+        self.grads.copy_to_host(self.state.grads)
+        return self.state.grads
+
+    def grads_from_host(self):
+        """The device gradient <- state.grads (after the reduction changed it)."""
+        self.grads.copy_to_device(self.state.grads)
+
+    def apply_update(self, settings):
+        """Clipping and the optimizer update from the device gradient (the caller checked the loss)."""
+        if self._update_scratch is None:
+            self._update_scratch = cuda.to_device(np.zeros(2, np.float64)), cuda.to_device(np.zeros(2, np.float64))
+        norm, finite_loss = self._update_scratch
+        self._update(settings, norm, finite_loss)
 
     def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
         ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)

@@ -219,11 +219,15 @@ class RowParts:
 
     def mine(self, rows):
         """(local row indices (int64) of this rank's part of the batch `rows` (global indices, in order),
-        its share of the batch: len(mine) / len(rows))."""
+        its share of the batch: len(mine) / len(rows), the batch position its dropout masks start at).
+
+        Replicated data: the part is positions [lo, hi) of the batch, and its masks are the ones one process
+        draws for them. Sharded data: the batch's rows held by lower ranks come first (its masks are those
+        of the batch ordered by rank: as random, though not the same draw as one process's)."""
         if self.sharded:
             held = rows[(rows >= self.start) & (rows < self.stop)]
-            local = held - self.start
+            local, first = held - self.start, int(np.count_nonzero(rows < self.start))
         else:
-            lo, hi = part(rows.size, self.size, self.rank)
-            local = rows[lo:hi]
-        return np.ascontiguousarray(local, dtype=np.int64), local.size / rows.size
+            first, hi = part(rows.size, self.size, self.rank)
+            local = rows[first:hi]
+        return np.ascontiguousarray(local, dtype=np.int64), local.size / rows.size, first

@@ -10,7 +10,7 @@ from . import checkpoint, distributed, schedules, threads as thread_limits, vali
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
-from .cpu.dropout import threshold as dropout_threshold
+from .cpu.dropout import offset_key, threshold as dropout_threshold
 from .options import Config, OptimizerSettings, finite_number, float32_number, positive_int
 from .state import NetworkState, layer_offsets
 
@@ -173,9 +173,9 @@ class Trainer:
         """This step's dropout key: a function of the trainer's dropout seed and the step count only."""
         return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
-    def _train_rows(self, X, labels, targets, rows, parts, interrupts):
-        """One step on the batch of global rows `rows` (of which this rank computes parts.mine(rows)); returns
-        (loss, hits) of the whole batch. The update and the step count move together (interrupts: the
+    def _train_rows(self, X, labels, targets, rows, parts=None, interrupts=None):
+        """One step on the batch of global rows `rows` (of which this rank computes parts.mine(rows); parts
+        may be None in one process); returns (loss, hits) of the whole batch. The update and the step count move together (interrupts: the
         caller's guard.whole_steps, which holds back Ctrl-C), and other threads wait for the lock meanwhile."""
         with self._guard.lock:
             if self.schedule is not None and self.schedule.interval == "step":
@@ -195,15 +195,16 @@ class Trainer:
             self.state.step_count += 1
         return float(loss), hits
 
-    def _summed_gradients(self, X, labels, targets, local_rows, share, dropout_threshold, interrupts=None):
+    def _summed_gradients(self, X, labels, targets, local_rows, share, first, dropout_threshold, interrupts=None):
         """The gradient of a batch split among MPI ranks, left in the backend's gradient buffer on every rank:
-        this rank's part (rows local_rows, `share` of the batch's rows) weighted by its share, summed over
-        the ranks; returns the batch's (loss, hits), also summed. A Ctrl-C held back on any rank is
-        requested on every rank (interrupts.request), so that all stop after this same step."""
+        this rank's part (rows local_rows, `share` of the batch's rows, dropout masks from batch position
+        `first` on) weighted by its share, summed over the ranks; returns the batch's (loss, hits), also
+        summed. A Ctrl-C held back on any rank is requested on every rank (interrupts.request), so that
+        all stop after this same step."""
         classification = self.config.loss != "mse"
         if local_rows.size:
-            loss = self._backend.loss_and_gradients(X, labels, targets, local_rows, self._dropout_key(),
-                                                    dropout_threshold)
+            loss = self._backend.loss_and_gradients(X, labels, targets, local_rows,
+                                                    offset_key(self._dropout_key(), first), dropout_threshold)
             hits = self._backend.last_hits(local_rows.size) if classification else 0.0
             grads = self._backend.grads_to_host()
             grads *= np.float32(share)
@@ -389,7 +390,7 @@ class Trainer:
         """Loss and accuracy over the data set that parts describes (with comm: each rank computes its
         rows, parts.mine of all of them, and the sums are added up)."""
         n = parts.n_total
-        mine, _ = parts.mine(np.arange(n, dtype=np.int64))
+        mine = parts.mine(np.arange(n, dtype=np.int64))[0]
         sums = np.zeros(2, np.float64)  # loss, correct
         with self._guard.lock:
             for chunk in self._chunks(mine.size):

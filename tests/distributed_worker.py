@@ -55,6 +55,14 @@ def exact():
            history_again=runs[1][1], step_count=t.step_count)
 
 
+def dropout():
+    """2 epochs with dropout on replicated data: each rank's part gets the masks of its batch positions."""
+    X, y = problem()
+    t = trainer(dropout=0.3)
+    t.fit(X, y, epochs=2, verbose=0)
+    report("dropout", {"params": flat(t)})
+
+
 def sharded():
     """Each rank given only its shard (np.array_split of the data in rank order), with sharded validation."""
     X, y = problem()
@@ -203,6 +211,7 @@ def cuda_simulator():
 def main():
     """The scenarios that end normally, one after another in one launch (each launch costs seconds)."""
     exact()
+    dropout()
     sharded()
     api()
     errors()

@@ -103,9 +103,16 @@ def test_parts_cover_the_batch_contiguously_and_evenly():
 
 def test_sharded_row_parts_take_the_batch_rows_each_rank_holds():
     rows = np.array([9, 0, 4, 7, 2], np.int64)  # global rows; rank 1 holds global rows 3..7
-    local, share = distributed.RowParts(3, 8, 10, sharded=True, size=3, rank=1).mine(rows)
+    local, share, first = distributed.RowParts(3, 8, 10, sharded=True, size=3, rank=1).mine(rows)
     np.testing.assert_array_equal(local, [1, 4])  # global 4 and 7, in batch order
-    assert share == 2 / 5
+    assert share == 2 / 5 and first == 2  # global rows 0 and 2 belong to rank 0: their masks come first
+
+
+def test_replicated_row_parts_are_contiguous_parts_of_the_batch():
+    rows = np.array([9, 0, 4, 7, 2, 5, 1], np.int64)
+    local, share, first = distributed.RowParts(0, 10, 10, sharded=False, size=3, rank=1).mine(rows)
+    np.testing.assert_array_equal(local, [7, 2])  # positions 3 and 4 of 7 rows split 3, 2, 2
+    assert share == 2 / 7 and first == 3
 
 
 def test_comm_must_be_a_communicator():
@@ -131,6 +138,18 @@ def test_p_ranks_train_the_one_process_model(main_run):
         for key, series in history.history.items():
             np.testing.assert_allclose(values["history"][key], series, rtol=1e-5, atol=1e-7)
         assert values["history"] == found[0][1]["history"]
+
+
+@needs_mpi
+def test_dropout_masks_on_p_ranks_are_the_one_process_masks(main_run):
+    out, ranks = main_run
+    found = results(out, "dropout", ranks)
+    assert_same_on_every_rank(found, "params")
+    X, y = problem()
+    t = single_process(dropout=0.3)
+    t.fit(X, y, epochs=2, verbose=0)
+    assert_close_to(found[0][0]["params"], flat(t), 1e-5)
+    assert not np.allclose(flat(t), flat(single_process()))  # dropout did change the training
 
 
 @needs_mpi

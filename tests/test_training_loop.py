@@ -41,6 +41,15 @@ def test_dropout_gradients_match_reference_with_the_same_masks(rng, activation):
     assert not np.array_equal(dropout.mask(t._dropout_key(), 0, n, 33, threshold), masks[0])
 
 
+def test_offset_key_gives_a_part_of_a_batch_the_masks_of_its_rows_in_the_whole_batch():
+    """What MPI ranks (and micro-batches) rely on: rows k.. of a batch under offset_key(key, k)."""
+    threshold = dropout.threshold(0.5)
+    for key in (0, 12345, 2 ** 63 - 1 - (5 << 24)):  # the last one wraps around 2^63
+        whole = dropout.mask(key, 1, 40, 9, threshold)
+        for k in (1, 17, 33):
+            np.testing.assert_array_equal(dropout.mask(dropout.offset_key(key, k), 1, 40 - k, 9, threshold), whole[k:])
+
+
 def test_dropout_masks_have_the_requested_rate_and_no_pattern():
     threshold = dropout.threshold(0.25)
     m = dropout.mask(12345, 0, 2000, 64, threshold)

@@ -47,8 +47,8 @@ def derivative(a, activation):
 @cuda.jit(device=True, inline=True)
 def keeps(key, layer, row, col, threshold):
     """cpu/dropout.py's keeps(): splitmix64 of (key, layer, row, col), kept if its top 24 bits >= threshold."""
-    x = (np.uint64(key) ^ (np.uint64(layer) << np.uint64(56)) ^ (np.uint64(row) << np.uint64(24))
-         ^ np.uint64(col)) + np.uint64(0x9E3779B97F4A7C15)
+    position = (np.uint64(key) + (np.uint64(row) << np.uint64(24))) & np.uint64(0x7FFFFFFFFFFFFFFF)
+    x = (position ^ (np.uint64(layer) << np.uint64(56)) ^ np.uint64(col)) + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))

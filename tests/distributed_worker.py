@@ -55,6 +55,25 @@ def exact():
            history_again=runs[1][1], step_count=t.step_count)
 
 
+def loop_options(schedules):
+    """fit's options for the loop scenario: a plateau schedule that fires, early stopping that stops and
+    restores the best weights, a warm-up cosine per step (built here and in the test alike)."""
+    from fastbp.callbacks import EarlyStopping
+    return dict(epochs=12, validation_split=0.3, verbose=2,
+                callbacks=[EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)]), \
+        dict(schedule=schedules.ReduceOnPlateau(monitor="loss", patience=0, factor=0.5, min_delta=0.5))
+
+
+def loop():
+    """The training loop's features with comm: schedules, early stopping, progress lines (rank 0 only)."""
+    from fastbp import schedules
+    X, y = problem()
+    fit_options, trainer_options = loop_options(schedules)
+    t = trainer(**trainer_options)
+    history = t.fit(X, y, **fit_options)
+    report("loop", {"params": flat(t)}, history=history.history, epochs_done=t.epochs_done)
+
+
 def dropout():
     """2 epochs with dropout on replicated data: each rank's part gets the masks of its batch positions."""
     X, y = problem()
@@ -86,9 +105,12 @@ def api():
     t2 = trainer()
     sharded_step_loss = t2.step(X[:41][mine], y[:41][mine], sharded=True)
     from fastbp import MLPClassifier
-    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, batch_size=40, random_state=0, comm=comm).fit(X, y)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, batch_size=40, random_state=0, early_stopping=True,
+                        comm=comm).fit(X, y)
+    unseeded = trainer(seed=None)  # each rank draws its own seed: rank 0's weights and RNG must win
+    unseeded.fit(X, y, epochs=1, verbose=0)
     report("api", {"grad0": grads[0][0], "probabilities": probabilities, "after_step": flat(t),
-                   "after_sharded_step": flat(t2), "clf_coef": clf.coefs_[0]},
+                   "after_sharded_step": flat(t2), "clf_coef": clf.coefs_[0], "unseeded": flat(unseeded)},
            loss=loss, scores=scores, step_loss=step_loss, sharded_step_loss=sharded_step_loss,
            clf_score=clf.score(X, y))
 
@@ -211,6 +233,7 @@ def cuda_simulator():
 def main():
     """The scenarios that end normally, one after another in one launch (each launch costs seconds)."""
     exact()
+    loop()
     dropout()
     sharded()
     api()

@@ -86,6 +86,7 @@ def main_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"mpi{request.param}")
     done, _ = launch("main", out, request.param)
     assert done.returncode == 0, done.stdout + done.stderr
+    (out / "main.stdout").write_text(done.stdout)
     return out, request.param
 
 
@@ -141,6 +142,27 @@ def test_p_ranks_train_the_one_process_model(main_run):
 
 
 @needs_mpi
+def test_schedules_early_stopping_and_progress_with_comm(main_run):
+    out, ranks = main_run
+    found = results(out, "loop", ranks)
+    assert_same_on_every_rank(found, "params")
+    from distributed_worker import loop_options
+    from fastbp import schedules
+    fit_options, trainer_options = loop_options(schedules)
+    X, y = problem()
+    t = single_process(**trainer_options)
+    history = t.fit(X, y, **{**fit_options, "verbose": 0})
+    assert len(set(history.history["lr"])) > 1 and t.epochs_done < 12  # the plateau fired, training stopped
+    for _, values in found:
+        assert values["epochs_done"] == t.epochs_done
+        assert values["history"]["lr"] == history.history["lr"]
+        np.testing.assert_allclose(values["history"]["val_loss"], history.history["val_loss"], rtol=1e-5)
+    assert_close_to(found[0][0]["params"], flat(t))
+    # verbose=2 prints one line per epoch, on rank 0 only.
+    assert (out / "main.stdout").read_text().count(f"epoch 1/12") == 1
+
+
+@needs_mpi
 def test_dropout_masks_on_p_ranks_are_the_one_process_masks(main_run):
     out, ranks = main_run
     found = results(out, "dropout", ranks)
@@ -180,7 +202,7 @@ def test_sharded_data_trains_the_model_of_the_shards_concatenated(main_run):
 def test_evaluate_gradients_predict_step_and_estimator_with_comm(main_run):
     out, ranks = main_run
     found = results(out, "api", ranks)
-    for key in ("grad0", "probabilities", "after_step", "after_sharded_step", "clf_coef"):
+    for key in ("grad0", "probabilities", "after_step", "after_sharded_step", "clf_coef", "unseeded"):
         assert_same_on_every_rank(found, key)
     arrays, values = found[0]
     X, y = problem()
@@ -198,7 +220,8 @@ def test_evaluate_gradients_predict_step_and_estimator_with_comm(main_run):
     pytest.importorskip("sklearn")
     from fastbp import MLPClassifier
     with pytest.warns(Warning):
-        clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, batch_size=40, random_state=0).fit(X, y)
+        clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, batch_size=40, random_state=0,
+                            early_stopping=True).fit(X, y)
     assert_close_to(arrays["clf_coef"], clf.coefs_[0])
 
 

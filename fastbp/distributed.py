@@ -192,11 +192,14 @@ class Collective:
         ranks, or when replicated data has a different row count on some rank: the ranks would otherwise
         wait for each other forever."""
         reports = self.comm.allgather((int(n_rows), bool(sharded), call))
-        for name, index in (("sharded", 1), ("the call's arguments", 2)):
+        for name, index in (("sharded", 1), ("the call", 2)):
             values = [report[index] for report in reports]
             if any(v != values[0] for v in values):
+                if all(isinstance(v, dict) for v in values):  # name only the arguments that differ
+                    keys = [k for k in values[0] if any(v.get(k) != values[0][k] for v in values)]
+                    values = [{k: v.get(k) for k in keys} for v in values]
                 listed = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-                raise ValueError(f"every rank must make the same call with comm; {name} differ ({listed})")
+                raise ValueError(f"every rank must make the same call with comm; {name} differs ({listed})")
         counts = [report[0] for report in reports]
         if sharded:
             start = sum(counts[:self.rank])

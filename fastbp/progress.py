@@ -31,7 +31,8 @@ class EpochProgress:
             self.bar.update(rows)
             self.bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
 
-    def end_epoch(self, epoch, logs, seconds):
+    def end_epoch(self, epoch, logs, seconds, samples=None):
+        """samples: the epoch's rows when they were not known at the start (a stream)."""
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         if self.bar is not None:
             # The metrics go on a line of their own: as the bar's postfix, a terminal of 80 columns cut
@@ -39,7 +40,7 @@ class EpochProgress:
             self.bar.close()
             self.bar = None
         if self.bar_wanted or self.lines_wanted:
-            print(f"epoch {epoch + 1}/{self.epochs}: {metrics}  {self.n / seconds:,.0f} samples/s",
+            print(f"epoch {epoch + 1}/{self.epochs}: {metrics}  {(samples or self.n) / seconds:,.0f} samples/s",
                   file=self.stream, flush=True)
 
     def abort(self):

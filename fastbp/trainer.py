@@ -2,17 +2,19 @@
 import copy
 import numbers
 import time
+import warnings
 
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, schedules, threads as thread_limits, validation
+from . import checkpoint, distributed, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
 from .cpu.dropout import offset_key, threshold as dropout_threshold
 from .options import Config, OptimizerSettings, finite_number, float32_number, positive_int
 from .state import NetworkState, layer_offsets
+from .workspaces import available_host_bytes, batch_bytes, rows_within
 
 # Rows per compiled call in predict/evaluate: bounds the workspace, whatever the size of X.
 EVAL_CHUNK = 4096
@@ -78,6 +80,13 @@ class Trainer:
         threads      CPU threads for the kernels (default None: as many as the process may use, see
                      fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured; with comm,
                      that number divided among the ranks on the same machine)
+        micro_batch  rows per compiled call within a step (default None: the whole batch): each step's
+                     batch runs in chunks of at most this many rows whose gradients are summed in order
+                     before one update, so memory is bounded by micro_batch rows, not the batch, and the
+                     result is the unchunked step's to float32 rounding (dropout masks included)
+        memory_budget  bytes a step's activations may take (default None: half the memory available,
+                     the GPU's with device="cuda"); a step that needs more runs in micro-batches that fit,
+                     said once by a ResourceWarning; MemoryError if not even one row fits
         comm         an mpi4py communicator (e.g. MPI.COMM_WORLD) for data-parallel training on its ranks,
                      or None (default): one process. See distributed.py and the README's "MPI" section:
                      every rank constructs the Trainer and calls its methods in the same order; rank 0's
@@ -91,8 +100,12 @@ class Trainer:
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None,
-                 threads=None, comm=None):
+                 threads=None, micro_batch=None, memory_budget=None, comm=None):
         self._comm = distributed.wrap(comm)
+        self.micro_batch = None if micro_batch is None else positive_int("micro_batch", micro_batch)
+        self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
+        self._said_micro_batch = False
+        self._grad_total = None
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
@@ -158,7 +171,7 @@ class Trainer:
     def _optimizer_settings(self):
         return OptimizerSettings.for_step(self.config, self._lr, self.state.step_count + 1)
 
-    # ---- validation ----
+    # ---- data: checks, sources and memory ----
 
     def _checked(self, X, y, names=("X", "y")):
         """(X, labels, targets) as the kernels read them; the backend's checks also take its own device arrays."""
@@ -167,59 +180,123 @@ class Trainer:
         labels, targets = checks.targets_for(self.config.loss, y, X.shape[0], self.sizes[-1], names[1])
         return X, labels, targets
 
+    def _available_bytes(self):
+        """What a copy of the data and the workspaces may take: the backend's memory, and the host's."""
+        known = [b for b in (self._backend.available_bytes(), available_host_bytes()) if b is not None]
+        return min(known) if known else None
+
+    def _source(self, X, y, names=("X", "y")):
+        """The data as a source (sources.py): read batch by batch when it is memory-mapped or too large to
+        convert whole, else checked and converted now."""
+        if sources.wants_on_demand(X, self._available_bytes()):
+            return sources.OnDemand(X, y, self.config.loss, self.sizes[0], self.sizes[-1], self._backend.checks,
+                                    names)
+        return sources.InMemory(*self._checked(X, y, names))
+
+    def _chunk_rows(self, n):
+        """Rows per compiled call for n rows of one step: micro_batch, or fewer where the memory budget
+        requires (said once per Trainer). MemoryError when not even one row's workspace fits."""
+        m = n if self.micro_batch is None else min(self.micro_batch, n)
+        budget = self.memory_budget
+        if budget is None:
+            available = self._backend.available_bytes()
+            budget = None if available is None else available // 2
+        if budget is None or batch_bytes(self.state.dims, m) <= budget:
+            return max(1, m)
+        fitting = rows_within(self.state.dims, budget)
+        if fitting < 1:
+            raise MemoryError(f"one row of this network needs {batch_bytes(self.state.dims, 1):,} bytes of "
+                              f"{self._backend.memory_name} for its activations, more than the budget of "
+                              f"{budget:,} bytes (memory_budget, or half the memory available)")
+        if not self._said_micro_batch:
+            warnings.warn(f"fastbp: a step of {n:,} rows needs about {batch_bytes(self.state.dims, m) / 2 ** 30:.2f} "
+                          f"GiB of {self._backend.memory_name} for its activations, more than the budget of "
+                          f"{budget / 2 ** 30:.2f} GiB: running it in micro-batches of {fitting:,} rows (same "
+                          "result; set micro_batch or memory_budget to choose)", ResourceWarning, stacklevel=4)
+            self._said_micro_batch = True
+        return fitting
+
     # ---- training ----
 
     def _dropout_key(self):
         """This step's dropout key: a function of the trainer's dropout seed and the step count only."""
         return (self._dropout_seed * 0x9E3779B97F4A7C15 + self.state.step_count) % 2 ** 63  # fits int64
 
-    def _train_rows(self, X, labels, targets, rows, parts=None, interrupts=None):
-        """One step on the batch of global rows `rows` (of which this rank computes parts.mine(rows); parts
-        may be None in one process); returns (loss, hits) of the whole batch. The update and the step count move together (interrupts: the
-        caller's guard.whole_steps, which holds back Ctrl-C), and other threads wait for the lock meanwhile."""
+    def _train_rows(self, source, rows, parts=None, interrupts=None):
+        """One step on the batch of global rows `rows` of `source` (of which this rank computes
+        parts.mine(rows); parts may be None in one process); returns (loss, hits) of the whole batch. The
+        update and the step count move together (interrupts: the caller's guard.whole_steps, which holds
+        back Ctrl-C), and other threads wait for the lock meanwhile."""
         with self._guard.lock:
             if self.schedule is not None and self.schedule.interval == "step":
                 self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
-            if self._comm.size == 1:  # one compiled call: gradient and update fused
-                loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(),
+            local, _, first = (rows, 1.0, 0) if parts is None else parts.mine(rows)
+            chunk = self._chunk_rows(local.size)
+            if self._comm.size == 1 and local.size <= chunk:  # one compiled call: gradient and update fused
+                X, labels, targets, kernel_rows = source.take(local)
+                loss = self._backend.train_step(X, labels, targets, kernel_rows, self._optimizer_settings(),
                                                 self._dropout_key(), self._dropout_threshold)
-                hits = self._backend.last_hits(rows.size) if self.config.loss != "mse" else 0.0
+                hits = self._backend.last_hits(local.size) if self.config.loss != "mse" else 0.0
             else:
-                loss, hits = self._summed_gradients(X, labels, targets, *parts.mine(rows), self._dropout_threshold,
+                loss, hits = self._summed_gradients(source, local, rows.size, first, chunk, self._dropout_threshold,
                                                     interrupts)
                 if np.isfinite(loss):
                     self._backend.apply_update(self._optimizer_settings())
             if not np.isfinite(loss):
-                # The update was skipped (by the compiled step itself on one process).
+                # The update was skipped (by the compiled step itself on the fused path).
                 self._raise_non_finite_loss(loss)
             self.state.step_count += 1
         return float(loss), hits
 
-    def _summed_gradients(self, X, labels, targets, local_rows, share, first, dropout_threshold, interrupts=None):
-        """The gradient of a batch split among MPI ranks, left in the backend's gradient buffer on every rank:
-        this rank's part (rows local_rows, `share` of the batch's rows, dropout masks from batch position
-        `first` on) weighted by its share, summed over the ranks; returns the batch's (loss, hits), also
-        summed. A Ctrl-C held back on any rank is requested on every rank (interrupts.request), so that
-        all stop after this same step."""
+    def _summed_gradients(self, source, local_rows, batch_rows, first, chunk, dropout_threshold, interrupts=None):
+        """The mean gradient of a batch of batch_rows rows, left in the backend's gradient buffer; returns
+        the batch's (mean loss, hits).
+
+        This process computes rows local_rows of source (an MPI rank's part of the batch; all of it in one
+        process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient weighted by
+        its share of the batch's rows and the chunks added in order; with comm the ranks' sums are then
+        added up. Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key),
+        however the batch is cut. A Ctrl-C held back on any rank is requested on every rank
+        (interrupts.request), so that all stop after this same step."""
         classification = self.config.loss != "mse"
-        if local_rows.size:
-            loss = self._backend.loss_and_gradients(X, labels, targets, local_rows,
-                                                    offset_key(self._dropout_key(), first), dropout_threshold)
-            hits = self._backend.last_hits(local_rows.size) if classification else 0.0
+        key = self._dropout_key()
+        loss = hits = 0.0
+        total = None  # the running sum, when there is more than one chunk
+        grads = self._backend.grads_to_host() if local_rows.size == 0 else None
+        for start in range(0, local_rows.size, chunk):
+            rows = local_rows[start:start + chunk]
+            X, labels, targets, kernel_rows = source.take(rows)
+            chunk_loss = self._backend.loss_and_gradients(X, labels, targets, kernel_rows,
+                                                          offset_key(key, first + start), dropout_threshold)
+            weight = rows.size / batch_rows
+            with np.errstate(invalid="ignore", over="ignore"):
+                loss += chunk_loss * weight
+            hits += self._backend.last_hits(rows.size) if classification else 0.0
             grads = self._backend.grads_to_host()
-            grads *= np.float32(share)
-        else:  # a batch shorter than the number of ranks, or a shard with no row in it
-            loss = hits = 0.0
-            grads = self._backend.grads_to_host()
+            grads *= np.float32(weight)
+            if local_rows.size > chunk:
+                if total is None:
+                    total = self._gradient_total()
+                    total[:] = grads
+                else:
+                    total += grads
+        if grads is not None and local_rows.size == 0:  # a batch shorter than the ranks, a shard without rows
             grads[:] = 0.0
-        with np.errstate(invalid="ignore", over="ignore"):
-            totals = np.array([loss * share, hits, interrupts is not None and interrupts.pending()], np.float64)
+        if total is not None:
+            grads[:] = total
+        totals = np.array([loss, hits, interrupts is not None and interrupts.pending()], np.float64)
         self._comm.sum_(totals)
         self._comm.sum_(grads)
         self._backend.grads_from_host()
         if totals[2] and interrupts is not None:
             interrupts.request()
         return float(totals[0]), float(totals[1])
+
+    def _gradient_total(self):
+        """The host buffer micro-batches' gradients are added up in (made on first use)."""
+        if self._grad_total is None or self._grad_total.size != self.state.grads.size:
+            self._grad_total = np.empty_like(self.state.grads)
+        return self._grad_total
 
     def _raise_non_finite_loss(self, loss):
         self._backend.pull()
@@ -238,43 +315,51 @@ class Trainer:
         part); sharded=True, each with its own rows of the batch."""
         with self._guard.training("step"), self._guard.lock, whole_steps() as interrupts:
             with self._comm.agreement():
-                self._backend.check_batch_memory(validation.row_count(xb), self.sizes)
-                X, labels, targets = self._checked(xb, yb)
+                n_rows = validation.row_count(xb)
+                if n_rows:
+                    self._chunk_rows(n_rows)  # MemoryError before any conversion if one row cannot fit
+                source = self._source(xb, yb)
             try:
-                parts = self._comm.row_parts(X.shape[0], sharded, "step")
+                parts = self._comm.row_parts(source.n_rows, sharded, "step")
                 rows = np.arange(parts.n_total, dtype=np.int64)
-                return self._train_rows(X, labels, targets, rows, parts, interrupts)[0]
+                return self._train_rows(source, rows, parts, interrupts)[0]
             finally:
                 self._backend.release_data()
 
-    def _validation_set(self, X, labels, targets, validation_data, validation_split):
-        """(train part, validation part or None) of the already checked data."""
+    def _validation_source(self, train, validation_data, validation_split):
+        """(training source, validation source or None) from the checked training data."""
         if validation_data is not None and validation_split:
             raise ValueError("give validation_data or validation_split, not both")
         if validation_data is not None:
+            if sources.is_stream(validation_data, None):
+                return train, validation_data
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            return (X, labels, targets), self._checked(*validation_data, names=("validation X", "validation y"))
+                raise TypeError("validation_data must be a pair (X_val, y_val), or a stream of such batches")
+            return train, self._source(*validation_data, names=("validation X", "validation y"))
         if not validation_split:
-            return (X, labels, targets), None
+            return train, None
+        if train is None:
+            raise ValueError("validation_split needs arrays; with a stream, give validation_data")
         fraction = finite_number("validation_split", validation_split, low=0.0, low_inclusive=False, high=1.0)
-        n_val = int(round(X.shape[0] * fraction))
-        if not 0 < n_val < X.shape[0]:
+        n_val = int(round(train.n_rows * fraction))
+        if not 0 < n_val < train.n_rows:
             raise ValueError(f"validation_split={validation_split} leaves no rows for training or validation "
-                             f"out of {X.shape[0]}")
-        cut = X.shape[0] - n_val  # the last rows, before any shuffling, as Keras does
-        part = lambda a, sl: None if a is None else a[sl]  # noqa: E731
-        train = (X[:cut], part(labels, slice(None, cut)), part(targets, slice(None, cut)))
-        val = (X[cut:], part(labels, slice(cut, None)), part(targets, slice(cut, None)))
-        return train, val
+                             f"out of {train.n_rows}")
+        return train.split(train.n_rows - n_val)  # the last rows, before any shuffling, as Keras does
 
-    def fit(self, X, y, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
-            verbose=1, initial_epoch=0, callbacks=None, sharded=False):
+    def fit(self, X, y=None, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
+            verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
 
         X (n, sizes[0]) and y (labels (n,) for cross_entropy, else (n, sizes[-1])): array-likes, or with
         device="cuda" also GPU arrays (numba, CuPy, PyTorch CUDA tensors: float32 X and targets, int64
-        labels), used in place.
+        labels), used in place. Memory-mapped arrays (np.load(path, mmap_mode="r"), np.memmap) of any real
+        dtype, and arrays too large to convert whole, are read batch by batch (sources.py).
+
+        Or X is a stream of (X_batch, y_batch) pairs (a generator, or an iterable such as a list or a data
+        loader) and y is None: each epoch takes up to steps_per_epoch batches (all of them when None; an
+        iterable starts over every epoch, a generator goes on where it stopped). validation_data may be
+        such a stream too. A bad batch raises naming it, before it touches the parameters.
 
         The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
         (before shuffling). Returns a History with per-epoch "loss" and, for classification, "accuracy"
@@ -285,30 +370,56 @@ class Trainer:
         With comm, every rank calls fit with the same arguments but the data: sharded=False, each rank
         with the same data set (it computes its part of each batch); sharded=True, each with its own
         rows (its shard; validation_split then holds out the last fraction of each shard, and
-        validation_data is sharded too). Only rank 0 shows progress; every rank gets the same History.
+        validation_data is sharded too). A stream with comm is sharded: each rank's stream yields its
+        own part of every batch, and steps_per_epoch is required. Only rank 0 shows progress; every rank
+        gets the same History.
         """
         with self._guard.training("fit"):
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
-                             initial_epoch, callbacks, sharded)
+                             initial_epoch, callbacks, sharded, steps_per_epoch)
+
+    def _stream_batches(self, stream, steps, parts_call):
+        """(source, rows, parts) of each batch of a stream, checked as it arrives (a bad one raises naming it
+        before any step on it); with comm, the batch's parts from every rank's own part."""
+        for index, X_batch, y_batch in sources.batches(stream, steps):
+            with self._comm.agreement():
+                try:
+                    source = self._source(X_batch, y_batch, names=(f"X of batch {index}", f"y of batch {index}"))
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"batch {index} of the stream: {exc}") from None
+            parts = self._comm.row_parts(source.n_rows, self._comm.size > 1, parts_call)
+            yield source, np.arange(parts.n_total, dtype=np.int64), parts
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
-             callbacks, sharded):
+             callbacks, sharded, steps_per_epoch):
+        stream = sources.is_stream(X, y)
         with self._comm.agreement():  # an error on one rank is raised on every rank, before any step
             batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
-            n_rows = validation.row_count(X)
-            self._backend.check_batch_memory(None if n_rows is None else min(batch_size, n_rows), self.sizes,
-                                             validation.conversion_bytes(X))
-            X, labels, targets = self._checked(X, y)
-            (X, labels, targets), val = self._validation_set(X, labels, targets, validation_data, validation_split)
             epochs = positive_int("epochs", epochs)
+            if steps_per_epoch is not None:
+                steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
+            if stream and self._comm.size > 1 and steps_per_epoch is None:
+                raise ValueError("a stream with comm needs steps_per_epoch (every rank must take as many batches)")
+            if y is None and not stream:
+                raise TypeError("fit needs y with arrays X (or X a stream of (X_batch, y_batch) pairs)")
+            train = None
+            if not stream:
+                n_rows = validation.row_count(X)
+                if n_rows:
+                    self._chunk_rows(min(batch_size, n_rows))  # MemoryError before converting anything
+                train = self._source(X, y)
+            train, val = self._validation_source(train, validation_data, validation_split)
             if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
                     or not 0 <= initial_epoch < epochs:
                 raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
             callbacks = callback_tools.check(callbacks)
-        parts = self._comm.row_parts(X.shape[0], sharded, (epochs, batch_size, shuffle, int(initial_epoch),
-                                                           val is not None))
-        val_parts = None if val is None else self._comm.row_parts(val[0].shape[0], sharded)
-        n = parts.n_total
+        call = dict(method="fit", epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
+                    initial_epoch=int(initial_epoch), validation=val is not None, stream=stream,
+                    steps_per_epoch=steps_per_epoch)
+        parts = None if stream else self._comm.row_parts(train.n_rows, sharded, call)
+        val_parts = None if val is None or sources.is_stream(val, None) else \
+            self._comm.row_parts(val.n_rows, sharded)
+        n = None if stream else parts.n_total
         history = History()
         progress = EpochProgress(verbose if self._comm.is_root else 0, epochs, n)
         classification = self.config.loss != "mse"
@@ -323,24 +434,34 @@ class Trainer:
                     epoch_lr = self._lr
                     start_time = time.perf_counter()
                     progress.start_epoch(epoch)
-                    order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+                    if stream:
+                        batches = self._stream_batches(X, steps_per_epoch, "stream step")
+                    else:
+                        order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+                        batches = ((train, order[s:s + batch_size], parts) for s in range(0, n, batch_size))
                     loss_sum = hits = 0.0
-                    for start in range(0, n, batch_size):
-                        rows = order[start:start + batch_size]
-                        loss, batch_hits = self._train_rows(X, labels, targets, rows, parts, interrupts)
+                    seen = 0
+                    for source, rows, batch_parts in batches:
+                        loss, batch_hits = self._train_rows(source, rows, batch_parts, interrupts)
                         interrupts.deliver()  # a Ctrl-C during the step lands here, after it
                         loss_sum += loss * rows.size
                         hits += batch_hits
-                        progress.batch_done(rows.size, loss_sum / min(start + batch_size, n))
+                        seen += rows.size
+                        progress.batch_done(rows.size, loss_sum / seen)
+                    if seen == 0:
+                        raise ValueError(f"the stream yielded no batches in epoch {epoch + 1} (a generator is "
+                                         "used up after one pass: give steps_per_epoch, or an iterable that "
+                                         "starts over, such as a list or a data loader)")
                     seconds = time.perf_counter() - start_time
                     self.epochs_done = epoch + 1
-                    logs = {"loss": loss_sum / n}
+                    logs = {"loss": loss_sum / seen}
                     if classification:
-                        logs["accuracy"] = hits / n
+                        logs["accuracy"] = hits / seen
                     if val is not None:
-                        scores = self._evaluate(*val, val_parts, "the validation data")
+                        scores = (self._evaluate_stream(val) if val_parts is None else
+                                  self._evaluate(val, val_parts, "the validation data"))
                         logs.update({"val_" + k: v for k, v in scores.items()})
-                    progress.end_epoch(epoch, logs, seconds)
+                    progress.end_epoch(epoch, logs, seconds, seen)
                     history.record(epoch, **logs, lr=epoch_lr)
                     with self._comm.agreement():
                         if self.schedule is not None:
@@ -362,15 +483,25 @@ class Trainer:
         for start in range(0, n, EVAL_CHUNK):
             yield np.arange(start, min(start + EVAL_CHUNK, n), dtype=np.int64)
 
-    def _logits(self, X):
-        return np.concatenate([self._backend.logits(X, rows) for rows in self._chunks(X.shape[0])])
-
     def predict(self, X):
-        """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse."""
-        X = self._backend.checks.features(X, self.sizes[0])
+        """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse.
+        Memory-mapped X is read chunk by chunk."""
+        on_demand = sources.wants_on_demand(X, self._available_bytes())
+        if not on_demand:
+            X = self._backend.checks.features(X, self.sizes[0])
+        elif not isinstance(X, np.ndarray) or X.ndim != 2:
+            raise ValueError(f"X must be a 2-D (n_samples, n_features) array, got shape {getattr(X, 'shape', None)}")
         with self._guard.lock:  # every chunk from the same parameters
             try:
-                logits = self._logits(X)
+                parts = []
+                for rows in self._chunks(X.shape[0]):
+                    if on_demand:
+                        lo, hi = int(rows[0]), int(rows[-1]) + 1
+                        chunk = self._backend.checks.features(X[lo:hi], self.sizes[0], first_row=lo)
+                        parts.append(self._backend.logits(chunk, np.arange(hi - lo, dtype=np.int64)))
+                    else:
+                        parts.append(self._backend.logits(X, rows))
+                logits = np.concatenate(parts)
             finally:
                 self._backend.release_data()
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs are reported just below
@@ -386,7 +517,7 @@ class Trainer:
                                      "for float32, or diverged parameters")
         return logits
 
-    def _evaluate(self, X, labels, targets, parts, what="the data"):
+    def _evaluate(self, source, parts, what="the data"):
         """Loss and accuracy over the data set that parts describes (with comm: each rank computes its
         rows, parts.mine of all of them, and the sums are added up)."""
         n = parts.n_total
@@ -394,16 +525,38 @@ class Trainer:
         sums = np.zeros(2, np.float64)  # loss, correct
         with self._guard.lock:
             for chunk in self._chunks(mine.size):
-                rows = mine[chunk]
+                X, labels, targets, rows = source.take(mine[chunk])
                 sums[0] += self._backend.loss_value(X, labels, targets, rows) * rows.size
                 sums[1] += self._backend.last_hits(rows.size)
         self._comm.sum_(sums)
+        return self._scores(sums, n, what)
+
+    def _evaluate_stream(self, stream):
+        """Loss and accuracy over every batch of a stream (each rank's own batches, with comm)."""
+        sums = np.zeros(3, np.float64)  # loss, correct, rows
+        for index, X_batch, y_batch in sources.batches(stream):
+            with self._comm.agreement():
+                source = self._source(X_batch, y_batch, names=(f"X of validation batch {index}",
+                                                               f"y of validation batch {index}"))
+            with self._guard.lock:
+                for chunk in self._chunks(source.n_rows):
+                    X, labels, targets, rows = source.take(chunk)
+                    sums[0] += self._backend.loss_value(X, labels, targets, rows) * rows.size
+                    sums[1] += self._backend.last_hits(rows.size)
+                    sums[2] += rows.size
+        self._comm.sum_(sums)
+        if sums[2] == 0:
+            raise ValueError("the validation stream yielded no batches (a generator is used up after one pass: "
+                             "give an iterable that starts over, such as a list or a data loader)")
+        return self._scores(sums[:2], sums[2], "the validation data")
+
+    def _scores(self, sums, n, what):
         loss_sum, correct = sums
         if not np.isfinite(loss_sum):
             raise FloatingPointError(f"the loss over {what} is {loss_sum / n}: the outputs or their errors are "
                                      "beyond float32's range (inputs or targets too large, or diverged "
                                      "parameters)")
-        result = {"loss": loss_sum / n}
+        result = {"loss": float(loss_sum / n)}
         if self.config.loss != "mse":
             result["accuracy"] = float(correct / n)
         return result
@@ -415,8 +568,8 @@ class Trainer:
         each computes its part and every rank gets the result for the whole data set."""
         try:
             with self._comm.agreement():
-                checked = self._checked(X, y)
-            return self._evaluate(*checked, self._comm.row_parts(checked[0].shape[0], sharded, "evaluate"))
+                source = self._source(X, y)
+            return self._evaluate(source, self._comm.row_parts(source.n_rows, sharded, "evaluate"))
         finally:
             self._backend.release_data()
 
@@ -424,21 +577,21 @@ class Trainer:
         """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
 
         training=True applies dropout with the masks the next training step would draw. With comm, every
-        rank calls it (sharded as in evaluate) and gets the gradient over the whole data set."""
+        rank calls it (sharded as in evaluate) and gets the gradient over the whole data set. Computed in
+        micro-batches where the step's would be (micro_batch, memory_budget)."""
         with self._guard.lock:
             with self._comm.agreement():
-                self._backend.check_batch_memory(validation.row_count(X), self.sizes)
-                X, labels, targets = self._checked(X, y)
+                n_rows = validation.row_count(X)
+                if n_rows:
+                    self._chunk_rows(n_rows)
+                source = self._source(X, y)
             dropout_threshold = self._dropout_threshold if training else 0
             try:
-                parts = self._comm.row_parts(X.shape[0], sharded, ("gradients", bool(training)))
-                if self._comm.size == 1:
-                    loss = self._backend.loss_and_gradients(X, labels, targets, np.arange(X.shape[0], dtype=np.int64),
-                                                            self._dropout_key(), dropout_threshold)
-                else:
-                    loss, _ = self._summed_gradients(X, labels, targets,
-                                                     *parts.mine(np.arange(parts.n_total, dtype=np.int64)),
-                                                     dropout_threshold)
+                parts = self._comm.row_parts(source.n_rows, sharded, ("gradients", bool(training)))
+                rows = np.arange(parts.n_total, dtype=np.int64)
+                local, _, first = parts.mine(rows)
+                loss, _ = self._summed_gradients(source, local, rows.size, first, self._chunk_rows(local.size),
+                                                 dropout_threshold)
             finally:
                 self._backend.release_data()
             if not np.isfinite(loss):
@@ -552,10 +705,13 @@ class Trainer:
             state["state"] = copy.deepcopy(self.state)  # a snapshot, not the arrays the next step changes
         del state["_backend"], state["_guard"]  # workspaces, compiled-code handles and locks: rebuilt on load
         state["_comm"] = None  # a communicator does not travel: the copy trains in one process
+        state["_grad_total"] = None  # scratch
         return state
 
     def __setstate__(self, state):
-        state.setdefault("threads", None)  # pickles from before the option existed
+        for name in ("threads", "micro_batch", "memory_budget", "_grad_total"):  # pickles from before these
+            state.setdefault(name, None)
+        state.setdefault("_said_micro_batch", False)
         self.__dict__.update(state)
         self._comm = distributed.wrap(state.get("_comm"))
         self._guard = CallGuard()

@@ -54,7 +54,8 @@ def _as_numeric_array(value, name):
     return arr
 
 
-def _check_finite(arr, name):
+def _check_finite(arr, name, first_row=0):
+    """ValueError naming the first NaN or infinity; arr's row 0 is row first_row of the caller's data."""
     if not np.issubdtype(arr.dtype, np.floating):
         return
     # Fast path: a float64 sum is finite exactly when no element is NaN or infinite (float32 and
@@ -63,12 +64,14 @@ def _check_finite(arr, name):
         if np.isfinite(arr.sum(dtype=np.float64)):
             return
     if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(int(i) for i in bad)})")
+        bad = [int(i) for i in np.argwhere(~np.isfinite(arr))[0]]
+        bad[0] += first_row
+        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(bad)})")
 
 
-def features(X, n_features, name="X"):
-    """X: (n, n_features) array-like of real numbers, n >= 1 -> C-contiguous float32."""
+def features(X, n_features, name="X", first_row=0):
+    """X: (n, n_features) array-like of real numbers, n >= 1 -> C-contiguous float32. first_row: where X
+    starts in the caller's data (a chunk of a larger array), for the messages."""
     arr = _as_numeric_array(X, name)
     if arr.ndim != 2:
         hint = "; for a single sample use X.reshape(1, -1)" if arr.ndim == 1 and arr.shape[0] == n_features else ""
@@ -78,20 +81,20 @@ def features(X, n_features, name="X"):
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features per row but the network takes {n_features} "
                          f"(sizes[0])")
-    _check_finite(arr, name)
-    return _to_float32(arr, name)
+    _check_finite(arr, name, first_row)
+    return _to_float32(arr, name, first_row)
 
 
-def _to_float32(arr, name):
+def _to_float32(arr, name, first_row=0):
     """C-contiguous float32; values beyond float32's range would become inf, and are refused."""
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.dtype != np.float32:
-        _check_finite(out, name + " (converted to float32)")
+        _check_finite(out, name + " (converted to float32)", first_row)
     return out
 
 
-def class_labels(y, n_rows, n_classes, name="y"):
+def class_labels(y, n_rows, n_classes, name="y", first_row=0):
     """Integer class labels (n_rows,) in [0, n_classes) -> int64. Float labels must be whole numbers."""
     arr = _as_numeric_array(y, name)
     if arr.ndim == 2 and arr.shape[1] == 1:
@@ -104,19 +107,20 @@ def class_labels(y, n_rows, n_classes, name="y"):
     if arr.dtype == np.bool_:
         raise TypeError(f"{name} must hold integer class labels, got booleans")
     if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(arr, name)
+        _check_finite(arr, name, first_row)
         if not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"{name} must hold integer class labels; found non-integer values")
+            row = int(np.flatnonzero(arr != np.round(arr))[0]) + first_row
+            raise ValueError(f"{name} must hold integer class labels; found non-integer values (first at row {row})")
     if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        bad = arr[(arr < 0) | (arr >= n_classes)][0]
-        raise ValueError(f"{name} has label {bad} out of range: labels must be in [0, {n_classes - 1}] "
-                         f"for {n_classes} output classes")
+        row = int(np.flatnonzero((arr < 0) | (arr >= n_classes))[0])
+        raise ValueError(f"{name} has label {arr[row]} out of range (at row {row + first_row}): labels must be in "
+                         f"[0, {n_classes - 1}] for {n_classes} output classes")
     # Always a copy: the kernels index memory with these labels, so they must not change after this check
     # (a callback relabelling y in place, another thread, the caller's validation_data).
     return np.array(arr, dtype=np.int64, order="C", copy=True)
 
 
-def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
+def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, first_row=0):
     """Targets (n_rows, n_outputs), or (n_rows,) when n_outputs == 1 -> C-contiguous float32 (n, out).
 
     probabilities: the targets of bce, which must lie in [0, 1].
@@ -133,18 +137,21 @@ def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False):
                          f"got shape {arr.shape}{hint}")
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows} rows")
-    _check_finite(arr, name)
-    out = _to_float32(arr, name)
+    _check_finite(arr, name, first_row)
+    out = _to_float32(arr, name, first_row)
     if probabilities and out.size and (out.min() < 0 or out.max() > 1):
-        raise ValueError(f"{name} for bce must lie in [0, 1], found values in [{out.min()}, {out.max()}]")
+        row = int(np.argwhere((out < 0) | (out > 1))[0, 0]) + first_row
+        raise ValueError(f"{name} for bce must lie in [0, 1], found values in [{out.min()}, {out.max()}] "
+                         f"(first outside at row {row})")
     return out
 
 
-def targets_for(loss, y, n_rows, n_outputs, name="y"):
-    """(labels, targets) for the kernels: exactly one is an array, the other None."""
+def targets_for(loss, y, n_rows, n_outputs, name="y", first_row=0):
+    """(labels, targets) for the kernels: exactly one is an array, the other None. first_row: as in
+    features."""
     if loss == "cross_entropy":
-        return class_labels(y, n_rows, n_outputs, name), None
-    return None, regression_targets(y, n_rows, n_outputs, name, probabilities=(loss == "bce"))
+        return class_labels(y, n_rows, n_outputs, name, first_row), None
+    return None, regression_targets(y, n_rows, n_outputs, name, probabilities=(loss == "bce"), first_row=first_row)
 
 
 def parameter_list(params, sizes):

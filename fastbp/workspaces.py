@@ -43,13 +43,7 @@ def available_host_bytes():
     return None
 
 
-def check_batch_fits(dims, n, available, where, data_bytes=0):
-    """MemoryError, before anything is allocated, when a batch of n rows (plus data_bytes of converted
-    data) cannot fit in `available` bytes."""
-    if n is None or available is None:
-        return
-    need = batch_bytes(dims, n) + data_bytes
-    if need > available:
-        raise MemoryError(f"a batch of {n:,} rows needs about {need / 2 ** 30:.2f} GiB of {where} for its "
-                          f"activations, more than the {available / 2 ** 30:.2f} GiB available: use a smaller "
-                          "batch (fit(batch_size=...), or split the call)")
+def rows_within(dims, budget):
+    """The most rows whose batch_bytes fit in `budget` bytes (0 when not even one row does)."""
+    per_row = batch_bytes(dims, 1)
+    return max(0, int(budget) // per_row)

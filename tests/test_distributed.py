@@ -233,7 +233,7 @@ def test_bad_input_or_mismatched_calls_on_one_rank_raise_on_every_rank(main_run)
     for rank, (_, seen) in enumerate(results(out, "errors", ranks)):
         assert "NaN or infinity (first at index (17, 2))" in seen["nan"]
         assert seen["nan"].startswith("on rank 1: ") == (rank != 1)
-        assert "the call's arguments differ (rank 0: (1, 32, True, 0, False); rank 1: (1, 16," in seen["batch_size"]
+        assert "the call differs (rank 0: {'batch_size': 32}; rank 1: {'batch_size': 16}" in seen["batch_size"]
         assert "the row counts differ (rank 0: 257, rank 1: 100" in seen["rows"]
         assert "lr differ between ranks" in seen["options"]
 

@@ -64,13 +64,13 @@ def test_infinite_loss_is_an_error_in_evaluate_and_gradients_as_in_step():
             call(X, y)
 
 
-def test_a_batch_too_large_for_memory_is_refused_before_converting_it():
+def test_a_batch_whose_single_row_exceeds_the_memory_budget_is_refused_before_converting_it():
     X = np.broadcast_to(np.zeros((1, 64)), (10 ** 8, 64))  # 51 GB as float64, yet no memory at all
     y = np.broadcast_to(np.zeros(1, np.int64), (10 ** 8,))
-    t = fastbp.Trainer([64, 64, 10], loss="cross_entropy")
+    t = fastbp.Trainer([64, 64, 10], loss="cross_entropy", memory_budget=100)  # one row needs 832 bytes
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for call in (t.step, t.gradients, lambda X, y: t.fit(X, y, batch_size=10 ** 8, verbose=0)):
-        with pytest.raises(MemoryError, match="batch of 100,000,000 rows"):
+        with pytest.raises(MemoryError, match="one row of this network needs 832 bytes of memory"):
             call(X, y)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: nothing converted
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import validation
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
-from ..workspaces import WorkspaceCache, available_host_bytes, check_batch_fits
+from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, step, threading_layer
 from .delta_backward import TILE_ROWS
@@ -77,9 +77,12 @@ class CpuBackend:
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
 
-    def check_batch_memory(self, n, sizes, data_bytes=0):
-        """MemoryError before any allocation if a batch of n rows cannot fit in the memory available."""
-        check_batch_fits(sizes, n, available_host_bytes(), "memory", data_bytes)
+    memory_name = "memory"
+
+    @staticmethod
+    def available_bytes():
+        """Memory the workspaces and data may take: MemAvailable, or None where it cannot be told."""
+        return available_host_bytes()
 
     # The state arrays are the ones the kernels use: nothing to copy (see cuda/backend.py).
     def push(self):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda
 
 from ..options import ACTIVATIONS, LOSSES
-from ..workspaces import WorkspaceCache, available_host_bytes, check_batch_fits
+from ..workspaces import WorkspaceCache, available_host_bytes
 from . import device_data, fused_mlp, gemm, reduce
 from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
 from .gather import gather_input
@@ -106,14 +106,13 @@ class CudaBackend:
         self._update_scratch = None  # apply_update's (norm, loss sums) device pair, made on first use
         self.push()
 
-    def check_batch_memory(self, n, sizes, data_bytes=0):
-        """MemoryError before any allocation if a batch of n rows cannot fit in the GPU's free memory (the
-        host's under the simulator)."""
+    memory_name = "GPU memory"
+
+    def available_bytes(self):
+        """The GPU's free memory (the host's under the simulator): what workspaces and data may take."""
         if _simulated():
-            check_batch_fits(sizes, n, available_host_bytes(), "memory", data_bytes)
-        else:
-            check_batch_fits(sizes, n, cuda.current_context().get_memory_info().free, "GPU memory",
-                             data_bytes)
+            return available_host_bytes()
+        return cuda.current_context().get_memory_info().free
 
     # ---- host <-> device state ----
 

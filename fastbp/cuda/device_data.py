@@ -89,10 +89,10 @@ def _finite(arr, name, low=-math.inf, high=math.inf):
         raise ValueError(f"{name} contains {what} (first at index {where})")
 
 
-def features(X, n_features, name="X"):
+def features(X, n_features, name="X", first_row=0):
     """X (n, n_features): NumPy data through validation.features; GPU data checked in place."""
     if not is_device_array(X):
-        return validation.features(X, n_features, name)
+        return validation.features(X, n_features, name, first_row)
     arr = _as_device_array(X, name)
     if len(arr.shape) != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(arr.shape)}")
@@ -105,10 +105,10 @@ def features(X, n_features, name="X"):
     return arr
 
 
-def targets_for(loss, y, n_rows, n_outputs, name="y"):
+def targets_for(loss, y, n_rows, n_outputs, name="y", first_row=0):
     """(labels, targets) as validation.targets_for returns them, for NumPy or GPU y."""
     if not is_device_array(y):
-        return validation.targets_for(loss, y, n_rows, n_outputs, name)
+        return validation.targets_for(loss, y, n_rows, n_outputs, name, first_row)
     arr = _as_device_array(y, name)
     if loss == "cross_entropy":
         if len(arr.shape) == 2 and arr.shape[1] == 1:

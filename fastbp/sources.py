@@ -1,0 +1,132 @@
+"""Where a step's rows come from: arrays converted whole, arrays converted batch by batch, or a stream.
+
+The Trainer asks a source for the rows of (its part of) a batch with take(rows) and hands the result to
+the backend's kernels, which read X (N, d0) float32 C-contiguous at the given row indices, labels (N,)
+int64 or targets (N, d_L) float32 (see cpu/step.py):
+
+- InMemory: the whole data set checked and converted once (validation.py); take() passes the arrays as
+  they are and the kernels gather the rows. The default for data that fits.
+- OnDemand: an array that should not be copied whole: np.memmap / np.load(..., mmap_mode="r") of any real
+  dtype, or one whose float32 copy would not fit in memory. Checked before training in chunks of
+  CHECK_CHUNK_BYTES (an error names the first bad row); take() reads and converts only the batch's rows,
+  in batch order, so memory does not grow with the number of rows.
+- batches(): a stream of (X_batch, y_batch) pairs (a generator, a list, a DataLoader-like iterable),
+  each checked as it arrives; an error names the batch.
+"""
+import itertools
+
+import numpy as np
+
+from . import validation
+
+# Rows checked per chunk of an OnDemand source: bounds the memory of the up-front checks.
+CHECK_CHUNK_BYTES = 64 * 2 ** 20
+
+
+class InMemory:
+    """X, labels, targets already checked and converted (labels or targets None)."""
+
+    def __init__(self, X, labels, targets):
+        self.X, self.labels, self.targets = X, labels, targets
+        self.n_rows = X.shape[0]
+
+    def take(self, rows):
+        """(X, labels, targets, rows) for the kernels: the whole arrays, and the rows to gather."""
+        return self.X, self.labels, self.targets, rows
+
+    def split(self, cut):
+        """(rows [:cut], rows [cut:]) as two sources (validation_split)."""
+        part = lambda a, sl: None if a is None else a[sl]  # noqa: E731
+        return (InMemory(self.X[:cut], part(self.labels, slice(None, cut)), part(self.targets, slice(None, cut))),
+                InMemory(self.X[cut:], part(self.labels, slice(cut, None)), part(self.targets, slice(cut, None))))
+
+
+def wants_on_demand(X, available_bytes):
+    """Whether X should be read batch by batch rather than converted whole: a memory-mapped array, or an
+    array whose float32 copy would take more than half the memory available."""
+    if isinstance(X, np.memmap):
+        return True
+    need = validation.conversion_bytes(X)
+    return bool(need) and available_bytes is not None and need > available_bytes // 2
+
+
+class OnDemand:
+    """A (n, d0) array of real numbers and its labels or targets, read per batch (see the module's docstring).
+
+    checks: the backend's checks module (validation.py); loss, n_features, n_outputs: the network's."""
+
+    def __init__(self, X, y, loss, n_features, n_outputs, checks=validation, names=("X", "y")):
+        self.loss, self.n_features, self.n_outputs = loss, n_features, n_outputs
+        self.checks, self.names = checks, names
+        if not isinstance(X, np.ndarray) or X.ndim != 2:
+            raise ValueError(f"{names[0]} must be a 2-D (n_samples, n_features) array, got "
+                             f"{type(X).__name__} of shape {getattr(X, 'shape', None)}")
+        self.X = X
+        self.y = y if isinstance(y, np.ndarray) else np.asarray(y)
+        self.n_rows = X.shape[0]
+        if self.y.shape[:1] != (self.n_rows,):
+            raise ValueError(f"{names[1]} has {self.y.shape[0] if self.y.ndim else 0} rows but {names[0]} has "
+                             f"{self.n_rows} rows")
+        self._check_all()
+
+    def _convert(self, X_rows, y_rows, first_row):
+        """Checked, converted rows: (X float32 (k, d0), labels or None, targets or None)."""
+        X = self.checks.features(X_rows, self.n_features, self.names[0], first_row=first_row)
+        labels, targets = self.checks.targets_for(self.loss, y_rows, X.shape[0], self.n_outputs, self.names[1],
+                                                  first_row=first_row)
+        return X, labels, targets
+
+    def _check_all(self):
+        """Every row checked before training starts, in chunks (memory bounded by CHECK_CHUNK_BYTES)."""
+        row_bytes = max(1, self.X.shape[1] * max(self.X.dtype.itemsize, 4))
+        chunk = max(1, CHECK_CHUNK_BYTES // row_bytes)
+        for start in range(0, self.n_rows, chunk):
+            self._convert(self.X[start:start + chunk], self.y[start:start + chunk], start)
+
+    def take(self, rows):
+        """(X_b, labels_b, targets_b, arange(len(rows))): the batch's rows read and converted, in batch order.
+        Read again in full: the file may have changed since the checks, and the kernels must never see an
+        unchecked label."""
+        order = np.argsort(rows, kind="stable")  # reads in file order; the batch keeps its own order
+        X_sorted = self.X[rows[order]]
+        y_sorted = self.y[rows[order]]
+        X = np.empty((rows.size, self.n_features), X_sorted.dtype)
+        X[order] = X_sorted
+        y = np.empty_like(y_sorted)
+        y[order] = y_sorted
+        X, labels, targets = self._convert(X, y, 0)
+        return X, labels, targets, np.arange(rows.size, dtype=np.int64)
+
+    def split(self, cut):
+        return (OnDemand.__new__(OnDemand)._view(self, slice(None, cut)),
+                OnDemand.__new__(OnDemand)._view(self, slice(cut, None)))
+
+    def _view(self, whole, rows):
+        """This source as rows `rows` (a slice) of an already checked one."""
+        self.__dict__.update(whole.__dict__)
+        self.X, self.y = whole.X[rows], whole.y[rows]
+        self.n_rows = self.X.shape[0]
+        return self
+
+
+def is_stream(X, y):
+    """Whether fit's X is a stream of (X_batch, y_batch) pairs rather than an array: y is None and X is an
+    iterable that is not array-like."""
+    if y is not None or isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "__array__") \
+            or hasattr(X, "__cuda_array_interface__"):
+        return False
+    try:
+        iter(X)
+    except TypeError:
+        return False
+    return True
+
+
+def batches(stream, steps=None):
+    """Up to `steps` (all when None) (index, X_batch, y_batch) of a stream; a new pass for a re-iterable
+    (a list, a DataLoader), the rest of it for an iterator (a generator). TypeError for an item that is not
+    a pair, naming the batch."""
+    for index, item in enumerate(itertools.islice(iter(stream), steps)):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"batch {index} of the stream is not an (X_batch, y_batch) pair: {type(item).__name__}")
+        yield index, item[0], item[1]

@@ -16,9 +16,11 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train an MLP and report accuracy, loss and samples/s (the default)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="FILE.npz", help="arrays X, y (or x_train, y_train, x_test, y_test)")
+    src.add_argument("--data", metavar="FILE", help="FILE.npz with arrays X, y (or x_train, y_train, x_test, "
+                     "y_test), or FILE.npy with X alone (memory-mapped: any size) and --labels")
     src.add_argument("--idx", nargs=2, metavar=("IMAGES", "LABELS"), help="MNIST-style IDX files, raw or .gz")
     src.add_argument("--mnist-dir", metavar="DIR", help="directory holding MNIST's four IDX files")
+    p.add_argument("--labels", metavar="FILE.npy", help="y for --data FILE.npy (memory-mapped too)")
     p.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden widths")
     p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden layers' activation")
     p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES), help="training loss")
@@ -42,6 +44,18 @@ def _train_parser(sub):
 
 def _load_data(args):
     """(X_train, y_train, X_test, y_test, description)."""
+    if args.labels and not (args.data and args.data.endswith(".npy")):
+        raise ValueError("--labels goes with --data FILE.npy")
+    if args.data and args.data.endswith(".npy"):
+        if not args.labels:
+            raise ValueError("--data FILE.npy holds X only: give y with --labels FILE.npy")
+        X, y = np.load(args.data, mmap_mode="r"), np.load(args.labels, mmap_mode="r")
+        if len(X) != len(y):
+            raise ValueError(f"{args.data} has {len(X)} rows but {args.labels} has {len(y)}")
+        # Memory-mapped: the test rows are the file's last ones (a random pick would copy them).
+        n_test = _test_rows(args, len(X))
+        return (X[:-n_test], y[:-n_test], X[-n_test:], y[-n_test:],
+                f"{args.data} (memory-mapped; test rows: the last {n_test})")
     if args.data:
         Xtr, ytr, Xte, yte = datasets.load_npz(args.data)
         name = args.data
@@ -57,14 +71,18 @@ def _load_data(args):
         Xtr, ytr, Xte, yte = X, y, None, None
         name = "generated 64-feature, 10-class problem"
     if Xte is None:
-        if not 0.0 < args.test_fraction < 1.0:
-            raise SystemExit("--test-fraction must lie strictly between 0 and 1")
         order = np.random.default_rng(args.seed).permutation(len(Xtr))
-        n_test = max(1, int(round(args.test_fraction * len(Xtr))))
+        n_test = _test_rows(args, len(Xtr))
         Xtr, ytr = np.asarray(Xtr), np.asarray(ytr)
         Xte, yte = Xtr[order[:n_test]], ytr[order[:n_test]]
         Xtr, ytr = Xtr[order[n_test:]], ytr[order[n_test:]]
     return Xtr, ytr, Xte, yte, name
+
+
+def _test_rows(args, n):
+    if not 0.0 < args.test_fraction < 1.0:
+        raise SystemExit("--test-fraction must lie strictly between 0 and 1")
+    return max(1, int(round(args.test_fraction * n)))
 
 
 def _output_width(loss, y):
@@ -87,8 +105,9 @@ def train(args):
         except ImportError:
             raise ImportError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
     Xtr, ytr, Xte, yte, name = _load_data(args)
-    Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
-    Xte = np.asarray(Xte).reshape(len(Xte), -1)
+    if not isinstance(Xtr, np.memmap):  # images to rows; memory-mapped data stays mapped
+        Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
+        Xte = np.asarray(Xte).reshape(len(Xte), -1)
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
     trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads,

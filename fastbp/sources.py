@@ -111,10 +111,13 @@ class OnDemand:
 
 def is_stream(X, y):
     """Whether fit's X is a stream of (X_batch, y_batch) pairs rather than an array: y is None and X is an
-    iterable that is not array-like."""
-    if y is not None or isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "__array__") \
+    iterable that is not array-like, or a list of pairs whose first item is 2-D (a list of batches)."""
+    if y is not None or isinstance(X, np.ndarray) or hasattr(X, "__array__") \
             or hasattr(X, "__cuda_array_interface__"):
         return False
+    if isinstance(X, (list, tuple)):
+        first = X[0] if X else None
+        return isinstance(first, (list, tuple)) and len(first) == 2 and np.ndim(first[0]) == 2
     try:
         iter(X)
     except TypeError:

@@ -1,0 +1,231 @@
+"""Data that is not an array in memory (fastbp/sources.py): memory-mapped files and streams of batches."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import sources
+from fastbp.callbacks import ModelCheckpoint
+
+
+def flat(t):
+    return np.concatenate([np.concatenate([W.ravel(), b]) for W, b in t.params])
+
+
+def classification(rng, n=300, width=6, classes=3):
+    X = rng.standard_normal((n, width))  # float64, as files usually hold
+    y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.8)
+    return X, y
+
+
+def saved(tmp_path, name, array):
+    path = tmp_path / f"{name}.npy"
+    np.save(path, array)
+    return np.load(path, mmap_mode="r")
+
+
+# ---- memory-mapped arrays ----
+
+def test_memory_mapped_data_trains_evaluates_and_predicts_as_the_same_data_in_memory(rng, tmp_path):
+    X, y = classification(rng)
+    X_map, y_map = saved(tmp_path, "X", X), saved(tmp_path, "y", y)
+    assert isinstance(X_map, np.memmap) and sources.wants_on_demand(X_map, None)
+    options = dict(sizes=[6, 16, 3], loss="cross_entropy", batch_size=64, seed=0, dropout=0.1)
+    in_memory, mapped = fastbp.Trainer(**options), fastbp.Trainer(**options)
+    h_memory = in_memory.fit(X, y, epochs=2, validation_split=0.2, verbose=0)
+    h_mapped = mapped.fit(X_map, y_map, epochs=2, validation_split=0.2, verbose=0)
+    np.testing.assert_array_equal(flat(mapped), flat(in_memory))  # the same batches through the same kernels
+    assert h_mapped.history == h_memory.history
+    assert mapped.evaluate(X_map, y_map) == pytest.approx(in_memory.evaluate(X, y), rel=1e-12)
+    np.testing.assert_array_equal(mapped.predict(X_map), in_memory.predict(X))
+    loss_m, grads_m = mapped.gradients(X_map, y_map)
+    loss_i, grads_i = in_memory.gradients(X, y)
+    assert loss_m == pytest.approx(loss_i, rel=1e-6)
+    np.testing.assert_allclose(grads_m[0][0], grads_i[0][0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int16, np.uint8, np.float32])
+def test_memory_mapped_data_of_any_real_dtype(rng, tmp_path, dtype):
+    X = (rng.standard_normal((100, 4)) * 10).astype(dtype)
+    y = rng.standard_normal((100, 2)).astype(np.float32)
+    t = fastbp.Trainer([4, 8, 2], seed=0)
+    reference = fastbp.Trainer([4, 8, 2], seed=0)
+    t.fit(saved(tmp_path, "X", X), saved(tmp_path, "y", y), epochs=1, batch_size=30, verbose=0)
+    reference.fit(X.astype(np.float32), y, epochs=1, batch_size=30, verbose=0)
+    np.testing.assert_array_equal(flat(t), flat(reference))
+
+
+def test_checks_of_a_memory_mapped_array_run_in_chunks_before_training_and_name_the_first_bad_row(
+        rng, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CHECK_CHUNK_BYTES", 4096)  # 85 rows of 6 float64 per chunk: many chunks
+    X, y = classification(rng, n=1000)
+    t = fastbp.Trainer([6, 8, 3], loss="cross_entropy", seed=0)
+    before = flat(t)
+    bad_X = X.copy()
+    bad_X[777, 4] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at index \(777, 4\)\)"):
+        t.fit(saved(tmp_path, "bad_X", bad_X), saved(tmp_path, "y", y), verbose=0)
+    bad_y = y.copy()
+    bad_y[901] = 3
+    with pytest.raises(ValueError, match=r"label 3 out of range \(at row 901\)"):
+        t.fit(saved(tmp_path, "X", X), saved(tmp_path, "bad_y", bad_y), verbose=0)
+    big = X.copy()
+    big[640, 0] = 1e39  # beyond float32
+    with pytest.raises(ValueError, match=r"converted to float32\) contains NaN or infinity \(first at index \(640, 0\)"):
+        t.fit(saved(tmp_path, "big", big), saved(tmp_path, "y", y), verbose=0)
+    np.testing.assert_array_equal(flat(t), before)  # nothing trained
+    assert t.step_count == 0
+
+
+MEMORY_SCRIPT = """
+import resource, sys, threading, time
+import numpy as np
+import fastbp
+
+def anon_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+path, rows = sys.argv[1], int(sys.argv[2])
+X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(rows, 64))
+for start in range(0, rows, 100_000):  # written in pieces: no copy of it in memory
+    block = X[start:start + 100_000]
+    block[:] = np.random.default_rng(start).standard_normal(block.shape)
+X.flush()
+del X, block
+y = np.zeros(rows, np.int64)
+y[::3] = 1
+t = fastbp.Trainer([64, 32, 2], loss="cross_entropy", batch_size=4096, seed=0)
+t.fit(np.random.default_rng(0).standard_normal((5000, 64)), y[:5000], verbose=0)  # compiled, warm
+X = np.load(path, mmap_mode="r")
+baseline = anon_bytes()
+# Anonymous memory may grow by the budget below and no more: the file's pages are not anonymous.
+budget = 120 * 2 ** 20
+resource.setrlimit(resource.RLIMIT_DATA, (baseline + budget + 400 * 2 ** 20,) * 2)
+peak, running = [baseline], True
+def watch():
+    while running:
+        peak.append(anon_bytes())
+        time.sleep(0.005)
+watcher = threading.Thread(target=watch)
+watcher.start()
+history = t.fit(X, y, epochs=1, verbose=0)
+running = False
+watcher.join()
+print("file MB", rows * 64 * 8 // 2 ** 20, "anon growth MB", (max(peak) - baseline) // 2 ** 20,
+      "loss", history.history["loss"][0])
+assert max(peak) - baseline < budget, (max(peak) - baseline) // 2 ** 20
+"""
+
+
+def test_an_epoch_over_a_memory_mapped_file_keeps_anonymous_memory_bounded(tmp_path):
+    """A 585 MB float64 file, larger than the 520 MB the process's data may grow by (RLIMIT_DATA; file
+    pages do not count), trains for an epoch with anonymous memory growing by less than 120 MB (measured:
+    33 MB). A float32 copy of it alone would take 293 MB."""
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_SCRIPT)
+    rows = 1_200_000
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "X.npy"), str(rows)], capture_output=True,
+                          text=True, timeout=600)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "file MB 585" in done.stdout
+
+
+# ---- streams of batches ----
+
+def batch_list(X, y, size):
+    return [(X[i:i + size], y[i:i + size]) for i in range(0, len(X), size)]
+
+
+def test_a_stream_of_batches_trains_as_the_same_batches_from_arrays(rng):
+    X, y = classification(rng, n=250)
+    options = dict(sizes=[6, 16, 3], loss="cross_entropy", batch_size=40, seed=0, dropout=0.1)
+    arrays, listed, generated = (fastbp.Trainer(**options) for _ in range(3))
+    h_arrays = arrays.fit(X, y, epochs=3, shuffle=False, verbose=0)
+    h_listed = listed.fit(batch_list(X, y, 40), epochs=3, verbose=0)  # a list starts over every epoch
+
+    def endless():
+        while True:
+            yield from batch_list(X, y, 40)
+    h_generated = generated.fit(endless(), epochs=3, steps_per_epoch=7, verbose=0)  # 7 batches = 250 rows
+    for t, h in ((listed, h_listed), (generated, h_generated)):
+        np.testing.assert_array_equal(flat(t), flat(arrays))
+        assert h.history == h_arrays.history
+
+
+def test_a_stream_with_a_validation_stream_and_a_resume_from_a_checkpoint(rng, tmp_path):
+    X, y = classification(rng, n=200)
+    train, val = batch_list(X[:160], y[:160], 32), batch_list(X[160:], y[160:], 16)
+    options = dict(sizes=[6, 16, 3], loss="cross_entropy", seed=0)
+    straight = fastbp.Trainer(**options)
+    h_straight = straight.fit(train, epochs=3, validation_data=iter_again(val), verbose=0)
+    first = fastbp.Trainer(**options)
+    first.fit(train, epochs=1, validation_data=iter_again(val), verbose=0,
+              callbacks=[ModelCheckpoint(tmp_path / "stream.npz")])
+    resumed = fastbp.Trainer.load(tmp_path / "stream.npz")
+    h_resumed = resumed.fit(train, epochs=3, initial_epoch=1, validation_data=iter_again(val), verbose=0)
+    np.testing.assert_array_equal(flat(resumed), flat(straight))
+    assert h_resumed.history["val_loss"] == h_straight.history["val_loss"][1:]
+    scores = straight.evaluate(X[160:], y[160:])
+    assert h_straight.history["val_loss"][-1] == pytest.approx(scores["loss"], rel=1e-6)
+
+
+class iter_again:
+    """A re-iterable over a list of batches (what a data loader is)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_a_bad_batch_in_a_stream_is_named_and_leaves_the_parameters_of_the_batches_before_it(rng):
+    X, y = classification(rng, n=200)
+    batches = batch_list(X, y, 40)
+    t = fastbp.Trainer([6, 16, 3], loss="cross_entropy", seed=0)
+    reference = fastbp.Trainer([6, 16, 3], loss="cross_entropy", seed=0)
+    reference.fit(batches[:3], verbose=0)
+    bad = list(batches)
+    X3 = bad[3][0].copy()
+    X3[5, 1] = np.inf
+    bad[3] = (X3, bad[3][1])
+    with pytest.raises(ValueError, match=r"batch 3 of the stream: X of batch 3 contains NaN or infinity "
+                                         r"\(first at index \(5, 1\)\)"):
+        t.fit(iter(bad), verbose=0)
+    np.testing.assert_array_equal(flat(t), flat(reference))
+    assert t.step_count == 3
+    with pytest.raises(TypeError, match="batch 1 of the stream is not an"):
+        fastbp.Trainer([6, 16, 3], loss="cross_entropy").fit(iter([batches[0], X]), verbose=0)
+    spent = iter(batches)
+    t.fit(spent, verbose=0)
+    with pytest.raises(ValueError, match="yielded no batches in epoch 1"):
+        t.fit(spent, verbose=0)  # a used-up generator
+
+
+def test_streams_are_told_from_arrays():
+    X = np.zeros((3, 2))
+    assert not sources.is_stream(X, np.zeros(3))
+    assert not sources.is_stream([[0.0, 1.0]], None)  # a list of rows without y: fit says y is missing
+    assert sources.is_stream(iter([]), None) and sources.is_stream((b for b in []), None)
+    with pytest.raises(TypeError, match="fit needs y"):
+        fastbp.Trainer([2, 1]).fit(X, verbose=0)
+
+
+def test_cli_memory_maps_npy_data_and_labels(rng, tmp_path):
+    X, y = classification(rng, n=400, width=8)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    done = subprocess.run([sys.executable, "-m", "fastbp", "train", "--data", str(tmp_path / "X.npy"), "--labels",
+                           str(tmp_path / "y.npy"), "--epochs", "2", "--hidden", "16", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "memory-mapped" in done.stdout and "test accuracy" in done.stdout
+    missing = subprocess.run([sys.executable, "-m", "fastbp", "train", "--data", str(tmp_path / "X.npy")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "--labels" in missing.stderr

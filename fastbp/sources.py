@@ -13,6 +13,7 @@ int64 or targets (N, d_L) float32 (see cpu/step.py):
 - batches(): a stream of (X_batch, y_batch) pairs (a generator, a list, a DataLoader-like iterable),
   each checked as it arrives; an error names the batch.
 """
+import concurrent.futures
 import itertools
 
 import numpy as np
@@ -64,6 +65,7 @@ class OnDemand:
         self.X = X
         self.y = y if isinstance(y, np.ndarray) else np.asarray(y)
         self.n_rows = X.shape[0]
+        self._reader, self._pending = None, []
         if self.y.shape[:1] != (self.n_rows,):
             raise ValueError(f"{names[1]} has {self.y.shape[0] if self.y.ndim else 0} rows but {names[0]} has "
                              f"{self.n_rows} rows")
@@ -83,19 +85,48 @@ class OnDemand:
         for start in range(0, self.n_rows, chunk):
             self._convert(self.X[start:start + chunk], self.y[start:start + chunk], start)
 
+    def _read(self, rows):
+        """(X float32 (k, d0), y) of rows, in batch order (read in file order, converted in the same pass)."""
+        order = np.argsort(rows, kind="stable")
+        in_file_order = rows[order]
+        X = np.empty((rows.size, self.n_features), np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            X[order] = self.X[in_file_order]
+        y = np.empty((rows.size,) + self.y.shape[1:], self.y.dtype)
+        y[order] = self.y[in_file_order]
+        return X, y
+
+    def prefetch(self, rows):
+        """Queues reading `rows` (what a later take will ask for) in a background thread, so that reading and
+        converting overlap the steps before it (NumPy releases the GIL while it copies)."""
+        if self._reader is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastbp-read")
+        self._pending.append((rows, self._reader.submit(self._read, rows)))
+
     def take(self, rows):
         """(X_b, labels_b, targets_b, arange(len(rows))): the batch's rows read and converted, in batch order.
-        Read again in full: the file may have changed since the checks, and the kernels must never see an
-        unchecked label."""
-        order = np.argsort(rows, kind="stable")  # reads in file order; the batch keeps its own order
-        X_sorted = self.X[rows[order]]
-        y_sorted = self.y[rows[order]]
-        X = np.empty((rows.size, self.n_features), X_sorted.dtype)
-        X[order] = X_sorted
-        y = np.empty_like(y_sorted)
-        y[order] = y_sorted
-        X, labels, targets = self._convert(X, y, 0)
+        Checked again, cheaply: the file may have changed since the up-front checks, and the kernels must
+        never see an unchecked label."""
+        found = None
+        for i, (queued, future) in enumerate(self._pending):
+            if queued.size == rows.size and np.array_equal(queued, rows):
+                found = future
+                del self._pending[:i + 1]  # reads queued before this one are not wanted any more
+                break
+        X, y = self._read(rows) if found is None else found.result()
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(X.sum(dtype=np.float64))
+        if not finite:  # NaN, infinity, or beyond float32's range: named as the up-front check names it
+            self.checks.features(self.X[rows], self.n_features, self.names[0])
+        labels, targets = self.checks.targets_for(self.loss, y, rows.size, self.n_outputs, self.names[1])
         return X, labels, targets, np.arange(rows.size, dtype=np.int64)
+
+    def close(self):
+        """Ends the background reader (fit calls it at its end)."""
+        self._pending = []
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
 
     def split(self, cut):
         return (OnDemand.__new__(OnDemand)._view(self, slice(None, cut)),
@@ -104,6 +135,7 @@ class OnDemand:
     def _view(self, whole, rows):
         """This source as rows `rows` (a slice) of an already checked one."""
         self.__dict__.update(whole.__dict__)
+        self._reader, self._pending = None, []
         self.X, self.y = whole.X[rows], whole.y[rows]
         self.n_rows = self.X.shape[0]
         return self

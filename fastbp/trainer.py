@@ -390,6 +390,24 @@ class Trainer:
             parts = self._comm.row_parts(source.n_rows, self._comm.size > 1, parts_call)
             yield source, np.arange(parts.n_total, dtype=np.int64), parts
 
+    def _array_batches(self, source, order, batch_size, parts):
+        """(source, rows, parts) of each batch of an epoch; a source read batch by batch starts reading the
+        next batch's rows (this rank's part) while the current one trains."""
+        prefetch = getattr(source, "prefetch", None)
+
+        def read_ahead(start):  # this rank's part of the batch at `start`, when one take reads it whole
+            if start >= order.size:
+                return
+            upcoming = parts.mine(order[start:start + batch_size])[0]
+            if upcoming.size and upcoming.size <= self._chunk_rows(upcoming.size):
+                prefetch(upcoming)
+        if prefetch is not None:
+            read_ahead(0)
+        for start in range(0, order.size, batch_size):
+            if prefetch is not None:
+                read_ahead(start + batch_size)  # read during the step on the batch at `start`
+            yield source, order[start:start + batch_size], parts
+
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
              callbacks, sharded, steps_per_epoch):
         stream = sources.is_stream(X, y)
@@ -438,7 +456,7 @@ class Trainer:
                         batches = self._stream_batches(X, steps_per_epoch, "stream step")
                     else:
                         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-                        batches = ((train, order[s:s + batch_size], parts) for s in range(0, n, batch_size))
+                        batches = self._array_batches(train, order, batch_size, parts)
                     loss_sum = hits = 0.0
                     seen = 0
                     for source, rows, batch_parts in batches:
@@ -473,6 +491,8 @@ class Trainer:
             finally:
                 progress.abort()
                 self._backend.release_data()
+                for source in (train, val):
+                    getattr(source, "close", lambda: None)()
         with self._comm.agreement():
             callback_tools.call(callbacks, "on_train_end", self)
         return history

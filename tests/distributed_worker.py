@@ -82,6 +82,23 @@ def dropout():
     report("dropout", {"params": flat(t)})
 
 
+def micro_and_stream():
+    """Micro-batches of 7 rows within each rank's part; and a stream in which each rank yields its own part
+    of every batch (np.array_split of the batch in rank order)."""
+    X, y = problem()
+    t = trainer(micro_batch=7, dropout=0.2)
+    t.fit(X, y, epochs=2, verbose=0)
+
+    def my_parts():
+        while True:
+            for start in range(0, 250, 50):
+                mine = np.array_split(np.arange(start, start + 50), comm.Get_size())[rank]
+                yield X[mine], y[mine]
+    streamed = trainer(dropout=0.2)
+    streamed.fit(my_parts(), epochs=2, steps_per_epoch=5, verbose=0)
+    report("micro_and_stream", {"micro": flat(t), "stream": flat(streamed)})
+
+
 def sharded():
     """Each rank given only its shard (np.array_split of the data in rank order), with sharded validation."""
     X, y = problem()
@@ -233,6 +250,7 @@ def cuda_simulator():
 def main():
     """The scenarios that end normally, one after another in one launch (each launch costs seconds)."""
     exact()
+    micro_and_stream()
     loop()
     dropout()
     sharded()

@@ -163,6 +163,21 @@ def test_schedules_early_stopping_and_progress_with_comm(main_run):
 
 
 @needs_mpi
+def test_micro_batches_and_streams_with_comm(main_run):
+    out, ranks = main_run
+    found = results(out, "micro_and_stream", ranks)
+    assert_same_on_every_rank(found, "micro")
+    assert_same_on_every_rank(found, "stream")
+    X, y = problem()
+    t = single_process(dropout=0.2)
+    t.fit(X, y, epochs=2, verbose=0)
+    assert_close_to(found[0][0]["micro"], flat(t), 1e-5)
+    streamed = single_process(dropout=0.2)
+    streamed.fit([(X[s:s + 50], y[s:s + 50]) for s in range(0, 250, 50)], epochs=2, verbose=0)
+    assert_close_to(found[0][0]["stream"], flat(streamed), 1e-5)
+
+
+@needs_mpi
 def test_dropout_masks_on_p_ranks_are_the_one_process_masks(main_run):
     out, ranks = main_run
     found = results(out, "dropout", ranks)

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from fastbp import sources
 from fastbp.bench import WORKLOADS, make_batch, step_flops
 from fastbp.cuda.fused_mlp import fits as fused_fits
 
@@ -67,9 +68,9 @@ def run(name, sizes, batch, loss, rounds, per_round=10, warmup=3, torch_device="
         params = trainer.params  # the same (seeded) start for every contender
         trainer._backend = CudaBackend(trainer.config, trainer.state, fused=fused)
         # The PyTorch tensors themselves, through __cuda_array_interface__: no copy, checked on the device.
-        data = trainer._checked(xt, yt)
+        data = sources.InMemory(*trainer._checked(xt, yt))
         label = "fastbp" if fused == paths[0] else "fastbp_general"
-        contenders[label] = Contender(lambda t=trainer, d=data: t._train_rows(*d, rows)[0])
+        contenders[label] = Contender(lambda t=trainer, d=data: t._train_rows(d, rows)[0])
         first[label] = contenders[label]()
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -10,6 +10,9 @@ Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's convention
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
   has not improved by tol for n_iter_no_change epochs, as in scikit-learn.
 
+Memory-mapped X (np.load(path, mmap_mode="r")) is checked in place and read batch by batch, except
+with early_stopping, whose random validation split copies the rows.
+
 comm (fastbp's own): an mpi4py communicator for data-parallel training (see Trainer); every rank calls
 fit with the same X and y, and gets the same fitted model.
 """
@@ -31,6 +34,12 @@ from .trainer import Trainer
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
 _SOLVERS = ("adam", "sgd", "adamw", "adagrad", "rmsprop")
+
+
+def _dtypes(mapped):
+    """What validate_data may convert X to: nothing for a memory-mapped X (any real dtype; fastbp converts
+    its rows per batch instead of copying it whole), else float64 or float32."""
+    return None if mapped is not None else [np.float64, np.float32]
 
 
 class _BaseMLP(BaseEstimator):
@@ -108,9 +117,12 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, incremental, classes=None):
         first_call = not (incremental and hasattr(self, "trainer_"))
-        X, y = validate_data(self, X, y, reset=first_call, dtype=[np.float64, np.float32], multi_output=True,
+        mapped = X if isinstance(X, np.memmap) else None
+        X, y = validate_data(self, X, y, reset=first_call, dtype=_dtypes(mapped), multi_output=True,
                              y_numeric=not isinstance(self, ClassifierMixin))
         y = self._encode_targets(y, first_call, classes)
+        if mapped is not None:
+            X = mapped  # checked in place above; fastbp reads it batch by batch (np.asarray dropped the memmap)
         if first_call:
             self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0])
             self.loss_curve_ = []
@@ -163,7 +175,10 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X):
         check_is_fitted(self, "trainer_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        mapped = X if isinstance(X, np.memmap) else None
+        X = validate_data(self, X, reset=False, dtype=_dtypes(mapped))
+        if mapped is not None:
+            X = mapped
         return self.trainer_.predict(X)
 
     @property

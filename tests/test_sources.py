@@ -229,3 +229,28 @@ def test_cli_memory_maps_npy_data_and_labels(rng, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "fastbp", "train", "--data", str(tmp_path / "X.npy")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "--labels" in missing.stderr
+
+
+def test_estimators_take_memory_mapped_data_without_converting_it_whole(rng, tmp_path):
+    pytest.importorskip("sklearn")
+    X, y = classification(rng, n=300)
+    X_map = saved(tmp_path, "X16", X.astype(np.float16))  # a dtype scikit-learn would convert to float64
+    calls = []
+    original = sources.OnDemand.take
+
+    def counting(self, rows):
+        calls.append(rows.size)
+        return original(self, rows)
+    try:
+        sources.OnDemand.take = counting
+        mapped = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, batch_size=50, random_state=0)
+        with pytest.warns(Warning):
+            mapped.fit(X_map, y)
+        probabilities = mapped.predict_proba(X_map)
+    finally:
+        sources.OnDemand.take = original
+    assert calls  # batches were read from the file
+    in_memory = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, batch_size=50, random_state=0)
+    with pytest.warns(Warning):
+        in_memory.fit(X.astype(np.float16).astype(np.float32), y)
+    np.testing.assert_allclose(probabilities, in_memory.predict_proba(X.astype(np.float16)), rtol=1e-5, atol=1e-7)

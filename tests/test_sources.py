@@ -158,17 +158,22 @@ def test_a_stream_of_batches_trains_as_the_same_batches_from_arrays(rng):
         assert h.history == h_arrays.history
 
 
-def test_a_stream_with_a_validation_stream_and_a_resume_from_a_checkpoint(rng, tmp_path):
+def test_a_generator_with_a_validation_stream_resumes_from_a_checkpoint(rng, tmp_path):
     X, y = classification(rng, n=200)
     train, val = batch_list(X[:160], y[:160], 32), batch_list(X[160:], y[160:], 16)
     options = dict(sizes=[6, 16, 3], loss="cross_entropy", seed=0)
+    def generated():  # 5 batches per pass: an epoch of steps_per_epoch=5 is one pass
+        while True:
+            yield from train
     straight = fastbp.Trainer(**options)
-    h_straight = straight.fit(train, epochs=3, validation_data=iter_again(val), verbose=0)
+    h_straight = straight.fit(generated(), epochs=3, steps_per_epoch=5, validation_data=iter_again(val),
+                              verbose=0)
     first = fastbp.Trainer(**options)
-    first.fit(train, epochs=1, validation_data=iter_again(val), verbose=0,
+    first.fit(generated(), epochs=1, steps_per_epoch=5, validation_data=iter_again(val), verbose=0,
               callbacks=[ModelCheckpoint(tmp_path / "stream.npz")])
     resumed = fastbp.Trainer.load(tmp_path / "stream.npz")
-    h_resumed = resumed.fit(train, epochs=3, initial_epoch=1, validation_data=iter_again(val), verbose=0)
+    h_resumed = resumed.fit(generated(), epochs=3, initial_epoch=1, steps_per_epoch=5,
+                            validation_data=iter_again(val), verbose=0)
     np.testing.assert_array_equal(flat(resumed), flat(straight))
     assert h_resumed.history["val_loss"] == h_straight.history["val_loss"][1:]
     scores = straight.evaluate(X[160:], y[160:])

@@ -18,6 +18,8 @@ from .workspaces import available_host_bytes, batch_bytes, rows_within
 
 # Rows per compiled call in predict/evaluate: bounds the workspace, whatever the size of X.
 EVAL_CHUNK = 4096
+# A step's activations up to this size are taken to fit without asking how much memory is free.
+_ALWAYS_FITS = 64 * 2 ** 20
 
 
 def _make_backend(config, state, threads=None, comm=distributed.Single()):
@@ -197,11 +199,14 @@ class Trainer:
         """Rows per compiled call for n rows of one step: micro_batch, or fewer where the memory budget
         requires (said once per Trainer). MemoryError when not even one row's workspace fits."""
         m = n if self.micro_batch is None else min(self.micro_batch, n)
+        need = batch_bytes(self.state.dims, m)
         budget = self.memory_budget
         if budget is None:
+            if need <= _ALWAYS_FITS:  # no look at the free memory (a file read) for every small step
+                return max(1, m)
             available = self._backend.available_bytes()
             budget = None if available is None else available // 2
-        if budget is None or batch_bytes(self.state.dims, m) <= budget:
+        if budget is None or need <= budget:
             return max(1, m)
         fitting = rows_within(self.state.dims, budget)
         if fitting < 1:

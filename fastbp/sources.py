@@ -42,13 +42,21 @@ class InMemory:
                 InMemory(self.X[cut:], part(self.labels, slice(cut, None)), part(self.targets, slice(cut, None))))
 
 
+# A float32 copy up to this size is made without asking how much memory is free (a file read).
+ALWAYS_CONVERTED_BYTES = 64 * 2 ** 20
+
+
 def wants_on_demand(X, available_bytes):
     """Whether X should be read batch by batch rather than converted whole: a memory-mapped array, or an
-    array whose float32 copy would take more than half the memory available."""
+    array whose float32 copy would take more than half the memory available. available_bytes: a number,
+    None (unknown), or a function returning one (called only for copies over ALWAYS_CONVERTED_BYTES)."""
     if isinstance(X, np.memmap):
         return True
     need = validation.conversion_bytes(X)
-    return bool(need) and available_bytes is not None and need > available_bytes // 2
+    if need <= ALWAYS_CONVERTED_BYTES:
+        return False
+    available = available_bytes() if callable(available_bytes) else available_bytes
+    return available is not None and need > available // 2
 
 
 class OnDemand:

@@ -190,7 +190,7 @@ class Trainer:
     def _source(self, X, y, names=("X", "y")):
         """The data as a source (sources.py): read batch by batch when it is memory-mapped or too large to
         convert whole, else checked and converted now."""
-        if sources.wants_on_demand(X, self._available_bytes()):
+        if sources.wants_on_demand(X, self._available_bytes):
             return sources.OnDemand(X, y, self.config.loss, self.sizes[0], self.sizes[-1], self._backend.checks,
                                     names)
         return sources.InMemory(*self._checked(X, y, names))
@@ -511,7 +511,7 @@ class Trainer:
     def predict(self, X):
         """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse.
         Memory-mapped X is read chunk by chunk."""
-        on_demand = sources.wants_on_demand(X, self._available_bytes())
+        on_demand = sources.wants_on_demand(X, self._available_bytes)
         if not on_demand:
             X = self._backend.checks.features(X, self.sizes[0])
         elif not isinstance(X, np.ndarray) or X.ndim != 2:

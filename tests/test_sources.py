@@ -259,3 +259,13 @@ def test_estimators_take_memory_mapped_data_without_converting_it_whole(rng, tmp
     with pytest.warns(Warning):
         in_memory.fit(X.astype(np.float16).astype(np.float32), y)
     np.testing.assert_allclose(probabilities, in_memory.predict_proba(X.astype(np.float16)), rtol=1e-5, atol=1e-7)
+
+
+def test_arrays_too_large_to_convert_are_read_on_demand_and_small_ones_never_ask():
+    huge = np.broadcast_to(np.zeros((1, 64)), (10 ** 8, 64))  # its float32 copy: 25.6 GB
+    assert sources.wants_on_demand(huge, 2 ** 30) and not sources.wants_on_demand(huge, 2 ** 40)
+
+    def no_look():
+        raise AssertionError("the free memory was read for a small array")
+    assert not sources.wants_on_demand(np.zeros((1000, 8)), no_look)
+    assert sources.wants_on_demand(huge, lambda: 2 ** 30)

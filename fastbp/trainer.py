@@ -425,6 +425,8 @@ class Trainer:
                 raise ValueError("a stream with comm needs steps_per_epoch (every rank must take as many batches)")
             if y is None and not stream:
                 raise TypeError("fit needs y with arrays X (or X a stream of (X_batch, y_batch) pairs)")
+            if steps_per_epoch is not None and not stream:
+                raise ValueError("steps_per_epoch is for streams of batches; with arrays an epoch is every row")
             train = None
             if not stream:
                 n_rows = validation.row_count(X)

@@ -220,6 +220,8 @@ def test_streams_are_told_from_arrays():
     assert sources.is_stream(iter([]), None) and sources.is_stream((b for b in []), None)
     with pytest.raises(TypeError, match="fit needs y"):
         fastbp.Trainer([2, 1]).fit(X, verbose=0)
+    with pytest.raises(ValueError, match="steps_per_epoch is for streams"):
+        fastbp.Trainer([2, 1]).fit(X, np.zeros(3), steps_per_epoch=2, verbose=0)
 
 
 def test_cli_memory_maps_npy_data_and_labels(rng, tmp_path):

@@ -131,8 +131,8 @@ def test_resume_is_bitwise_identical_with_every_feature_on(tmp_path):
               clip_norm=1.0, seed=5, schedule=None)
     fit_kw = dict(validation_split=0.2, verbose=0)
 
-    def make():
-        return fastbp.Trainer(**dict(kw, schedule=schedules.ReduceOnPlateau(patience=0, factor=0.5)))
+    def make():  # min_delta this large: no epoch counts as an improvement, so the plateau fires
+        return fastbp.Trainer(**dict(kw, schedule=schedules.ReduceOnPlateau(patience=1, factor=0.5, min_delta=10)))
 
     full = make()
     h_full = full.fit(X, y, epochs=6, **fit_kw)
@@ -144,6 +144,7 @@ def test_resume_is_bitwise_identical_with_every_feature_on(tmp_path):
     assert np.array_equal(full.state.params, resumed.state.params)
     assert np.array_equal(full.state.moment2, resumed.state.moment2)
     assert h_full.history["lr"][3:] == h_rest.history["lr"]
+    assert len(set(h_full.history["lr"])) >= 3  # the schedule changed lr, before and after the resume
     assert h_rest.epoch == [3, 4, 5]
 
 
@@ -174,6 +175,24 @@ def test_model_checkpoint_best_and_last(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz"] + [f"epoch{e:02d}.npz" for e in (1, 2, 3, 4)]
     assert np.array_equal(fastbp.Trainer.load(tmp_path / "epoch04.npz").state.params, t.state.params)
     assert best.best == max(hist.history["val_accuracy"])
+
+
+def test_model_checkpoint_keeps_the_best_epochs_weights_and_names_files_by_metrics(tmp_path):
+    X, y = problem(300)
+    snapshots = {}
+    record = LambdaCallback(lambda epoch, logs, t: snapshots.__setitem__(epoch, (logs["val_loss"], t.state.params.copy())))
+    best = ModelCheckpoint(tmp_path / "best.npz", monitor="val_loss", save_best_only=True)
+    named = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.4f}-{accuracy:.3f}.npz")
+    # A learning rate this large makes the validation loss go up and down.
+    t = fastbp.Trainer([10, 32, 3], loss="cross_entropy", lr=0.05, batch_size=16, seed=0)  # best: epoch 4 of 8
+    hist = t.fit(X, y, epochs=8, validation_split=0.25, verbose=0, callbacks=[record, best, named])
+    best_epoch = min(snapshots, key=lambda e: snapshots[e][0])
+    assert best_epoch != hist.epoch[-1]  # the best file is not simply the last state
+    np.testing.assert_array_equal(fastbp.Trainer.load(tmp_path / "best.npz").state.params, snapshots[best_epoch][1])
+    for epoch in hist.epoch:
+        logs = {k: v[epoch] for k, v in hist.history.items()}
+        name = f"m-{epoch + 1:02d}-{logs['val_loss']:.4f}-{logs['accuracy']:.3f}.npz"
+        assert fastbp.Trainer.load(tmp_path / name).epochs_done == epoch + 1
 
 
 def test_custom_callbacks_and_stop_training():

@@ -54,6 +54,10 @@ OPTIMIZERS = {
     "adam": dict(optimizer="adam", lr=1e-2),
     "adam_l2": dict(optimizer="adam", lr=1e-2, weight_decay=0.1),
     "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.1),
+    "adam_betas_eps_clip": dict(optimizer="adam", lr=1e-2, betas=(0.8, 0.99), eps=1e-3, clip_norm=0.3),
+    "adagrad": dict(optimizer="adagrad", lr=1e-2, weight_decay=1e-3),
+    "rmsprop": dict(optimizer="rmsprop", lr=1e-3, alpha=0.9),
+    "rmsprop_momentum_clip": dict(optimizer="rmsprop", lr=1e-3, momentum=0.9, clip_norm=0.5),
 }
 
 
@@ -69,9 +73,10 @@ def test_several_updates_match_reference(rng, activation, loss, opt):
     sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 1]
     t = perturbed_trainer(rng, sizes, activation, loss, **kw)
     start = as64(t.params)
+    c = t.config  # the reference gets every setting the kernels got, defaults included
     ref = reference.Network(start, activation=activation, loss=loss, kind=kw["optimizer"], lr=kw["lr"],
-                            weight_decay=t.config.weight_decay, momentum=kw.get("momentum", 0.0),
-                            nesterov=kw.get("nesterov", False))
+                            weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov,
+                            betas=tuple(c.betas), eps=c.eps, alpha=c.alpha, clip_norm=c.clip_norm)
     for batch in (1, 7, 130, 7, 1):
         X = rng.standard_normal((batch, sizes[0]))
         y = make_targets(rng, loss, batch, sizes[-1])
@@ -186,3 +191,48 @@ def test_flush_to_zero_inside_kernels_only():
     t = fastbp.Trainer([3, 4, 2], loss="cross_entropy", seed=0)
     t.step(np.ones((4, 3)), np.zeros(4, int))
     assert np.float32(1e-38) * np.float32(0.5) > 0  # the caller's floating-point mode is untouched
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_predict_and_evaluate_apply_no_dropout(rng, loss):
+    """A Trainer with dropout 0.5: predict and evaluate are the reference's forward pass without masks."""
+    sizes = [7, 33, 3 if loss == "cross_entropy" else 2]
+    t = perturbed_trainer(rng, sizes, "relu", loss, dropout=0.5)
+    X = rng.standard_normal((40, sizes[0]))
+    y = make_targets(rng, loss, 40, sizes[-1])
+    params = as64(t.params)
+    _, logits = reference.forward(params, X, "relu")
+    assert rel_error(t.predict(X), reference.output_transform(logits, loss)) < TOL
+    ref_loss, _ = reference.loss_and_gradients(params, X, y, "relu", loss)
+    assert t.evaluate(X, y)["loss"] == pytest.approx(ref_loss, rel=TOL)
+
+
+@pytest.mark.parametrize("sizes", [[5, 130, 3], [5, 19, 19, 3]], ids=["wide-layer", "narrow-forced"])
+@pytest.mark.parametrize("batch", [549, 1061])
+def test_layer_at_a_time_kernels_over_long_batches(rng, monkeypatch, sizes, batch):
+    """The layer-at-a-time kernels (the mnist_bigbatch and wide path) on long batches against float64:
+    a hidden width over the pipeline's 128, and a narrow network with the pipeline switched off."""
+    from fastbp.cpu import pipeline
+    monkeypatch.setattr(pipeline, "fits", lambda dims, n, threads: False)
+    for activation in ("relu", "tanh"):
+        t = perturbed_trainer(rng, sizes, activation, "cross_entropy")
+        X = rng.standard_normal((batch, sizes[0]))
+        y = rng.integers(0, sizes[-1], batch)
+        ref_loss, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, activation, "cross_entropy")
+        value, grads = t.gradients(X, y)
+        assert abs(value - ref_loss) / abs(ref_loss) < TOL
+        for (dW, db), (rW, rb) in zip(grads, ref_grads):
+            assert rel_error(dW, rW) < TOL and rel_error(db, rb) < TOL
+
+
+def test_a_skipped_adam_step_leaves_moments_and_step_count_alone(rng):
+    t = perturbed_trainer(rng, [4, 9, 2], "relu", "mse", optimizer="adam", lr=1e-2)
+    X = rng.standard_normal((8, 4))
+    t.step(X, rng.standard_normal((8, 2)))
+    before = [a.copy() for a in (t.state.params, t.state.moment1, t.state.moment2)]
+    huge = np.full((8, 2), 3e38)  # the squared error overflows: the loss is inf
+    with pytest.raises(FloatingPointError, match="the update was not applied"):
+        t.step(X, huge)
+    for saved, now in zip(before, (t.state.params, t.state.moment1, t.state.moment2)):
+        np.testing.assert_array_equal(now, saved)
+    assert t.step_count == 1

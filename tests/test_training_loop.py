@@ -183,8 +183,8 @@ def test_model_checkpoint_keeps_the_best_epochs_weights_and_names_files_by_metri
     record = LambdaCallback(lambda epoch, logs, t: snapshots.__setitem__(epoch, (logs["val_loss"], t.state.params.copy())))
     best = ModelCheckpoint(tmp_path / "best.npz", monitor="val_loss", save_best_only=True)
     named = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.4f}-{accuracy:.3f}.npz")
-    # A learning rate this large makes the validation loss go up and down.
-    t = fastbp.Trainer([10, 32, 3], loss="cross_entropy", lr=0.05, batch_size=16, seed=0)  # best: epoch 4 of 8
+    # At this learning rate the validation loss goes up and down: the best is epoch 4 of 8.
+    t = fastbp.Trainer([10, 32, 3], loss="cross_entropy", lr=0.05, batch_size=16, seed=0)
     hist = t.fit(X, y, epochs=8, validation_split=0.25, verbose=0, callbacks=[record, best, named])
     best_epoch = min(snapshots, key=lambda e: snapshots[e][0])
     assert best_epoch != hist.epoch[-1]  # the best file is not simply the last state
@@ -265,3 +265,56 @@ def test_history_plot_writes_a_png(tmp_path):
     fig = hist.plot(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(fig.axes) == 2
+
+
+# ---- what the README promises about the loop ----
+
+def test_train_begin_and_end_are_called_once_around_the_epochs():
+    X, y = problem(100)
+    calls = []
+
+    class Record(Callback):
+        def on_train_begin(self, trainer):
+            calls.append(("begin", trainer.epochs_done))
+
+        def on_epoch_end(self, epoch, logs, trainer):
+            calls.append(("epoch", epoch))
+
+        def on_train_end(self, trainer):
+            calls.append(("end", trainer.epochs_done))
+    fastbp.Trainer([10, 8, 3], loss="cross_entropy", seed=0).fit(X, y, epochs=3, verbose=0, callbacks=[Record()])
+    assert calls == [("begin", 0), ("epoch", 0), ("epoch", 1), ("epoch", 2), ("end", 3)]
+
+
+def test_constant_schedule_and_the_interval_override():
+    X, y = problem(64)
+    constant = fastbp.Trainer([10, 8, 3], loss="cross_entropy", lr=0.01, batch_size=16, seed=0,
+                              schedule=schedules.Constant(interval="step"))
+    assert constant.fit(X, y, epochs=2, verbose=0).history["lr"] == [0.01, 0.01]
+    per_step = fastbp.Trainer([10, 8, 3], loss="cross_entropy", lr=0.01, batch_size=16, seed=0,
+                              schedule=schedules.StepDecay(2, gamma=0.5, interval="step"))
+    per_step.fit(X, y, epochs=1, verbose=0)  # 4 steps: lr 0.01, 0.01, 0.005, 0.005 (as the 4th step used)
+    assert per_step.lr == pytest.approx(0.005)
+    per_step.step(X[:16], y[:16])  # the 5th step: 2 halvings
+    assert per_step.lr == pytest.approx(0.0025)
+
+
+def test_verbose_2_prints_one_line_per_epoch(capsys):
+    X, y = problem(64)
+    fastbp.Trainer([10, 8, 3], loss="cross_entropy", seed=0).fit(X, y, epochs=3, verbose=2, validation_split=0.25)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("val_accuracy" in line and "samples/s" in line for line in lines)
+
+
+def test_shuffle_false_takes_the_rows_in_order():
+    X, y = problem(70)
+    in_order = fastbp.Trainer([10, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
+    in_order.fit(X, y, epochs=1, shuffle=False, verbose=0)
+    by_hand = fastbp.Trainer([10, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
+    for start in range(0, 70, 16):
+        by_hand.step(X[start:start + 16], y[start:start + 16])
+    np.testing.assert_array_equal(in_order.state.params, by_hand.state.params)
+    shuffled = fastbp.Trainer([10, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
+    shuffled.fit(X, y, epochs=1, verbose=0)
+    assert not np.array_equal(shuffled.state.params, by_hand.state.params)

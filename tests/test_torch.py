@@ -38,3 +38,22 @@ def test_ten_steps_match_pytorch(rng, activation, loss, opt):
         assert abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs))
     for (W, b), (tW, tb) in zip(t.params, peers.torch_params(model)):
         assert rel_error(W, tW) < 1e-4 and rel_error(b, tb) < 1e-4
+
+
+def test_default_hyperparameters_are_pytorchs_own():
+    """fastbp's defaults against the defaults of PyTorch's optimizer objects themselves (not fastbp's
+    copy of them): Adagrad's eps 1e-10, AdamW's weight decay 0.01, RMSprop's alpha 0.99, Adam's betas."""
+    torch = pytest.importorskip("torch")
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD),
+                      ("adagrad", torch.optim.Adagrad), ("rmsprop", torch.optim.RMSprop)):
+        theirs = cls(p, lr=0.1).defaults
+        ours = fastbp.Trainer([2, 1], optimizer=name, lr=0.1).config
+        assert ours.weight_decay == theirs["weight_decay"], name
+        assert ours.momentum == theirs.get("momentum", 0.0), name
+        if "eps" in theirs:
+            assert ours.eps == theirs["eps"], name
+        if "betas" in theirs:
+            assert tuple(ours.betas) == tuple(theirs["betas"]), name
+        if "alpha" in theirs:
+            assert ours.alpha == theirs["alpha"], name

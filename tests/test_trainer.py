@@ -1,4 +1,6 @@
 """The Trainer's behaviour: determinism, learning, checkpoints, awkward-but-valid input."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,22 @@ def test_initialisation_scales():
     assert abs(W2.std() - np.sqrt(2 / 210)) < 0.1 * np.sqrt(2 / 210)         # Glorot for the linear output
     t = fastbp.Trainer([400, 300, 10], activation="tanh", seed=0)
     assert abs(t.params[0][0].std() - np.sqrt(2 / 700)) < 0.05 * np.sqrt(2 / 700)
+
+
+def test_initial_weights_are_uniform_within_the_limit_and_pinned():
+    """He/Glorot *uniform*: every weight within +-limit and half of them within limit/2 (a normal draw of
+    the same spread has 61% there and some beyond the limit). And seed 0 gives these very weights on every
+    machine: NumPy's PCG64 stream and the float64 -> float32 rounding are the same everywhere."""
+    t = fastbp.Trainer([1000, 500, 10], activation="relu", seed=0)
+    W0, W1 = t.params[0][0], t.params[1][0]
+    for W, limit in ((W0, np.sqrt(6 / 1000)), (W1, np.sqrt(6 / 510))):
+        assert np.abs(W).max() <= np.float32(limit)
+        assert abs(np.mean(np.abs(W) < limit / 2) - 0.5) < 0.01
+    pinned = fastbp.Trainer([3, 4, 2], seed=0).params
+    np.testing.assert_array_equal(pinned[0][0][0], np.array([0.38738614, -0.6511415, -1.2983229, -1.3674663],
+                                                            np.float32))
+    flat = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in pinned])
+    assert zlib.crc32(flat.tobytes()) == 3706627189
 
 
 def test_fit_learns_a_nonlinear_problem():

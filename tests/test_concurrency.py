@@ -327,3 +327,29 @@ def test_threads_option(rng):
 def pickle_round_trip(obj):
     import pickle
     return pickle.loads(pickle.dumps(obj))
+
+
+def _predict_in_worker(trainer_and_X):
+    trainer, X = trainer_and_X
+    return trainer.predict(X)
+
+
+def test_a_trained_trainer_travels_through_joblib_and_multiprocessing(tmp_path):
+    """joblib.dump/load and a multiprocessing pool (the Trainer pickled to the worker and back): the copy
+    predicts the same numbers and trains on exactly as the original does."""
+    import multiprocessing
+    joblib = pytest.importorskip("joblib")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    t = fastbp.Trainer([5, 12, 3], loss="cross_entropy", optimizer="adam", batch_size=16, seed=0, dropout=0.1)
+    t.fit(X, y, epochs=2, verbose=0)
+    joblib.dump(t, tmp_path / "t.joblib")
+    copy = joblib.load(tmp_path / "t.joblib")
+    np.testing.assert_array_equal(copy.predict(X), t.predict(X))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        from_worker, = pool.map(_predict_in_worker, [(t, X)])
+    np.testing.assert_array_equal(from_worker, t.predict(X))
+    t.fit(X, y, epochs=1, verbose=0)
+    copy.fit(X, y, epochs=1, verbose=0)  # moments, step count, RNG and dropout seed travelled too
+    np.testing.assert_array_equal(copy.state.params, t.state.params)

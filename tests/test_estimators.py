@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 sklearn = pytest.importorskip("sklearn")
-from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.datasets import load_digits, make_classification  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.model_selection import cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
@@ -91,3 +92,32 @@ def test_bad_parameters_are_clear_errors():
                           (dict(hidden_layer_sizes=(0,)), "hidden_layer_sizes"), (dict(max_iter=0), "max_iter")):
         with pytest.raises(ValueError, match=match):
             fastbp.MLPClassifier(**kwargs).fit(X, y)
+
+
+def test_options_beyond_the_defaults_reach_the_trainer():
+    """scikit-learn's names mapped onto the Trainer: SGD momentum and Nesterov, alpha as weight decay
+    alpha / batch_size, 'logistic' as sigmoid, Adam's betas and epsilon."""
+    X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    sgd = fastbp.MLPClassifier(hidden_layer_sizes=(7,), solver="sgd", momentum=0.5, nesterovs_momentum=False,
+                        alpha=0.02, batch_size=20, activation="logistic", max_iter=2, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        sgd.fit(X, y)
+    c = sgd.trainer_.config
+    assert (c.optimizer, c.momentum, c.nesterov, c.activation) == ("sgd", 0.5, False, "sigmoid")
+    assert c.weight_decay == pytest.approx(0.02 / 20)
+    adam = fastbp.MLPClassifier(hidden_layer_sizes=(7,), beta_1=0.8, beta_2=0.95, epsilon=1e-6, max_iter=2, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        adam.fit(X, y)
+    c = adam.trainer_.config
+    assert tuple(c.betas) == (0.8, 0.95) and c.eps == pytest.approx(1e-6)
+
+
+def test_tol_and_n_iter_no_change_stop_where_scikit_learn_stops():
+    """With a tol no epoch can beat, training stops after the epoch count scikit-learn's own MLP stops at."""
+    from sklearn.neural_network import MLPClassifier as SklearnMLP
+    X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    for patience in (1, 3):
+        options = dict(hidden_layer_sizes=(7,), tol=1e9, n_iter_no_change=patience, max_iter=50, random_state=0)
+        theirs = SklearnMLP(**options).fit(X, y)
+        ours = fastbp.MLPClassifier(**options).fit(X, y)
+        assert ours.n_iter_ == theirs.n_iter_ == patience + 2

@@ -110,3 +110,17 @@ def test_mnist_example_script_on_an_idx_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     fastbp_line = next(line for line in result.stdout.splitlines() if line.startswith("fastbp"))
     assert float(fastbp_line.split()[1]) > 0.5  # test accuracy column (chance: 0.1)
+
+
+def test_bench_command_runs_and_reports_the_losses_agree(tmp_path):
+    """`python -m fastbp bench` (the README's benchmark command) on a small custom network, one short round:
+    every peer's row, and fastbp's first-step loss equal to the NumPy reference's to float32 rounding."""
+    import json
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "fastbp", "bench", "--sizes", "16", "32", "4", "--batch", "64",
+                             "--peers", "fastbp", "numpy", "--rounds", "1", "--seconds-per-round", "0.05",
+                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GEMM ceiling" in result.stdout and "fastbp" in result.stdout and "numpy" in result.stdout
+    peers = next(iter(json.loads(out.read_text())["workloads"].values()))["peers"]
+    assert peers["fastbp"]["first_loss"] == pytest.approx(peers["numpy"]["first_loss"], rel=1e-5)

@@ -318,3 +318,18 @@ def test_shuffle_false_takes_the_rows_in_order():
     shuffled = fastbp.Trainer([10, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
     shuffled.fit(X, y, epochs=1, verbose=0)
     assert not np.array_equal(shuffled.state.params, by_hand.state.params)
+
+
+def test_a_step_uses_the_masks_that_gradients_training_true_reports():
+    """gradients(training=True) shows the next step's dropout masks: plain SGD then moves every parameter by
+    exactly -lr times that gradient (and a gradient without dropout would not match)."""
+    X, y = problem(40)
+    t = fastbp.Trainer([10, 16, 3], loss="cross_entropy", optimizer="sgd", lr=0.5, dropout=0.5, seed=0)
+    before = [(W.astype(np.float64), b.astype(np.float64)) for W, b in t.params]
+    _, with_masks = t.gradients(X, y, training=True)
+    _, without = t.gradients(X, y)
+    t.step(X, y)
+    for (W, b), (W0, b0), (dW, db), (dW_plain, _) in zip(t.params, before, with_masks, without):
+        np.testing.assert_allclose(W, W0 - 0.5 * dW, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(b, b0 - 0.5 * db, rtol=0, atol=1e-6)
+    assert not np.allclose(with_masks[0][0], without[0][0])

@@ -111,3 +111,47 @@ def test_trainer_api_on_cuda(tmp_path, rng):
             before = big.params
             big.step(np.ones((2, 4)), np.full((2, 2), 1e3))
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(big.params, before))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_whole_adam_steps_match_the_float64_reference(rng, activation, fused):
+    """Every activation on both GPU paths: two whole steps (forward, loss, backward, Adam with weight
+    decay) against reference.Network in float64, not against the CPU backend."""
+    from fastbp import reference
+    _, gpu = pair([5, 9, 3], fused=fused, activation=activation, loss="cross_entropy", optimizer="adam", lr=1e-2,
+                  weight_decay=0.01)
+    start = [(W.astype(np.float64), b.astype(np.float64)) for W, b in gpu.params]
+    ref = reference.Network(start, activation=activation, loss="cross_entropy", kind="adam", lr=1e-2,
+                            weight_decay=0.01)
+    for batch in (7, 1):
+        X, y = rng.standard_normal((batch, 5)), rng.integers(0, 3, batch)
+        assert gpu.step(X, y) == pytest.approx(ref.step(X, y), rel=1e-4)
+    for (W, b), (rW, rb) in zip(gpu.params, ref.params):
+        assert rel_error(W, rW) < 1e-4 and rel_error(b, rb) < 1e-4
+
+
+class Interface:
+    """Only __cuda_array_interface__, as CuPy arrays and PyTorch CUDA tensors offer it (no numba type)."""
+
+    def __init__(self, device_array):
+        self._keep = device_array
+        self.__cuda_array_interface__ = device_array.__cuda_array_interface__
+
+
+@pytest.mark.skipif(fastbp.cuda.backend._simulated(),
+                    reason="Numba's CUDA simulator has no __cuda_array_interface__; runs on a real GPU "
+                           "(FASTBP_TEST_REAL_GPU=1)")
+def test_arrays_given_through_the_cuda_array_interface(rng):
+    X = rng.standard_normal((20, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 20).astype(np.int64)
+    host, device = pair([4, 6, 3], loss="cross_entropy", batch_size=8)
+    host.fit(X, y, epochs=2, verbose=0)
+    device.fit(Interface(cuda.to_device(X)), Interface(cuda.to_device(y)), epochs=2, verbose=0)
+    for (Wh, bh), (Wd, bd) in zip(host.params, device.params):
+        assert rel_error(Wd, Wh) < 1e-5 and rel_error(bd, bh) < 1e-5
+    np.testing.assert_allclose(device.predict(Interface(cuda.to_device(X))), device.predict(X), rtol=1e-6)
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        device.fit(Interface(cuda.to_device(bad)), Interface(cuda.to_device(y)), verbose=0)

@@ -1,0 +1,159 @@
+"""The test suite's power, measured: deliberate bugs (mutants) applied one at a time, each must make tests fail.
+
+    python scripts/mutation_check.py              # every mutant; prints a table, exits 1 if any survived
+    python scripts/mutation_check.py --list       # the mutants and the tests each one runs
+    python scripts/mutation_check.py --only adam_bias_correction clip_norm_formula
+
+Each mutant replaces one exact piece of source text (it must occur exactly once) in a file, clears Numba's
+on-disk cache (which does not see edits to inlined callees), runs the tests that guard that piece with
+`pytest -x`, and restores the file, also on Ctrl-C. A mutant is killed when pytest fails; survived when
+it passes. Run it in a clean checkout: it edits files in place (and restores them).
+"""
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# (name, file, original text, mutated text, pytest arguments): the bug, and the tests that must catch it.
+MUTANTS = [
+    # ---- reference (the executable spec) ----
+    ("reference_tanh_derivative", "fastbp/reference.py", "        return 1 - a * a\n", "        return 1 - a\n",
+     ["tests/test_reference.py"]),
+    # ---- CPU kernels ----
+    ("cpu_tanh_derivative", "fastbp/cpu/delta_backward.py",
+     "a[j] = d[j] * (np.float32(1.0) - a[j] * a[j])", "a[j] = d[j] * (np.float32(1.0) - a[j])",
+     ["tests/cpu/test_kernels.py", "-k", "loss_gradients and tanh"]),
+    ("cpu_leaky_slope", "fastbp/cpu/delta_backward.py",
+     "a[j] = d[j] if a[j] > 0 else d[j] * np.float32(SLOPE)", "a[j] = d[j] if a[j] > 0 else np.float32(0.0)",
+     ["tests/cpu/test_kernels.py", "-k", "loss_gradients and leaky"]),
+    ("cpu_delta_tile_bound", "fastbp/cpu/delta_backward.py", "rows = min(TILE_ROWS, r1 - t0)",
+     "rows = min(TILE_ROWS, r1 - t0 - 1)", ["tests/cpu/test_kernels.py", "-k", "long_batches"]),
+    ("cpu_weight_grad_drops_bias_row", "fastbp/cpu/weight_grad.py",
+     "        r0, r1, c0, c1 = 0, fan_in + 1, 0, fan_out\n",
+     "        r0, r1, c0, c1 = 0, fan_in, 0, fan_out\n", ["tests/cpu/test_kernels.py", "-k", "loss_gradients"]),
+    ("cpu_cross_entropy_scale", "fastbp/cpu/loss_delta.py",
+     "return np.float32(1.0 / n) if loss == CROSS_ENTROPY else np.float32(1.0 / (n * m))",
+     "return np.float32(1.0 / n) if loss == CROSS_ENTROPY else np.float32(1.0 / n)",
+     ["tests/cpu/test_kernels.py", "-k", "loss_gradients and mse"]),
+    ("clip_norm_formula", "fastbp/cpu/optimizers.py", "max_norm / (np.sqrt(total) + 1e-6)",
+     "max_norm / (total + 1e-6)", ["tests/cpu/test_kernels.py", "-k", "several_updates and clip"]),
+    # ---- optimizer rules (shared by CPU and CUDA) ----
+    ("adam_bias_correction", "fastbp/update_rules.py", "f(1.0 / math.sqrt(1.0 - settings.beta2 ** settings.step))",
+     "f(1.0 / math.sqrt(1.0 - settings.beta2 ** (settings.step + 1)))",
+     ["tests/cpu/test_kernels.py", "-k", "several_updates and adam"]),
+    ("rmsprop_without_one_minus_alpha", "fastbp/update_rules.py",
+     "m1 = alpha * m1 + one_minus_alpha * g * g", "m1 = alpha * m1 + g * g",
+     ["tests/cpu/test_kernels.py", "-k", "several_updates and rmsprop"]),
+    ("adagrad_half_lr", "fastbp/update_rules.py", "return p - lr * g / (math.sqrt(m1) + eps), m1, m2",
+     "return p - 0.5 * lr * g / (math.sqrt(m1) + eps), m1, m2",
+     ["tests/cpu/test_kernels.py", "-k", "several_updates and adagrad"]),
+    ("adagrad_default_eps", "fastbp/options.py", 'DEFAULT_EPS = {"adagrad": 1e-10}', 'DEFAULT_EPS = {"adagrad": 1e-8}',
+     ["tests/test_torch.py", "-k", "pytorchs_own"]),
+    # ---- CUDA kernels (on the simulator) ----
+    ("cuda_reduce_barrier_skipped", "fastbp/cuda/reduce.py",
+     "                partial_y[tid] += partial_y[tid + stride]\n            cuda.syncthreads()\n",
+     "                partial_y[tid] += partial_y[tid + stride]\n",
+     ["tests/cuda/test_cuda_backend.py", "-k", "float64_reference or optimizers"]),
+    ("cuda_tanh_derivative", "fastbp/cuda/device_math.py", "return float32(1.0) - a * a", "return float32(1.0) - a",
+     ["tests/cuda/test_cuda_backend.py", "-k", "float64_reference and tanh"]),
+    # ---- data checks ----
+    ("label_range_check_skipped", "fastbp/validation.py", "if arr.size and (arr.min() < 0 or arr.max() >= n_classes):",
+     "if False:", ["tests/test_validation.py"]),
+    ("nan_check_skipped", "fastbp/validation.py", "    if not np.issubdtype(arr.dtype, np.floating):\n        return\n",
+     "    return\n", ["tests/test_validation.py"]),
+    # ---- the training loop ----
+    ("load_drops_schedule", "fastbp/trainer.py", 't.schedule = meta["schedule"]', "t.schedule = None",
+     ["tests/test_training_loop.py", "-k", "resume"]),
+    ("predict_applies_dropout", "fastbp/cpu/backend.py", "        self._run(step.FORWARD, X, None, None, rows)\n",
+     "        self._run(step.FORWARD, X, None, None, rows, None, 12345, 8388608)\n",
+     ["tests/cpu/test_kernels.py", "-k", "no_dropout"]),
+    ("skipped_step_counts", "fastbp/trainer.py", "                self._raise_non_finite_loss(loss)\n",
+     "                self.state.step_count += 1\n                self._raise_non_finite_loss(loss)\n",
+     ["tests/cpu/test_kernels.py", "-k", "skipped_adam"]),
+    ("step_decay_off_by_one", "fastbp/schedules.py", "base_lr * self.gamma ** (count // self.step_size)",
+     "base_lr * self.gamma ** (count // self.step_size + 1)", ["tests/test_training_loop.py", "-k", "schedule"]),
+    ("model_checkpoint_saves_every_epoch", "fastbp/callbacks.py",
+     "            if not improved(current, self.best, self.mode, 0.0):\n                return\n",
+     "            if not improved(current, self.best, self.mode, 0.0):\n                pass\n",
+     ["tests/test_training_loop.py", "-k", "model_checkpoint"]),
+    ("normal_init", "fastbp/state.py", "W[...] = rng.uniform(-limit, limit, size=W.shape)",
+     "W[...] = rng.normal(0.0, limit / np.sqrt(3.0), size=W.shape)", ["tests/test_trainer.py", "-k", "uniform"]),
+    # ---- checkpoints ----
+    ("load_forgets_step_count", "fastbp/trainer.py",
+     's.step_count, t.epochs_done, t._dropout_seed = meta["step_count"], meta["epochs_done"], meta["dropout_seed"]',
+     's.step_count, t.epochs_done, t._dropout_seed = 0, meta["epochs_done"], meta["dropout_seed"]',
+     ["tests/test_checkpoint.py"]),
+    # ---- estimators ----
+    ("estimator_alpha_unscaled", "fastbp/estimators.py", "weight_decay=self.alpha / batch)", "weight_decay=self.alpha)",
+     ["tests/test_estimators.py", "-k", "beyond"]),
+    ("estimator_patience", "fastbp/estimators.py", "patience=self.n_iter_no_change + 1,",
+     "patience=self.n_iter_no_change,", ["tests/test_estimators.py", "-k", "tol_and"]),
+    # ---- MPI, micro-batches, memory-mapped data ----
+    ("mpi_share_weight_dropped", "fastbp/trainer.py", "            grads *= np.float32(weight)\n",
+     "            grads *= np.float32(1.0)\n", ["tests/test_micro_batches.py", "-k", "every or pipeline"]),
+    ("micro_batch_masks_not_offset", "fastbp/trainer.py", "offset_key(key, first + start)", "offset_key(key, first)",
+     ["tests/test_micro_batches.py", "-k", "every"]),
+    ("mpi_initial_weights_not_broadcast", "fastbp/trainer.py", "        self.state.params[:] = params\n",
+     "        pass\n", ["tests/test_distributed.py", "-k", "estimator"]),
+    ("memory_mapped_rows_out_of_order", "fastbp/sources.py", "            X[order] = self.X[in_file_order]\n",
+     "            X[:] = self.X[in_file_order]\n", ["tests/test_sources.py", "-k", "same_data_in_memory"]),
+]
+
+
+def clear_numba_cache():
+    for pattern in ("*.nbi", "*.nbc"):
+        for path in (ROOT / "fastbp").rglob(pattern):
+            path.unlink()
+
+
+def run_mutant(name, relative, original, mutated, test_args, timeout):
+    """'killed', 'survived', or 'timed out' (a hang counts as caught: the suite would not pass)."""
+    path = ROOT / relative
+    source = path.read_text()
+    if source.count(original) != 1:
+        raise SystemExit(f"{name}: the text to mutate occurs {source.count(original)} times in {relative}")
+    try:
+        path.write_text(source.replace(original, mutated))
+        clear_numba_cache()
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_args],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "timed out"
+        return "survived" if done.returncode == 0 else "killed"
+    finally:
+        path.write_text(source)
+        clear_numba_cache()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants only")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant's tests")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
+    if args.list:
+        for name, relative, _, _, tests in chosen:
+            print(f"{name:36s} {relative:30s} {' '.join(tests)}")
+        return 0
+    survivors = []
+    print(f"{'mutant':36s} {'file':30s} {'result':10s} seconds")
+    for name, relative, original, mutated, tests in chosen:
+        start = time.perf_counter()
+        result = run_mutant(name, relative, original, mutated, tests, args.timeout)
+        print(f"{name:36s} {relative:30s} {result:10s} {time.perf_counter() - start:6.0f}", flush=True)
+        if result == "survived":
+            survivors.append(name)
+    print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutants killed"
+          + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())

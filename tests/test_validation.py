@@ -172,3 +172,25 @@ def test_more_hostile_input():
         t.fit(X, np.zeros(5, int), callbacks=5)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         t.save("/nonexistent-fastbp-dir/model.npz")
+
+
+def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch):
+    """Seen from inside the compiled call: every BLAS library at one thread; around it, the user's setting."""
+    from threadpoolctl import threadpool_limits
+    from fastbp.cpu import step
+    from fastbp.threads import _blas_libraries
+    seen = []
+    compiled = step.run
+
+    def observed(*args):
+        seen.append([lib.num_threads for lib in _blas_libraries()])
+        return compiled(*args)
+    monkeypatch.setattr(step, "run", observed)
+    t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = [lib.num_threads for lib in _blas_libraries()]
+        t.step(X_OK, np.arange(len(X_OK)) % 3)
+        t.predict(X_OK)
+        assert [lib.num_threads for lib in _blas_libraries()] == outside
+    assert outside and all(n == 2 for n in outside)  # so that one thread inside means something
+    assert len(seen) == 2 and all(n == 1 for counts in seen for n in counts)

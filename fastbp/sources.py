@@ -126,6 +126,8 @@ class OnDemand:
             finite = np.isfinite(X.sum(dtype=np.float64))
         if not finite:  # NaN, infinity, or beyond float32's range: named as the up-front check names it
             self.checks.features(self.X[rows], self.n_features, self.names[0])
+            raise ValueError(f"{self.names[0]} changed since it was checked: rows of this batch are no longer "
+                             "finite in float32")  # never reached unless the check above disagrees
         labels, targets = self.checks.targets_for(self.loss, y, rows.size, self.n_outputs, self.names[1])
         return X, labels, targets, np.arange(rows.size, dtype=np.int64)
 

@@ -58,8 +58,16 @@ def make_batch(sizes, batch, loss, seed=0):
     return X, y
 
 
-def build_peers(sizes, batch, loss, activation="relu", peers=("fastbp", "torch", "numpy"), threads=None):
-    """{name: step(X, y) -> loss} sharing one initial set of weights, plus the losses of their first step."""
+# Peer name -> PyTorch mode (peers.TORCH_MODES): `torch` is PyTorch eager at its fastest (fused Adam).
+TORCH_PEERS = {"torch": "fused", "torch_foreach": "foreach", "torch_compile": "compile"}
+ALL_PEERS = ("fastbp", *TORCH_PEERS, "jax", "numpy")
+# The default comparison: every peer at its best (the foreach optimizer only on request).
+DEFAULT_PEERS = ("fastbp", "torch", "torch_compile", "jax", "numpy")
+
+
+def build_peers(sizes, batch, loss, activation="relu", peers=DEFAULT_PEERS, threads=None):
+    """{name: step(X, y) -> loss} sharing one initial set of weights (peers whose framework is not
+    installed are left out, with a message)."""
     from . import peers as peer_impls
     from .trainer import Trainer
     trainer = Trainer(sizes, activation=activation, loss=loss, optimizer="adam", lr=1e-3, batch_size=batch,
@@ -69,10 +77,10 @@ def build_peers(sizes, batch, loss, activation="relu", peers=("fastbp", "torch",
     for name in peers:
         if name == "fastbp":
             steps[name] = trainer.step
-        elif name in ("torch", "torch_compile"):
+        elif name in TORCH_PEERS:
             try:
                 steps[name] = peer_impls.torch_peer(trainer.config, params, threads=threads,
-                                                    compiled=name == "torch_compile")[0]
+                                                    mode=TORCH_PEERS[name])[0]
             except ImportError:
                 print(f"PyTorch is not installed: skipping the {name} peer", file=sys.stderr)
         elif name == "jax":
@@ -83,7 +91,7 @@ def build_peers(sizes, batch, loss, activation="relu", peers=("fastbp", "torch",
         elif name == "numpy":
             steps[name] = peer_impls.numpy_peer(trainer.config, params).step
         else:
-            raise ValueError(f"unknown peer {name!r}; valid: fastbp, torch, torch_compile, jax, numpy")
+            raise ValueError(f"unknown peer {name!r}; valid: {', '.join(ALL_PEERS)}")
     return steps
 
 
@@ -199,8 +207,9 @@ def add_parser(sub):
     p.add_argument("--sizes", type=int, nargs="+", help="custom layer sizes (instead of --workloads)")
     p.add_argument("--batch", type=int, default=1024, help="batch for --sizes")
     p.add_argument("--loss", default="cross_entropy", help="loss for --sizes")
-    p.add_argument("--peers", nargs="*", default=["fastbp", "torch", "numpy"],
-                   help="any of: fastbp, torch, torch_compile, jax, numpy (peers not installed are skipped)")
+    p.add_argument("--peers", nargs="*", default=list(DEFAULT_PEERS),
+                   help=f"any of: {', '.join(ALL_PEERS)} (torch: fused Adam; torch_foreach: PyTorch's default "
+                        "Adam; torch_compile: the whole step compiled; peers not installed are skipped)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per peer (the median is reported)")
     p.add_argument("--seconds-per-round", type=float, default=0.4, help="timed steps per round, in seconds")
     p.add_argument("--memory", action="store_true", help="also measure fastbp's peak training memory "

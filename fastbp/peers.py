@@ -3,20 +3,23 @@
 PyTorch and JAX are optional: each peer imports its framework on first use and raises ImportError when
 it is missing.
 """
+import functools
+
 import numpy as np
 
 from . import reference
 
 
-def torch_peer(config, params, threads=None, compiled=False):
-    """(step, model) for PyTorch eager: step(X, y) -> loss float runs one training step on numpy arrays
-    already converted by the caller (X float32 (n, in); y int64 labels or float32 (n, out) targets).
+# PyTorch's optimizer implementations: "fused" (one fused CPU kernel per parameter group: PyTorch's fastest
+# eager optimizer, and the `torch` benchmark peer), "foreach" (its default, multi-tensor ops) and "compile"
+# (torch.compile of the whole step, optimizer included: Inductor generates one C++ loop for the update).
+TORCH_MODES = ("fused", "foreach", "compile")
 
-    compiled: the model's forward (and so its backward) through torch.compile (Inductor's generated C++
-    on the CPU), as PyTorch recommends for speed; the optimizer step stays eager (foreach Adam)."""
+
+def torch_model(config, params):
+    """(model, loss_fn): an nn.Sequential of Linear layers and activations holding params (fastbp layout,
+    W (fan_in, fan_out)), and the loss module matching config.loss."""
     import torch
-    if threads:
-        torch.set_num_threads(threads)
     activations = {"identity": torch.nn.Identity, "relu": torch.nn.ReLU, "leaky_relu": torch.nn.LeakyReLU,
                    "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
     layers = []
@@ -28,42 +31,66 @@ def torch_peer(config, params, threads=None, compiled=False):
             layers.append(linear)
             if l < len(params) - 1:
                 layers.append(activations[config.activation]())
-    model = torch.nn.Sequential(*layers)
     loss_fn = {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss(),
                "bce": torch.nn.BCEWithLogitsLoss()}[config.loss]
-    c = config
-    if c.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                              weight_decay=c.weight_decay)
-    elif c.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-    elif c.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps,
-                                weight_decay=c.weight_decay)
-    elif c.optimizer == "adagrad":
-        opt = torch.optim.Adagrad(model.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
-    else:
-        opt = torch.optim.RMSprop(model.parameters(), lr=c.lr, alpha=c.alpha, eps=c.eps,
-                                  weight_decay=c.weight_decay, momentum=c.momentum)
+    return torch.nn.Sequential(*layers), loss_fn
 
-    forward = torch.compile(model) if compiled else model
+
+def torch_optimizer(config, parameters, mode):
+    """config's optimizer as a torch.optim object; mode "fused" asks for the fused kernel (RMSprop has
+    none and stays foreach), "foreach" and "compile" take PyTorch's default implementation."""
+    import torch
+    c = config
+    fast = {"fused": True} if mode == "fused" and c.optimizer != "rmsprop" else {}
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                               weight_decay=c.weight_decay, **fast)
+    if c.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
+        return cls(parameters, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **fast)
+    if c.optimizer == "adagrad":
+        return torch.optim.Adagrad(parameters, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay, **fast)
+    return torch.optim.RMSprop(parameters, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay,
+                               momentum=c.momentum)
+
+
+def torch_peer(config, params, threads=None, mode="fused"):
+    """(step, model) for PyTorch: step(X, y) -> loss float runs one training step on numpy arrays already
+    converted by the caller (X float32 (n, in); y int64 labels or float32 (n, out) targets).
+
+    mode (TORCH_MODES): "fused" eager with the fused optimizer; "foreach" eager with the default one;
+    "compile" the whole step (zero_grad, forward, loss, backward, clipping, optimizer step) through
+    torch.compile, as PyTorch's tutorials on compiled training steps do."""
+    import torch
+    if mode not in TORCH_MODES:
+        raise ValueError(f"unknown PyTorch mode {mode!r}; valid: {', '.join(TORCH_MODES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    model, loss_fn = torch_model(config, params)
+    opt = torch_optimizer(config, model.parameters(), mode)
+    clip_norm = config.clip_norm
+
+    def train_step(xt, yt):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        opt.step()
+        return loss.detach()
+
+    compiled_step = torch.compile(train_step) if mode == "compile" else train_step
 
     def step(X, y):
-        xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(xt), yt)
-        loss.backward()
-        if c.clip_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_norm)
-        opt.step()
-        return loss.item()
+        return compiled_step(torch.from_numpy(X), torch.from_numpy(y)).item()
 
     return step, model
 
 
 def jax_peer(config, params):
     """step(X, y) -> loss float: the same network, loss and Adam update written in JAX, the whole step
-    (forward, backward, update) one jax.jit-compiled function. Adam only (the benchmark's optimizer)."""
+    (forward, backward, update) one jax.jit-compiled function whose weights and moments are donated (updated
+    in place, no copy per step). Adam only (the benchmark's optimizer)."""
     import jax
     import jax.numpy as jnp
     if config.optimizer != "adam" or config.weight_decay or config.clip_norm:
@@ -85,7 +112,7 @@ def jax_peer(config, params):
             return jnp.mean((a - y) ** 2)
         return jnp.mean(jnp.maximum(a, 0) - a * y + jnp.log1p(jnp.exp(-jnp.abs(a))))
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
     def train_step(weights, m, v, t, X, y):
         value, grads = jax.value_and_grad(loss_fn)(weights, X, y)
         t = t + 1

@@ -30,7 +30,7 @@ def test_jax_peer_matches_reference(rng, loss):
 
 def test_torch_compile_peer_matches_reference(rng):
     pytest.importorskip("torch")
-    three_steps(rng, lambda config, params: peers.torch_peer(config, params, compiled=True)[0], "cross_entropy")
+    three_steps(rng, lambda config, params: peers.torch_peer(config, params, mode="compile")[0], "cross_entropy")
 
 
 def test_jax_peer_refuses_what_it_does_not_implement():

@@ -50,12 +50,14 @@ def update_span(params, grads, moment1, moment2, settings, grad_scale, lo, hi):
     kind = settings.kind
     (lr, wd, mu, nesterov, b1, b2, one_minus_b1, one_minus_b2, alpha, one_minus_alpha, eps, step_size,
      inv_sqrt_bc2, decay) = _scalars(settings)
-    for i in range(lo, hi):
+    # Slices indexed from 0: the compiler then knows no index is negative, and vectorizes the loop (with
+    # params[i] for i in range(lo, hi) it did not: 4x slower, measured here).
+    p, gr, m1, m2 = params[lo:hi], grads[lo:hi], moment1[lo:hi], moment2[lo:hi]
+    for i in range(p.size):
         # No multiply by 1 for the compiler to fuse with the rule's first addition.
-        g = grads[i] if grad_scale == 1 else grads[i] * grad_scale
-        params[i], moment1[i], moment2[i] = _update(
-            kind, params[i], g, moment1[i], moment2[i], lr, wd, mu, nesterov, b1, b2, one_minus_b1, one_minus_b2,
-            alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay)
+        g = gr[i] if grad_scale == 1 else gr[i] * grad_scale
+        p[i], m1[i], m2[i] = _update(kind, p[i], g, m1[i], m2[i], lr, wd, mu, nesterov, b1, b2, one_minus_b1,
+                                     one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")

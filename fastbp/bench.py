@@ -1,4 +1,5 @@
-"""Side-by-side training-step benchmark: fastbp, PyTorch eager (when installed) and the NumPy reference.
+"""Side-by-side training-step benchmark: fastbp against PyTorch (eager with fused Adam, torch.compile of the
+whole step), JAX (jit of the whole step) and the NumPy reference, each peer when installed.
 
 All peers start from the same weights and train on the same fixed batch. After warm-up (compilation
 included there, and timed separately), rounds of steps are interleaved peer by peer so that machine
@@ -30,7 +31,13 @@ PAUSE_BETWEEN_PEERS_S = 0.3
 
 
 def step_flops(sizes, batch):
+    """The conventional count: 6 x batch x sum(fan_in x fan_out) (forward, input gradient, weight gradient)."""
     return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def needed_flops(sizes, batch):
+    """FLOPs a step has to do: step_flops less the first layer's input gradient, which nobody computes."""
+    return step_flops(sizes, batch) - 2 * batch * sizes[0] * sizes[1]
 
 
 def gemm_ceiling(n=4096, repeats=3):
@@ -126,6 +133,7 @@ def run_workload(name, sizes, batch, loss, peers, rounds=5, seconds_per_round=0.
     for peer in steps:
         median = statistics.median(samples[peer])
         results[peer] = {"step_s": median, "samples_per_s": batch / median, "gflops": flops / median / 1e9,
+                         "needed_gflops": needed_flops(sizes, batch) / median / 1e9,
                          "first_step_s": warmup_s[peer], "first_loss": first_loss[peer],
                          "steps_timed": len(samples[peer])}
     return results
@@ -141,33 +149,64 @@ def _proc_status_bytes(field):
     raise OSError(f"no {field} in /proc/self/status")
 
 
-def _memory_probe(sizes, batch, loss, steps, queue):
-    """In a fresh process: resident memory before the network exists and at the peak of training."""
-    from .trainer import Trainer
-    warm = Trainer([4, 3, 2], loss=loss, batch_size=2)  # loads (or compiles) the kernels first
+def _memory_probe(peer, sizes, batch, loss, steps, queue):
+    """In a fresh process: resident memory once the peer's framework is loaded and warm (a small network
+    trained a step), and the peak while the peer builds and trains the workload's network."""
     X, y = make_batch([4, 3, 2], 2, loss)
-    warm.step(X, y)
-    X, y = make_batch(sizes, batch, loss)
+    build_peers([4, 3, 2], 2, loss, peers=(peer,))[peer](X, y)  # imports the framework, loads or compiles
     baseline = _proc_status_bytes("VmRSS")
-    t = Trainer(sizes, loss=loss, batch_size=batch, seed=0)
+    X, y = make_batch(sizes, batch, loss)
+    step = build_peers(sizes, batch, loss, peers=(peer,))[peer]
     for _ in range(steps):
-        t.step(X, y)
-    peak = _proc_status_bytes("VmHWM")
-    queue.put((baseline, peak))
+        step(X, y)
+    queue.put((baseline, _proc_status_bytes("VmHWM")))
 
 
-def peak_memory(sizes, batch, loss, steps=3):
-    """Training memory above the process's baseline, and the budget: parameters x 4 (weights, gradients,
-    two Adam moments) + one set of activations for the batch (input included) + 64 MB. Bytes."""
+def peak_memory(peer, sizes, batch, loss, steps=3):
+    """What training the workload adds to a process (bytes, peak resident memory above the warm
+    framework's), and fastbp's budget: parameters x 4 (weights, gradients, two Adam moments) + one set of
+    activations for the batch (input included) + 64 MB."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_probe, args=(sizes, batch, loss, steps, queue))
+    proc = ctx.Process(target=_memory_probe, args=(peer, sizes, batch, loss, steps, queue))
     proc.start()
     baseline, peak = queue.get()
     proc.join()
     n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
     budget = 4 * n_params * 4 + batch * sum(sizes) * 4 + 64 * 2 ** 20
     return {"used_bytes": peak - baseline, "budget_bytes": budget}
+
+
+_FIRST_FIT = """
+import sys, time
+start = time.perf_counter()
+import numpy as np
+import fastbp
+from fastbp.bench import make_batch
+sizes, batch, loss = {sizes!r}, {batch!r}, {loss!r}
+X, y = make_batch(sizes, 4 * batch, loss)
+trainer = fastbp.Trainer(sizes, loss=loss, batch_size=batch, seed=0)
+trainer.fit(X, y, epochs=1, validation_data=(X[:batch], y[:batch]), verbose=0)
+first_fit = time.perf_counter() - start
+"""
+
+
+def compile_times(sizes, batch, loss):
+    """Seconds for a new process to import fastbp and run a first fit of one epoch (4 batches) with
+    validation data, every entry point it needs included: with Numba's on-disk cache empty (compilation,
+    what a fresh install pays once) and then warm (every later run), each in a fresh process."""
+    import subprocess
+    import tempfile
+    code = _FIRST_FIT.format(sizes=list(sizes), batch=batch, loss=loss) + "print(first_fit)"
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fastbp-numba-cache-") as cache_dir:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        for key in ("cold_s", "warm_s"):
+            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"first-fit probe failed: {run.stderr[-2000:]}")
+            out[key] = float(run.stdout.split()[-1])
+    return out
 
 
 def loss_agreement(results, against="torch"):
@@ -180,23 +219,35 @@ def loss_agreement(results, against="torch"):
 
 def format_table(all_results, ceiling):
     lines = [f"GEMM ceiling (NumPy float32 4096^3, this run): {ceiling:.1f} GFLOP/s", "",
-             f"{'workload':<15} {'peer':<13} {'ms/step':>9} {'samples/s':>12} {'GFLOP/s':>8} {'ceiling':>8} "
-             f"{'fastbp x':>9} {'1st step s':>10}"]
+             f"{'workload':<15} {'peer':<14} {'ms/step':>9} {'samples/s':>11} {'GFLOP/s':>8} {'ceiling':>8} "
+             f"{'fastbp x':>9} {'1st step s':>10} {'memory MB':>9}"]
     for name, res in all_results.items():
         base = res["peers"].get("fastbp")
         for peer, r in res["peers"].items():
             speedup = r["step_s"] / base["step_s"] if base else float("nan")
-            lines.append(f"{name:<15} {peer:<13} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:12,.0f} "
-                         f"{r['gflops']:8.1f} {r['gflops'] / ceiling:8.1%} {speedup:9.2f} {r['first_step_s']:10.3f}")
-        mem = res.get("memory")
-        if mem:
-            lines.append(f"{'':<15} fastbp training memory {mem['used_bytes'] / 2 ** 20:.0f} MB "
-                         f"(budget {mem['budget_bytes'] / 2 ** 20:.0f} MB)")
+            mem = r.get("memory")
+            mem_text = f"{mem['used_bytes'] / 2 ** 20:9.0f}" if mem else f"{'':>9}"
+            lines.append(f"{name:<15} {peer:<14} {r['step_s'] * 1e3:9.3f} {r['samples_per_s']:11,.0f} "
+                         f"{r['gflops']:8.1f} {r['needed_gflops'] / ceiling:8.1%} {speedup:9.2f} "
+                         f"{r['first_step_s']:10.3f} {mem_text}")
+        others = {p: r["step_s"] for p, r in res["peers"].items() if p not in ("fastbp", "numpy")}
+        if base and others:
+            best = min(others, key=others.get)
+            lines.append(f"{'':<15} fastbp against the best peer ({best}): {others[best] / base['step_s']:.2f}x")
+        if base and base.get("memory"):
+            lines.append(f"{'':<15} fastbp's memory budget {base['memory']['budget_bytes'] / 2 ** 20:.0f} MB")
+        first = res.get("first_fit")
+        if first:
+            lines.append(f"{'':<15} fastbp first fit with validation, new process: {first['cold_s']:.1f} s with "
+                         f"an empty kernel cache, {first['warm_s']:.2f} s warm")
         agree = res.get("loss_rel_diff_vs_torch")
         if agree is not None:
             lines.append(f"{'':<15} first-step loss, fastbp vs torch: relative difference {agree:.1e}")
     lines.append("")
-    lines.append("fastbp x = peer's step time / fastbp's (above 1: fastbp is faster)")
+    lines.append("GFLOP/s: 6 x batch x sum(fan_in x fan_out) per step; ceiling: the FLOPs a step needs (that less "
+                 "layer 1's input gradient) per second, over the GEMM ceiling. fastbp x = peer's step time / "
+                 "fastbp's (above 1: fastbp is faster). 1st step s: compilation (torch.compile, jax.jit) "
+                 "included. memory: peak resident memory training adds above the warm framework's.")
     return "\n".join(lines)
 
 
@@ -212,8 +263,11 @@ def add_parser(sub):
                         "Adam; torch_compile: the whole step compiled; peers not installed are skipped)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per peer (the median is reported)")
     p.add_argument("--seconds-per-round", type=float, default=0.4, help="timed steps per round, in seconds")
-    p.add_argument("--memory", action="store_true", help="also measure fastbp's peak training memory "
-                   "(one fresh process per workload)")
+    p.add_argument("--memory", action="store_true", help="also measure each peer's peak training memory "
+                   "(one fresh process per workload and peer)")
+    p.add_argument("--compile-time", action="store_true", help="also time fastbp's first fit with validation "
+                   "data in a new process, kernel cache empty and then warm")
+    p.add_argument("--all", action="store_true", help="--memory and --compile-time")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=main)
     return p
@@ -236,8 +290,11 @@ def main(args):
                            seconds_per_round=args.seconds_per_round, threads=threads)
         all_results[name] = {**w, "flops_per_step": step_flops(w["sizes"], w["batch"]), "peers": res,
                              "loss_rel_diff_vs_torch": loss_agreement(res)}
-        if args.memory:
-            all_results[name]["memory"] = peak_memory(w["sizes"], w["batch"], w["loss"])
+        if args.memory or args.all:
+            for peer, r in res.items():
+                r["memory"] = peak_memory(peer, w["sizes"], w["batch"], w["loss"])
+        if (args.compile_time or args.all) and "fastbp" in res:
+            all_results[name]["first_fit"] = compile_times(w["sizes"], w["batch"], w["loss"])
     print(format_table(all_results, ceiling))
     if args.json:
         with open(args.json, "w") as f:

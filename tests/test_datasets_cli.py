@@ -113,14 +113,23 @@ def test_mnist_example_script_on_an_idx_directory(tmp_path):
 
 
 def test_bench_command_runs_and_reports_the_losses_agree(tmp_path):
-    """`python -m fastbp bench` (the README's benchmark command) on a small custom network, one short round:
-    every peer's row, and fastbp's first-step loss equal to the NumPy reference's to float32 rounding."""
+    """`python -m fastbp bench --all` (the README's benchmark command) on a small custom network, one short
+    round: every peer's row with its memory, fastbp's first fit timed with the kernel cache empty and warm,
+    and fastbp's first-step loss equal to the NumPy reference's to float32 rounding."""
     import json
+    pytest.importorskip("torch")
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "fastbp", "bench", "--sizes", "16", "32", "4", "--batch", "64",
-                             "--peers", "fastbp", "numpy", "--rounds", "1", "--seconds-per-round", "0.05",
-                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+                             "--peers", "fastbp", "torch", "numpy", "--rounds", "1", "--seconds-per-round", "0.05",
+                             "--all", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "GEMM ceiling" in result.stdout and "fastbp" in result.stdout and "numpy" in result.stdout
-    peers = next(iter(json.loads(out.read_text())["workloads"].values()))["peers"]
+    assert "GEMM ceiling" in result.stdout and "against the best peer (torch)" in result.stdout
+    workload = next(iter(json.loads(out.read_text())["workloads"].values()))
+    peers = workload["peers"]
     assert peers["fastbp"]["first_loss"] == pytest.approx(peers["numpy"]["first_loss"], rel=1e-5)
+    assert peers["fastbp"]["first_loss"] == pytest.approx(peers["torch"]["first_loss"], rel=1e-5)
+    for r in peers.values():
+        assert 0 < r["needed_gflops"] < r["gflops"]
+        assert 0 < r["memory"]["used_bytes"] < 2 ** 30
+    # An empty cache compiles (seconds); a warm one loads: far quicker.
+    assert workload["first_fit"]["warm_s"] < workload["first_fit"]["cold_s"]

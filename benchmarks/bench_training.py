@@ -1,14 +1,14 @@
-"""asv benchmarks on the five shared workloads: step time, peak memory, first-step (compile) time.
+"""asv benchmarks on the five shared workloads: step time, peak memory, first-fit (compile) time, speed
+against PyTorch eager with fused Adam.
 
 asv treats lower as better, so everything here is seconds or bytes. Smoke test against the installed
 environment: `asv run --python=same --quick`.
 """
 import os
-import subprocess
-import sys
+import shutil
 import tempfile
 
-from fastbp.bench import WORKLOADS, make_batch
+from fastbp.bench import WORKLOADS, first_fit_seconds, make_batch, run_workload
 from fastbp.trainer import Trainer
 
 NAMES = list(WORKLOADS)
@@ -36,11 +36,11 @@ class TrainingStep:
             self.trainer.step(self.X, self.y)
 
 
-class FirstStep:
-    """Import plus first step of a new network in a fresh process, with Numba's on-disk cache empty
-    (compilation included) and warm (what every later run of a program pays). mnist's step takes the
-    layer-at-a-time kernels (cpu/step.py: run), tiny's the per-thread pipeline (run_pipeline): two
-    separately compiled entry points."""
+class FirstFit:
+    """A new process's import plus first fit (one epoch, validation data) of a new network, with Numba's
+    on-disk cache empty (compilation included) and warm (what every later run of a program pays). mnist
+    takes the layer-at-a-time kernels (cpu/step.py: run), tiny's steps the per-thread pipeline
+    (run_pipeline) and its validation run: two separately compiled entry points."""
     params = [["cold_cache", "warm_cache"], ["mnist", "tiny"]]
     param_names = ["cache", "workload"]
     timeout = 600
@@ -50,19 +50,37 @@ class FirstStep:
     def setup(self, cache, name):
         self.cache_dir = tempfile.mkdtemp(prefix="fastbp-numba-cache-")
         if cache == "warm_cache":
-            self._run(name)
+            self.track_first_fit_seconds(cache, name)
 
-    def _run(self, name):
+    def teardown(self, cache, name):
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def track_first_fit_seconds(self, cache, name):
         w = WORKLOADS[name]
-        code = ("import time; t = time.perf_counter(); import fastbp; from fastbp.bench import make_batch; "
-                f"tr = fastbp.Trainer({w['sizes']}, loss={w['loss']!r}, seed=0); "
-                f"tr.step(*make_batch({w['sizes']}, {w['batch']}, {w['loss']!r})); "
-                "print(time.perf_counter() - t)")
-        env = dict(os.environ, NUMBA_CACHE_DIR=self.cache_dir)
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        return first_fit_seconds(w["sizes"], w["batch"], w["loss"], self.cache_dir)
 
-    def track_first_step_seconds(self, cache, name):
-        return self._run(name)
+    track_first_fit_seconds.unit = "seconds"
 
-    track_first_step_seconds.unit = "seconds"
+
+class AgainstPyTorch:
+    """PyTorch eager's step time (fused Adam, every core) over fastbp's, measured side by side (asv
+    tracks it as a number: higher is better for fastbp)."""
+    params = [NAMES]
+    param_names = ["workload"]
+    timeout = 900
+    number = 1
+    repeat = 1
+
+    def setup(self, name):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")  # asv's way to skip a benchmark
+
+    def track_speedup_vs_torch(self, name):
+        w = WORKLOADS[name]
+        res = run_workload(name, w["sizes"], w["batch"], w["loss"], ("fastbp", "torch"), rounds=3,
+                           seconds_per_round=0.3, threads=os.cpu_count())
+        return res["torch"]["step_s"] / res["fastbp"]["step_s"]
+
+    track_speedup_vs_torch.unit = "x"

@@ -191,22 +191,25 @@ first_fit = time.perf_counter() - start
 """
 
 
-def compile_times(sizes, batch, loss):
+def first_fit_seconds(sizes, batch, loss, cache_dir):
     """Seconds for a new process to import fastbp and run a first fit of one epoch (4 batches) with
-    validation data, every entry point it needs included: with Numba's on-disk cache empty (compilation,
-    what a fresh install pays once) and then warm (every later run), each in a fresh process."""
+    validation data, every entry point it needs included, with Numba's on-disk cache in cache_dir."""
     import subprocess
-    import tempfile
     code = _FIRST_FIT.format(sizes=list(sizes), batch=batch, loss=loss) + "print(first_fit)"
-    out = {}
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"first-fit probe failed: {run.stderr[-2000:]}")
+    return float(run.stdout.split()[-1])
+
+
+def compile_times(sizes, batch, loss):
+    """first_fit_seconds with the kernel cache empty (compilation: what a fresh install pays once) and
+    then warm (every later run)."""
+    import tempfile
     with tempfile.TemporaryDirectory(prefix="fastbp-numba-cache-") as cache_dir:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-        for key in ("cold_s", "warm_s"):
-            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-            if run.returncode != 0:
-                raise RuntimeError(f"first-fit probe failed: {run.stderr[-2000:]}")
-            out[key] = float(run.stdout.split()[-1])
-    return out
+        cold = first_fit_seconds(sizes, batch, loss, cache_dir)
+        return {"cold_s": cold, "warm_s": first_fit_seconds(sizes, batch, loss, cache_dir)}
 
 
 def loss_agreement(results, against="torch"):

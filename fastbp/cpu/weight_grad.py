@@ -19,13 +19,15 @@ give bitwise the same gradient.
 
 first_layer_step: the same product for layer 0, the last gradient of the backward pass, with the
 optimizer update of the whole network in the same parallel region (a training step without clipping
-whose loss is finite). Each thread updates its blocks of layer 0 right after computing them, while they
-are in its cache (blocks of at most FUSED_BLOCK_FLOATS; with the batch split, each chunk of the partials'
-sum), and its share of the other layers, whose gradients are complete by then. That saves a read of the
-whole gradient from memory and one barrier per step; the gradient is weight_gradient's bit for bit, the update
-optimizers.optimizer_update's up to where the compiler fuses a multiply-add (in vectorized or scalar code,
-depending on where a span starts): one rounding, 2^-24 relative. Only layer 0 can be fused so: a deeper layer's weights are
-still needed, unchanged, to propagate the delta through it after its gradient is computed.
+whose loss is finite). Each thread updates its block of layer 0 right after computing it, while it is
+still in its caches (with the batch split: each chunk of the partials' sum right after adding it up),
+then its share of the other layers, whose gradients are complete by then. That saves a read of the whole
+gradient from memory and one barrier per step. The gradient is weight_gradient's bit for bit, the update
+optimizers.optimizer_update's up to where the compiler fuses a multiply-add (in vectorized or scalar
+code, depending on where a span starts): one rounding, 2^-24 relative. Only layer 0 can be fused so: a
+deeper layer's weights are still needed, unchanged, to propagate the delta through it after its gradient
+is computed. (Cutting a thread's block into L2-sized pieces, each updated at once, was slower: BLAS packs
+the delta panel again for every piece; wide's step went from about 2.0 to 3.2 s.)
 """
 import numpy as np
 from numba import njit, prange
@@ -34,9 +36,6 @@ from .blas import NO_TRANS, TRANS, gemm, gemm_block, part
 from .denormals import flush_denormals, restore
 from .optimizers import update_span
 
-# A thread's block of a gradient in block mode, in floats: 256 KB, half a Zen 2/3 core's L2 (the delta
-# panel BLAS packs takes the rest), so that first_layer_step updates it while it is in cache.
-FUSED_BLOCK_FLOATS = 65536
 
 # Pieces of the partial-gradient sum (fixed: the order of additions never depends on the thread count).
 SUM_CHUNKS = 64
@@ -82,12 +81,6 @@ def add_partials_and_update(params, grads, moment1, moment2, settings, partials,
 
 
 @njit(cache=True, nogil=True)
-def block_rows(columns):
-    """Rows of gradient a thread computes per product in block mode: FUSED_BLOCK_FLOATS at most."""
-    return max(1, FUSED_BLOCK_FLOATS // columns)
-
-
-@njit(cache=True, nogil=True)
 def block_split(fan_in, fan_out, threads):
     """(parts, by_rows): how many blocks of grad (fan_in + 1, fan_out) the threads take, along its rows or
     its columns. Rows unless the layer is much wider than its input: measured with one thread per block,
@@ -120,12 +113,8 @@ def weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grad, partials,
             r0, r1 = part(fan_in + 1, parts, p)
         else:
             c0, c1 = part(fan_out, parts, p)
-        # In the same row blocks as first_layer_step: BLAS's rounding can depend on where a block starts
-        # (its edge tiles), and a step's gradient must be the one gradients() returns, bit for bit.
-        step = block_rows(c1 - c0)
-        for s0 in range(r0, r1, step):
-            gemm_block(TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta, grad, fan_out,
-                       s0, min(s0 + step, r1), c0, c1)
+        gemm_block(TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta, grad, fan_out,
+                   r0, r1, c0, c1)
         restore(fp_state)
 
 
@@ -155,15 +144,12 @@ def first_layer_step(a_prev, delta, ld_delta, n, fan_in, fan_out, params, grads,
             r0, r1 = part(fan_in + 1, parts, p)
         else:
             c0, c1 = part(fan_out, parts, p)
-        step = block_rows(c1 - c0)
-        for s0 in range(r0, r1, step):
-            s1 = min(s0 + step, r1)
-            fp_state = flush_denormals()
-            gemm_block(TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta, grads,
-                       fan_out, s0, s1, c0, c1)
-            restore(fp_state)
-            for i in range(s0, s1):
-                update_span(params, grads, moment1, moment2, settings, np.float32(1.0), i * fan_out + c0,
-                            i * fan_out + c1)
+        fp_state = flush_denormals()
+        gemm_block(TRANS, NO_TRANS, fan_in + 1, fan_out, n, a_prev, fan_in + 1, delta, ld_delta, grads, fan_out,
+                   r0, r1, c0, c1)
+        restore(fp_state)
+        for i in range(r0, r1):
+            update_span(params, grads, moment1, moment2, settings, np.float32(1.0), i * fan_out + c0,
+                        i * fan_out + c1)
         lo, hi = part(rest, parts, p)
         update_span(params, grads, moment1, moment2, settings, np.float32(1.0), size + lo, size + hi)

@@ -13,7 +13,7 @@ from conftest import make_targets
 
 # (sizes, batch): which path layer 0's gradient takes with two threads.
 PATHS = {
-    "blocks-by-rows": ([300, 257, 3], 33),      # several FUSED_BLOCK_FLOATS blocks per thread
+    "blocks-by-rows": ([300, 257, 3], 33),
     "blocks-by-columns": ([3, 33, 2], 1),
     "split-batch": ([5, 7, 3], 130),
     "single-layer": ([4, 3], 7),

@@ -1,7 +1,6 @@
 """Kernels 1-4 fused per thread for narrow networks: each thread takes its slice of the batch, one tile of
 rows at a time, through every layer forward (1), the loss (2), and every layer backward (3, 4), with its
-own gradient accumulator; the caller then adds the accumulators up in thread order (weight_grad.py's
-add_partials, or add_partials_and_update for a step that fuses the optimizer update into that sum).
+own gradient accumulator; then the accumulators are added up in thread order.
 
 Why: in a narrow network (every width <= MAX_WIDTH) each layer's product is small and memory-bound, so
 the layer-at-a-time kernels spend their time streaming activations of the whole batch through memory and
@@ -11,14 +10,14 @@ to the backward pass, and the threads meet only twice per step.
 
 Shapes (n = batch rows, L layers, dims (L + 1,), P = parameters):
     X, labels, targets, rows, params, offsets: as in step.py
-    grads      (P,) float32 output: thread 0's accumulator of [dW; db] of every layer
+    grads      (P,) float32 output: [dW; db] of every layer, summed over the batch (thread 0's accumulator)
     weights_t  (P,) float32 scratch: layer l's W^T (dims[l + 1], dims[l]) row-major at offsets[l], so that
                delta propagation is a plain product (NN: 167 GFLOP/s on one core for a 128-row tile of a
                64-wide layer, against 124 for the same product with W transposed inside BLAS)
     tiles      (threads * tile_floats(dims),) float32: per thread, one tile of activation blocks laid out
                as activation_offsets(dims, TILE_ROWS) (ones columns set by the caller), then one
                TILE_ROWS x max-width scratch tile for delta @ W^T
-    partials   ((threads - 1) * P,) float32 output: the other threads' accumulators
+    partials   ((threads - 1) * P,) float32: the other threads' accumulators
     row_loss, row_hits (n,) float64
 Each tile's rows are batch rows t0 .. t0 + rows - 1: dropout masks and loss rows use those indices, so
 the numbers are the layer-at-a-time kernels' up to the order of the batch sums (which depends only on
@@ -33,6 +32,7 @@ from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block
 from .denormals import flush_denormals, restore
 from .loss_delta import delta_scale, mean_loss, row_loss_and_delta
+from .weight_grad import add_partials
 
 MAX_WIDTH = 128
 TILE_ROWS = 128
@@ -51,9 +51,9 @@ def tile_floats(dims):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def pipeline_partials(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, dropout_key,
+def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, dropout_key,
                        dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
-    """Returns the batch's mean loss; leaves its gradient as the sum of grads and the threads - 1 partials."""
+    """Returns the batch's mean loss; fills grads with its gradient."""
     n = rows.size
     n_layers = dims.size - 1
     d0, m = dims[0], dims[-1]
@@ -116,4 +116,5 @@ def pipeline_partials(X, labels, targets, rows, dims, offsets, activation, loss,
                         undo_dropout(a_prev, scratch, count, fan_in, t0, l - 1, dropout_key, dropout_threshold)
                     multiply_derivative_into(a_prev, scratch, count, fan_in, activation)
         restore(fp_state)
+    add_partials(grads, partials, size, threads - 1)  # in thread order
     return mean_loss(row_loss, n, m, loss)

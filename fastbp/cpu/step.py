@@ -29,22 +29,14 @@ from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import loss_and_delta
 from .optimizers import clip_scale, optimizer_update
-from .pipeline import pipeline_partials
-from .weight_grad import add_partials, add_partials_and_update, first_layer_step, weight_gradient
+from .pipeline import pipeline_gradients
+from .weight_grad import weight_gradient
 
 # What run() does; each mode includes the ones before it.
 FORWARD = 0    # logits in the last acts block
 LOSS = 1       # + the mean loss (logits kept)
 GRADIENTS = 2  # + delta_L in place of the logits, BP1-BP4 into grads
 STEP = 3       # + the optimizer update, skipped when the loss is not finite
-
-
-@njit(cache=True, nogil=True)
-def fuses_update(mode, value, settings):
-    """Whether the update rides in the pass that completes the gradient (weight_grad.first_layer_step,
-    add_partials_and_update): a step whose loss is finite, without clipping (which needs the whole
-    gradient's norm before any update)."""
-    return mode == STEP and np.isfinite(value) and settings.clip_norm <= 0
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -71,23 +63,18 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
                            want_delta)
     if not want_delta:
         return value
-    fused = fuses_update(mode, value, settings)
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = dims[l], dims[l + 1]
         a_prev = acts[act_off[l]:act_off[l + 1]]
         delta = acts[act_off[l + 1]:act_off[l + 2]]
         ld_delta = fan_out if l == n_layers - 1 else fan_out + 1
         block = params[offsets[l]:offsets[l + 1]]
-        if l == 0 and fused:
-            first_layer_step(a_prev, delta, ld_delta, n, fan_in, fan_out, params, grads, moment1, moment2, settings,
-                             partials, threads)
-        else:
-            weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[offsets[l]:offsets[l + 1]],
-                            partials, threads)
+        weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[offsets[l]:offsets[l + 1]], partials,
+                        threads)
         if l > 0:
             propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
                             dropout_threshold, scratch, threads)
-    if mode == STEP and np.isfinite(value) and not fused:
+    if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums)
     return value
 
@@ -107,12 +94,9 @@ def run_pipeline(mode, X, labels, targets, rows, dims, offsets, activation, loss
     point, so that networks that never take it never compile it. weights_t and tiles replace run()'s acts
     and scratch (see pipeline.py); after a call the batch's logits are not kept (last_logits needs a
     FORWARD or LOSS call)."""
-    value = pipeline_partials(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, dropout_key,
-                              dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads)
-    if fuses_update(mode, value, settings):  # the threads' accumulators added up and updated chunk by chunk
-        add_partials_and_update(params, grads, moment1, moment2, settings, partials, grads.size, threads - 1)
-        return value
-    add_partials(grads, partials, grads.size, threads - 1)  # in thread order
+    value = pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads,
+                               dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
+                               threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums)
     return value

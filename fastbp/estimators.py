@@ -4,9 +4,11 @@ They take scikit-learn's MLP parameters and conventions (sklearn.neural_network)
 Pipeline, GridSearchCV or cross_val_score. Needs scikit-learn (pip install 'fastbp[sklearn]').
 
 Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's conventions:
-- alpha is applied as L2 weight decay alpha / batch_size on every parameter, biases included
-  (scikit-learn penalises weights only);
-- solver is 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'); no 'lbfgs';
+- with the stochastic solvers alpha is applied as L2 weight decay alpha / batch_size on every parameter,
+  biases included (scikit-learn penalises weights only); with solver='lbfgs' it is scikit-learn's penalty,
+  alpha / (2 n_samples) x the squared weights (lbfgs.py);
+- solver is 'lbfgs', 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'). 'lbfgs' is full-batch
+  L-BFGS through SciPy with fastbp's compiled loss and gradient (max_iter, max_fun, tol as in scikit-learn);
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
   has not improved by tol for n_iter_no_change epochs, as in scikit-learn.
 
@@ -23,17 +25,19 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import distributed
-from .callbacks import EarlyStopping
+from . import distributed, lbfgs
+from .callbacks import Callback
 from .trainer import Trainer
 
 # scikit-learn's activation names, and fastbp's own.
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
-_SOLVERS = ("adam", "sgd", "adamw", "adagrad", "rmsprop")
+_SOLVERS = ("lbfgs", "adam", "sgd", "adamw", "adagrad", "rmsprop")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")  # scikit-learn's schedules, for solver="sgd" only
 
 
 def _dtypes(mapped):
@@ -46,7 +50,8 @@ class _BaseMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, comm=None):
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 warm_start=False, learning_rate="constant", power_t=0.5, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -66,13 +71,18 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.warm_start = warm_start
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.comm = comm
 
     # ---- what subclasses define ----
     _loss = None                  # fastbp loss for the data seen
-    _early_stopping_monitor = None
 
-    def _encode_targets(self, y, first_call, classes=None):
+    def _encode_targets(self, y, first_call, classes=None, warm_start=False):
+        """y as the Trainer takes it. first_call: sets what the targets define (classes_, output count);
+        warm_start: a fit continuing the fitted network, which must see the same classes."""
         raise NotImplementedError
 
     # ---- shared machinery ----
@@ -81,18 +91,26 @@ class _BaseMLP(BaseEstimator):
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(sorted(_ACTIVATIONS))}")
         if self.solver not in _SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}; valid: {', '.join(_SOLVERS)} (no 'lbfgs')")
+            raise ValueError(f"unknown solver {self.solver!r}; valid: {', '.join(_SOLVERS)}")
         hidden = self.hidden_layer_sizes
         hidden = [hidden] if isinstance(hidden, numbers.Integral) else list(hidden)
         if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h <= 0 for h in hidden):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter <= 0:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        for name in ("max_iter", "max_fun"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.alpha, numbers.Real) and self.alpha >= 0):
             raise ValueError(f"alpha must be a non-negative number, got {self.alpha!r}")
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or
                                           not isinstance(self.batch_size, numbers.Integral) or self.batch_size <= 0):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {self.batch_size!r}")
+        if self.learning_rate not in _LEARNING_RATES:
+            raise ValueError(f"unknown learning_rate {self.learning_rate!r}; valid: {', '.join(_LEARNING_RATES)}")
+        if isinstance(self.n_iter_no_change, bool) or not (isinstance(self.n_iter_no_change, numbers.Real)
+                                                           and self.n_iter_no_change > 0):
+            raise ValueError(f"n_iter_no_change must be a positive number (np.inf: never stop early), got "
+                             f"{self.n_iter_no_change!r}")
         if self.early_stopping and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         return [int(h) for h in hidden]
@@ -104,9 +122,14 @@ class _BaseMLP(BaseEstimator):
         hidden = self._check_params()
         batch = self._batch_size(n_samples)
         seed = int(check_random_state(self.random_state).randint(2 ** 31 - 1))
+        stochastic = self.solver != "lbfgs"  # lbfgs: the Trainer's kernels give loss and gradient only
         options = dict(sizes=[n_features, *hidden, n_outputs], activation=_ACTIVATIONS[self.activation],
-                       loss=self._loss, optimizer=self.solver, lr=self.learning_rate_init, batch_size=batch,
-                       seed=seed, weight_decay=self.alpha / batch)
+                       loss=self._loss, optimizer=self.solver if stochastic else "sgd", lr=self.learning_rate_init,
+                       batch_size=batch, seed=seed, weight_decay=self.alpha / batch if stochastic else 0.0)
+        if self.solver == "sgd" and getattr(self, "_multilabel", False):
+            # scikit-learn's multi-label loss sums over the labels, fastbp's bce averages them: SGD (momentum
+            # included) on the sum is SGD on the mean with n_labels x the learning rate, the decay kept.
+            options.update(lr=self.learning_rate_init * n_outputs, weight_decay=options["weight_decay"] / n_outputs)
         if self.solver in ("adam", "adamw"):
             options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon)
         elif self.solver == "sgd":
@@ -116,62 +139,124 @@ class _BaseMLP(BaseEstimator):
         return Trainer(**options, comm=self.comm)
 
     def _fit(self, X, y, incremental, classes=None):
-        first_call = not (incremental and hasattr(self, "trainer_"))
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        # As scikit-learn: a new network unless partial_fit or warm_start continues the fitted one.
+        first_call = not hasattr(self, "trainer_") or not (incremental or self.warm_start)
         mapped = X if isinstance(X, np.memmap) else None
         X, y = validate_data(self, X, y, reset=first_call, dtype=_dtypes(mapped), multi_output=True,
                              y_numeric=not isinstance(self, ClassifierMixin))
-        y = self._encode_targets(y, first_call, classes)
+        if mapped is None and X.dtype == np.float64 and X.size and np.abs(X).max() > np.finfo(np.float32).max:
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
+                             "and need to be preprocessed: X holds values beyond float32's range, which fastbp "
+                             "computes in")
+        if first_call:
+            # The dtype coefs_, intercepts_ and predictions are given in, as scikit-learn follows the input's.
+            self._dtype = np.float32 if X.dtype == np.float32 else np.float64
+        y = self._encode_targets(y, first_call, classes, warm_start=not (first_call or incremental))
         if mapped is not None:
             X = mapped  # checked in place above; fastbp reads it batch by batch (np.asarray dropped the memmap)
         if first_call:
             self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0])
+        elif not incremental:
+            # A warm start: the fitted weights under a new optimizer with today's parameters (learning rate,
+            # solver, alpha, ...), as scikit-learn makes a new optimizer for every fit.
+            fitted = self.trainer_.params
+            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0])
+            self.trainer_.set_params(fitted)
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, y)
+        if first_call or not hasattr(self, "loss_curve_"):
             self.loss_curve_ = []
             self.n_iter_ = 0
             self.t_ = 0
             self.best_loss_ = np.inf
-            self._no_improvement = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = None
+        if first_call or not hasattr(self, "validation_scores_") or (self.early_stopping and
+                                                                      self.validation_scores_ is None):
+            # scikit-learn's: lists with early stopping, None without.
+            self.validation_scores_ = [] if self.early_stopping else None
+            self.best_validation_score_ = None
+        if not incremental:
+            self.n_iter_ = 0  # a warm start counts its own epochs (t_ and loss_curve_ go on)
         epochs = 1 if incremental else self.max_iter
-        val_split = self.validation_fraction if self.early_stopping and not incremental else 0.0
-        if val_split and int(round(X.shape[0] * val_split)) < 1:
-            raise ValueError(f"early_stopping needs a validation set: validation_fraction={val_split} of "
-                             f"{X.shape[0]} samples is empty")
+        record = _Record()
         callbacks = []
+        if self.early_stopping and not incremental:
+            X, y, (X_val, y_val) = self._validation_split(X, y)
+            callbacks.append(_ValidationScore(self._validation_score, X_val, y_val))
+        if self.verbose:
+            callbacks.append(_Progress(self.early_stopping and not incremental))
         stopper = None
         if not incremental:
-            monitor = self._early_stopping_monitor if self.early_stopping else "loss"
-            # scikit-learn stops after n_iter_no_change + 1 epochs without an improvement of tol.
-            stopper = EarlyStopping(monitor=monitor, patience=self.n_iter_no_change + 1, min_delta=self.tol,
-                                    restore_best_weights=self.early_stopping)
+            stopper = _ScikitLearnStopping(self, X.shape[0])
             callbacks.append(stopper)
-        if val_split:
-            # scikit-learn draws a stratified/random validation set; fastbp's validation_split takes the
-            # last rows, so shuffle first with the estimator's own random state.
-            order = distributed.wrap(self.comm).broadcast(check_random_state(self.random_state)
-                                                          .permutation(X.shape[0]))  # rank 0's, on every rank
-            X, y = X[order], y[order]
-        history = self.trainer_.fit(X, y, epochs=epochs, batch_size=self._batch_size(X.shape[0]),
-                                    validation_split=val_split, shuffle=self.shuffle,
-                                    verbose=2 if self.verbose else 0, callbacks=callbacks)
-        self.loss_curve_.extend(history.history["loss"])
-        self.n_iter_ += len(history.epoch)
-        self.t_ = self.trainer_.state.step_count
-        self.best_loss_ = min(self.best_loss_, min(history.history["loss"]))
+        callbacks.append(record)  # last: an epoch is recorded once every callback has seen it
+        diverged = None
+        try:
+            self.trainer_.fit(X, y, epochs=epochs, batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
+                              verbose=0, callbacks=callbacks)
+        except FloatingPointError as exc:
+            # As scikit-learn, a diverging loss is recorded (NaN), not raised; fastbp stops there, with the
+            # parameters of the last finite step (or, with early stopping, of the best epoch).
+            diverged = exc
+            record.logs.append({"loss": np.nan, "val_score": np.nan})
+            if stopper is not None:
+                stopper.on_train_end(self.trainer_)
+        losses = [logs["loss"] for logs in record.logs]
+        self.loss_curve_.extend(losses)
+        self.loss_ = self.loss_curve_[-1]
+        self.n_iter_ += len(losses)
+        self.t_ += len(losses) * X.shape[0]  # samples seen, as scikit-learn counts them
+        # scikit-learn's best_loss_ is the training loss's best, and None when early stopping watches the
+        # validation score instead.
+        self.best_loss_ = None if self.early_stopping else min(self.best_loss_ or np.inf, np.nanmin(losses + [np.inf]))
         if self.early_stopping and not incremental:
-            key = self._early_stopping_monitor
-            scores = history.history[key]
-            self.validation_scores_.extend(-s if key == "val_loss" else s for s in scores)
-            self.best_validation_score_ = max(self.validation_scores_)
-        if stopper is not None and stopper.stopped_epoch is None and self.n_iter_ >= self.max_iter:
+            self.validation_scores_.extend(float(logs.get("val_score", np.nan)) for logs in record.logs)
+            self.best_validation_score_ = float(np.nanmax(self.validation_scores_ + [-np.inf]))
+        if stopper is not None:
+            self._no_improvement_count = stopper.no_improvement
+        if diverged is not None:
+            warnings.warn(f"fastbp: training stopped at epoch {self.n_iter_}: {diverged}", ConvergenceWarning)
+        elif stopper is not None and not stopper.stopped and self.n_iter_ >= self.max_iter:
             warnings.warn(f"fastbp: stochastic optimizer reached max_iter={self.max_iter} before converging",
                           ConvergenceWarning)
         return self
 
+    def _validation_split(self, X, y):
+        """(X_train, y_train, (X_val, y_val)): scikit-learn's early-stopping split, validation_fraction of
+        the rows drawn with the estimator's random state, stratified by class for single-label classifiers
+        (train_test_split's own errors for classes too small to split). With comm, rank 0's draw."""
+        from sklearn.model_selection import train_test_split
+        stratify = self._stratify(y) if isinstance(self, ClassifierMixin) else None
+        train, val = distributed.wrap(self.comm).broadcast(train_test_split(
+            np.arange(X.shape[0]), random_state=check_random_state(self.random_state),
+            test_size=self.validation_fraction, stratify=stratify))
+        if val.size < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
+                             "dataset.")
+        return X[train], y[train], (X[val], y[val])
+
+    def _fit_lbfgs(self, X, y):
+        """solver='lbfgs': full-batch L-BFGS (lbfgs.py) on scikit-learn's objective."""
+        result = lbfgs.minimize(self.trainer_, X, y, alpha=self.alpha, max_iter=self.max_iter, max_fun=self.max_fun,
+                                tol=self.tol, objective_scale=self._lbfgs_scale())
+        self.n_iter_ = int(result.nit)
+        self.loss_ = float(result.fun)
+        if result.status != 0:
+            warnings.warn(f"fastbp: lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
+                          f"{result.message}. Increase the number of iterations (max_iter) or the number of "
+                          "function evaluations (max_fun), or scale the data", ConvergenceWarning)
+        return self
+
     def fit(self, X, y):
-        """Trains from scratch for up to max_iter epochs."""
+        """Trains from scratch (or, with warm_start, from the fitted network) for up to max_iter epochs."""
         return self._fit(X, y, incremental=False)
+
+    def _check_stochastic(self):
+        if self.solver == "lbfgs":
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers; {self.solver} is not "
+                                 "stochastic")
+        return True
 
     def _forward(self, X):
         check_is_fitted(self, "trainer_")
@@ -181,15 +266,29 @@ class _BaseMLP(BaseEstimator):
             X = mapped
         return self.trainer_.predict(X)
 
+    def to_onnx(self, path, probabilities=True):
+        """An ONNX model of the fitted network (Trainer.to_onnx): output "output" = the class probabilities
+        (MLPClassifier; with two classes, P(classes_[1]) as one column) or the predictions (MLPRegressor,
+        one column per target); probabilities=False gives the logits. Returns path."""
+        check_is_fitted(self, "trainer_")
+        return self.trainer_.to_onnx(path, probabilities)
+
+    def to_torch(self):
+        """The fitted network as a torch.nn.Sequential (Trainer.to_torch)."""
+        check_is_fitted(self, "trainer_")
+        return self.trainer_.to_torch()
+
     @property
     def coefs_(self):
+        """[W (fan_in, fan_out), ...], copies in the training data's dtype (float32 or float64)."""
         check_is_fitted(self, "trainer_")
-        return [W for W, _ in self.trainer_.params]
+        return [W.astype(self._dtype) for W, _ in self.trainer_.params]
 
     @property
     def intercepts_(self):
+        """[b (fan_out,), ...], copies in the training data's dtype."""
         check_is_fitted(self, "trainer_")
-        return [b for _, b in self.trainer_.params]
+        return [b.astype(self._dtype) for _, b in self.trainer_.params]
 
     @property
     def n_layers_(self):
@@ -202,38 +301,169 @@ class _BaseMLP(BaseEstimator):
         return self.trainer_.sizes[-1]
 
 
+class _ScikitLearnStopping(Callback):
+    """scikit-learn's end-of-epoch logic for the stochastic solvers (its _fit_stochastic):
+    - the count of epochs without an improvement by tol: of the training loss over its best, or with early
+      stopping of the validation score (logs["val_score"]) over its best, whose parameters are kept and put
+      back at the end;
+    - when the count exceeds n_iter_no_change: stop, or with solver="sgd" and learning_rate="adaptive"
+      divide the learning rate by 5 and count again (stop once it is below 1e-6);
+    - learning_rate="invscaling" (sgd): learning_rate_init / (samples seen + 1) ** power_t after each epoch.
+    n_samples: training rows per epoch."""
+
+    def __init__(self, est, n_samples):
+        self.est, self.n_samples = est, n_samples
+        self.sgd = est.solver == "sgd"
+        self.no_improvement = 0
+        self.stopped = False
+        self.best_loss = est.best_loss_ if isinstance(est.best_loss_, float) else np.inf
+        self.best_score = -np.inf
+        self.best_params = None
+        self.samples = est.t_
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        est = self.est
+        self.samples += self.n_samples
+        if est.early_stopping:
+            score = logs["val_score"]
+            self.no_improvement = self.no_improvement + 1 if not score >= self.best_score + est.tol else 0
+            if score > self.best_score:
+                self.best_score, self.best_params = score, trainer._flat_params()
+        else:
+            loss = logs["loss"]
+            self.no_improvement = self.no_improvement + 1 if not loss <= self.best_loss - est.tol else 0
+            self.best_loss = min(self.best_loss, loss)
+        if self.sgd and est.learning_rate == "invscaling":
+            trainer.lr = trainer.config.lr / (self.samples + 1) ** est.power_t
+        if self.no_improvement > est.n_iter_no_change:
+            if self.sgd and est.learning_rate == "adaptive" and trainer.lr > 1e-6:
+                trainer.lr = trainer.lr / 5.0
+                self.no_improvement = 0
+                if est.verbose:
+                    print(f"Setting learning rate to {trainer.lr:f}")
+            else:
+                trainer.stop_training = True
+                self.stopped = True
+
+    def on_train_end(self, trainer):
+        if self.est.early_stopping and self.best_params is not None:
+            trainer._set_flat_params(self.best_params)
+
+
+class _Record(Callback):
+    """Every finished epoch's logs, kept even when a later epoch raises."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        self.logs.append(logs)
+
+
+class _ValidationScore(Callback):
+    """logs["val_score"]: score(X_val, y_val) at the end of each epoch, the estimator's own measure
+    (accuracy, or R^2 for the regressor), as scikit-learn's early stopping watches it."""
+
+    def __init__(self, score, X_val, y_val):
+        self.score, self.X_val, self.y_val = score, X_val, y_val
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        outputs = trainer.predict(self.X_val)
+        logs["val_score"] = self.score(outputs, self.y_val) if np.isfinite(outputs).all() else np.nan
+
+
+class _Progress(Callback):
+    """scikit-learn's verbose lines: "Iteration n, loss = ..." per epoch, and the validation score with
+    early stopping."""
+
+    def __init__(self, validation):
+        self.validation = validation
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        print(f"Iteration {epoch + 1}, loss = {logs['loss']:.8f}")
+        if self.validation:
+            print(f"Validation score: {logs['val_score']:f}")
+
+
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multilayer-perceptron classifier: softmax + cross-entropy for several classes, a sigmoid output
-    with binary cross-entropy for two (as scikit-learn). Labels may be any hashable values."""
-    _early_stopping_monitor = "val_accuracy"
+    with binary cross-entropy for two (as scikit-learn), and one sigmoid per label for multi-label
+    targets (a 2-D 0/1 indicator matrix y, as scikit-learn takes it). Labels may be any hashable values."""
+
+    @property
+    def _multilabel(self):
+        return getattr(self, "_n_labels", None) is not None
 
     @property
     def _loss(self):
-        return "bce" if len(self.classes_) == 2 else "cross_entropy"
+        return "bce" if self._multilabel or len(self.classes_) <= 2 else "cross_entropy"
 
     def _n_trainer_outputs(self):
-        return 1 if len(self.classes_) == 2 else len(self.classes_)
+        if self._multilabel:
+            return self._n_labels
+        return 1 if len(self.classes_) <= 2 else len(self.classes_)
 
-    def _encode_targets(self, y, first_call, classes=None):
+    def _stratify(self, y):
+        """What the early-stopping split stratifies on: the one-hot rows scikit-learn's LabelBinarizer makes
+        of the labels (one boolean column for one or two classes), so its messages match too."""
+        if self._multilabel:
+            return None
+        if len(self.classes_) <= 2:
+            return (np.asarray(y) == 1)[:, None]
+        return np.eye(len(self.classes_), dtype=bool)[np.asarray(y, dtype=np.int64)]
+
+    def _lbfgs_scale(self):
+        # scikit-learn's multi-label loss sums over the labels; fastbp's bce is the mean over them.
+        return float(self._n_labels) if self._multilabel else 1.0
+
+    def _encode_targets(self, y, first_call, classes=None, warm_start=False):
         if np.ndim(y) == 2 and y.shape[1] != 1:
-            raise ValueError("fastbp.MLPClassifier takes 1-D class labels (no multi-label or multi-output)")
+            if type_of_target(y) != "multilabel-indicator":
+                raise ValueError("a 2-D y must be a multi-label indicator matrix (0/1 per label); fastbp's "
+                                 f"MLPClassifier takes no multi-output classes (got {type_of_target(y)!r})")
+            if first_call:
+                self._n_labels = y.shape[1]
+                self.classes_ = np.arange(y.shape[1])
+            elif not self._multilabel or y.shape[1] != self._n_labels:
+                raise ValueError(f"y has {y.shape[1]} labels; this estimator was fitted with "
+                                 f"{self._n_labels if self._multilabel else 'single-label targets'}")
+            return np.asarray(y, dtype=np.float32)
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if first_call:
+            self._n_labels = None
             if classes is not None:
                 self.classes_ = np.unique(classes)
             else:
                 self.classes_ = np.unique(y)
-            if len(self.classes_) < 2:
-                raise ValueError(f"the data has only one class ({self.classes_[0]!r}); need at least 2")
+        elif self._multilabel:
+            raise ValueError(f"y holds 1-D labels; this estimator was fitted with {self._n_labels} labels per sample")
+        if warm_start and not np.array_equal(np.unique(y), self.classes_):
+            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous call "
+                             f"to fit. Previously got {self.classes_}, `y` has {np.unique(y)}")
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:
             raise ValueError(f"y holds labels {unknown.tolist()[:5]} not in classes_ {self.classes_.tolist()[:10]}")
         codes = np.searchsorted(self.classes_, y)
-        return codes.astype(np.float32) if len(self.classes_) == 2 else codes
+        # One class, as scikit-learn: a sigmoid output trained towards 0 (its LabelBinarizer's column).
+        return codes.astype(np.float32) if len(self.classes_) <= 2 else codes
 
+    def _validation_score(self, outputs, y):
+        """Accuracy of the network's outputs (n, outputs) against encoded targets y (subset accuracy for
+        multi-label)."""
+        if self._multilabel:
+            return float(np.mean(((outputs > 0.5) == (y > 0.5)).all(axis=1)))
+        if len(self.classes_) <= 2:
+            return float(np.mean((outputs[:, 0] > 0.5) == (y > 0.5)))
+        return float(np.mean(outputs.argmax(axis=1) == y))
+
+    @available_if(_BaseMLP._check_stochastic)
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y). `classes` (all labels that will ever appear) is required on the first call."""
+        if hasattr(self, "trainer_") and classes is not None and not np.array_equal(np.unique(classes),
+                                                                                    self.classes_):
+            raise ValueError(f"`classes={list(classes)}` is not the same as on the last call to partial_fit, "
+                             f"was: {list(self.classes_)}")
         if not hasattr(self, "trainer_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
@@ -242,39 +472,53 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict_proba(self, X):
-        """(n_samples, n_classes) class probabilities."""
-        P = self._forward(X).astype(np.float64)
-        if len(self.classes_) == 2:
+        """(n_samples, n_classes) class probabilities; multi-label: (n_samples, n_labels), each label's. In
+        the training data's dtype."""
+        P = self._forward(X).astype(self._dtype)
+        if len(self.classes_) <= 2 and not self._multilabel:  # one class too, as scikit-learn: two columns
             return np.hstack([1 - P, P])
         return P
 
     def predict_log_proba(self, X):
-        return np.log(np.clip(self.predict_proba(X), 1e-300, None))
+        """log(predict_proba(X)): -inf where a probability rounds to 0, as in scikit-learn."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
     def predict(self, X):
         proba = self.predict_proba(X)
+        if self._multilabel:
+            return (proba > 0.5).astype(int)  # the indicator matrix, as scikit-learn returns it
+        if len(self.classes_) == 1:
+            return np.full(proba.shape[0], self.classes_[0])
         return self.classes_[proba.argmax(axis=1)]
 
     @property
     def out_activation_(self):
         check_is_fitted(self, "trainer_")
-        return "logistic" if len(self.classes_) == 2 else "softmax"
+        return "logistic" if self._multilabel or len(self.classes_) == 2 else "softmax"
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
         return tags
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multilayer-perceptron regressor: a linear output trained on mean squared error."""
     _loss = "mse"
-    _early_stopping_monitor = "val_loss"
 
     def _n_trainer_outputs(self):
         return self._n_targets
 
-    def _encode_targets(self, y, first_call, classes=None):
+    def _lbfgs_scale(self):
+        return 0.5  # scikit-learn's squared error is half of fastbp's mse
+
+    def _validation_score(self, outputs, y):
+        """R^2 of the outputs against the targets y (n, targets), averaged over the targets, as score()."""
+        from sklearn.metrics import r2_score
+        return float(r2_score(y, outputs))
+
+    def _encode_targets(self, y, first_call, classes=None, warm_start=False):
         y = np.asarray(y, dtype=np.float64)
         if first_call:
             self._y_was_1d = y.ndim == 1
@@ -284,12 +528,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"y has {y2.shape[1]} targets; this estimator was fitted with {self._n_targets}")
         return y2
 
+    @available_if(_BaseMLP._check_stochastic)
     def partial_fit(self, X, y):
         """One epoch over (X, y)."""
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):
-        out = self._forward(X).astype(np.float64)
+        out = self._forward(X).astype(self._dtype)
         return out.ravel() if self._y_was_1d else out
 
     @property

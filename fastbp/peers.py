@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from . import reference
+from . import export, reference
 
 
 # PyTorch's optimizer implementations: "fused" (one fused CPU kernel per parameter group: PyTorch's fastest
@@ -17,23 +17,12 @@ TORCH_MODES = ("fused", "foreach", "compile")
 
 
 def torch_model(config, params):
-    """(model, loss_fn): an nn.Sequential of Linear layers and activations holding params (fastbp layout,
-    W (fan_in, fan_out)), and the loss module matching config.loss."""
+    """(model, loss_fn): export.sequential of params with config's activation, and the loss module
+    matching config.loss."""
     import torch
-    activations = {"identity": torch.nn.Identity, "relu": torch.nn.ReLU, "leaky_relu": torch.nn.LeakyReLU,
-                   "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}
-    layers = []
-    with torch.no_grad():
-        for l, (W, b) in enumerate(params):
-            linear = torch.nn.Linear(W.shape[0], W.shape[1])
-            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T, dtype=np.float32)))
-            linear.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32)))
-            layers.append(linear)
-            if l < len(params) - 1:
-                layers.append(activations[config.activation]())
     loss_fn = {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss(),
                "bce": torch.nn.BCEWithLogitsLoss()}[config.loss]
-    return torch.nn.Sequential(*layers), loss_fn
+    return export.sequential(params, config.activation), loss_fn
 
 
 def torch_optimizer(config, parameters, mode):

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, schedules, sources, threads as thread_limits, validation
+from . import checkpoint, distributed, export, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
@@ -655,6 +655,26 @@ class Trainer:
             self._backend.pull()
             self.state.params[:] = flat
             self._backend.push()
+
+    # ---- export (export.py) ----
+
+    def to_torch(self):
+        """A torch.nn.Sequential with this network's weights (float32, Linear layers and the hidden
+        activation; the output layer linear: apply softmax/sigmoid for probabilities). Needs PyTorch."""
+        return export.to_torch(self)
+
+    @classmethod
+    def from_torch(cls, model, **options):
+        """A Trainer holding the weights of a torch.nn.Sequential of Linear layers with one kind of activation
+        (ReLU, LeakyReLU(0.01), Tanh, Sigmoid, Identity) between them and a Linear last; options: the
+        Trainer's (loss, optimizer, lr, ...). ValueError for a model fastbp cannot represent."""
+        return export.from_torch(model, **options)
+
+    def to_onnx(self, path, probabilities=True):
+        """Writes an ONNX model (Gemm + activation nodes, a free batch dimension) to path, atomically:
+        input "input" (batch, sizes[0]) float32, output "output" = predict()'s values, or the logits with
+        probabilities=False. Needs the onnx package (pip install "fastbp[onnx]"). Returns path."""
+        return export.to_onnx(self, path, probabilities)
 
     # ---- checkpoints ----
 

@@ -1,4 +1,6 @@
 """fastbp.MLPClassifier / MLPRegressor under scikit-learn's own estimator checks and conventions."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -88,7 +90,7 @@ def test_accuracy_comparable_to_scikit_learn_mlp():
 
 def test_bad_parameters_are_clear_errors():
     X, y = np.zeros((10, 2)), np.arange(10) % 2
-    for kwargs, match in ((dict(solver="lbfgs"), "no 'lbfgs'"), (dict(activation="softplus"), "activation"),
+    for kwargs, match in ((dict(solver="newton"), "unknown solver"), (dict(activation="softplus"), "activation"),
                           (dict(hidden_layer_sizes=(0,)), "hidden_layer_sizes"), (dict(max_iter=0), "max_iter")):
         with pytest.raises(ValueError, match=match):
             fastbp.MLPClassifier(**kwargs).fit(X, y)
@@ -121,3 +123,138 @@ def test_tol_and_n_iter_no_change_stop_where_scikit_learn_stops():
         theirs = SklearnMLP(**options).fit(X, y)
         ours = fastbp.MLPClassifier(**options).fit(X, y)
         assert ours.n_iter_ == theirs.n_iter_ == patience + 2
+
+
+def lbfgs_objective(est, X, y, scale):
+    """scikit-learn's L-BFGS objective at the estimator's parameters, in float64: the data loss (x scale)
+    plus alpha / (2 n) x the squared weights."""
+    from fastbp import reference
+    params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in est.trainer_.params]
+    targets = est._encode_targets(y, first_call=False)
+    loss, _ = reference.loss_and_gradients(params, X, targets, est.trainer_.config.activation, est._loss)
+    return loss * scale + est.alpha / (2 * len(X)) * sum(float((W ** 2).sum()) for W, _ in params)
+
+
+def test_lbfgs_classifier_fits_and_reports_scikit_learns_objective():
+    X, y = make_classification(n_samples=150, n_features=6, n_informative=4, n_classes=3, random_state=1)
+    X = StandardScaler().fit_transform(X)
+    clf = fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), alpha=1e-2, max_iter=300, random_state=0)
+    clf.fit(X, y)
+    assert clf.score(X, y) > 0.95
+    assert 1 <= clf.n_iter_ <= 300
+    assert clf.loss_ == pytest.approx(lbfgs_objective(clf, X, y, 1.0), rel=1e-4)
+    assert not hasattr(clf, "partial_fit")  # as scikit-learn: lbfgs is not stochastic
+    with pytest.raises(AttributeError, match="partial_fit"):
+        clf.partial_fit(X, y)
+
+
+def test_lbfgs_regressor_objective_is_half_the_squared_error_plus_the_weight_penalty():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * rng.standard_normal(80)
+    reg = fastbp.MLPRegressor(solver="lbfgs", hidden_layer_sizes=(8,), alpha=0.5, max_iter=200, random_state=0)
+    reg.fit(X, y)
+    assert reg.score(X, y) > 0.9
+    assert reg.loss_ == pytest.approx(lbfgs_objective(reg, X, y, 0.5), rel=1e-4)
+    # The penalty holds back the weights, not the biases: a larger alpha, smaller weights.
+    heavy = fastbp.MLPRegressor(solver="lbfgs", hidden_layer_sizes=(8,), alpha=50.0, max_iter=200,
+                                random_state=0).fit(X, y)
+    assert sum(np.abs(W).sum() for W in heavy.coefs_) < sum(np.abs(W).sum() for W in reg.coefs_)
+
+
+def test_lbfgs_limits_warn_as_scikit_learn_does():
+    X, y = make_classification(n_samples=100, n_features=5, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        est = fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y)
+    assert est.n_iter_ == 2
+    with pytest.warns(ConvergenceWarning, match="max_fun"):
+        fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(5,), max_fun=3, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="max_fun must be a positive integer"):
+        fastbp.MLPClassifier(solver="lbfgs", max_fun=0).fit(X, y)
+
+
+def test_warm_start_continues_from_the_fitted_network():
+    X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    est = fastbp.MLPClassifier(hidden_layer_sizes=(7,), max_iter=3, random_state=0, warm_start=True)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)
+    first = [W.copy() for W in est.coefs_]
+    seen = est.t_
+    assert seen == 3 * 120  # samples seen, as scikit-learn counts t_
+    est.set_params(learning_rate_init=1e-12, max_iter=1)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X, y)
+    for W, W0 in zip(est.coefs_, first):  # continued from the fitted weights (a new network would differ)
+        np.testing.assert_allclose(W, W0, atol=1e-6)
+    assert est.n_iter_ == 1 and est.t_ == seen + 120 and len(est.loss_curve_) == 4
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has the same classes"):
+        est.fit(X[y < 2], y[y < 2])
+    cold = fastbp.MLPClassifier(hidden_layer_sizes=(7,), max_iter=1, random_state=1, learning_rate_init=1e-12)
+    with pytest.warns(ConvergenceWarning):
+        cold.fit(X, y)
+        cold.fit(X, y)
+    assert cold.t_ == 120  # without warm_start each fit starts again
+
+
+def test_multilabel_indicator_targets_get_one_sigmoid_per_label():
+    from sklearn.datasets import make_multilabel_classification
+    from sklearn.neural_network import MLPClassifier as SklearnMLP
+    X, Y = make_multilabel_classification(n_samples=200, n_features=8, n_classes=4, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    clf = fastbp.MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit(X, Y)
+    assert clf.trainer_.config.loss == "bce" and clf.trainer_.sizes[-1] == 4
+    assert clf.out_activation_ == "logistic"
+    np.testing.assert_array_equal(clf.classes_, np.arange(4))
+    P, pred = clf.predict_proba(X), clf.predict(X)
+    assert P.shape == pred.shape == (200, 4) and ((P >= 0) & (P <= 1)).all()
+    np.testing.assert_array_equal(pred, (P > 0.5).astype(int))
+    theirs = SklearnMLP(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit(X, Y)
+    assert clf.score(X, Y) > theirs.score(X, Y) - 0.1  # subset accuracy, scikit-learn's own as the yardstick
+    # L-BFGS: scikit-learn's multi-label objective sums the labels' losses.
+    lb = fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(16,), alpha=1e-3, max_iter=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lb.fit(X, Y)
+    assert lb.loss_ == pytest.approx(lbfgs_objective(lb, X, Y, 4.0), rel=1e-4)
+    with pytest.raises(ValueError, match="multi-label indicator"):
+        fastbp.MLPClassifier(max_iter=1).fit(X, np.stack([Y[:, 0] * 2, Y[:, 1]], axis=1))
+    with pytest.raises(ValueError, match="fitted with 4 labels"):
+        clf.partial_fit(X, Y[:, 0])
+
+
+def test_learning_rate_schedules_follow_scikit_learn():
+    """invscaling: learning_rate_init / (samples seen + 1) ** power_t after each epoch; adaptive: divided by 5
+    each time n_iter_no_change + 1 epochs pass without improvement, stopping once it is below 1e-6 (what
+    scikit-learn's own tests of these read from its private _optimizer)."""
+    X, y = make_classification(n_samples=60, n_features=5, random_state=0)
+    inv = fastbp.MLPClassifier(solver="sgd", learning_rate="invscaling", power_t=0.25, hidden_layer_sizes=(4,),
+                               max_iter=3, learning_rate_init=0.1, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        inv.fit(X, y)
+    assert inv.trainer_.lr == pytest.approx(0.1 / (3 * 60 + 1) ** 0.25)
+    adaptive = fastbp.MLPClassifier(solver="sgd", learning_rate="adaptive", tol=1e9, n_iter_no_change=2,
+                                    hidden_layer_sizes=(4,), max_iter=3000, learning_rate_init=0.1, random_state=0)
+    adaptive.fit(X, y)
+    assert adaptive.trainer_.lr < 1e-6
+    # The first epoch improves on the initial infinite best loss; then every 3 epochs without improvement
+    # the rate / 5, from 0.1 until below 1e-6 (8 times), and the 9th time a stop.
+    assert adaptive.n_iter_ == 1 + 3 * 9
+    constant = fastbp.MLPClassifier(solver="adam", learning_rate="invscaling", hidden_layer_sizes=(4,), max_iter=2,
+                                    random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        constant.fit(X, y)
+    assert constant.trainer_.lr == 1e-3  # schedules are for sgd only, as in scikit-learn
+    with pytest.raises(ValueError, match="learning_rate"):
+        fastbp.MLPClassifier(learning_rate="cosine").fit(X, y)
+
+
+def test_a_diverging_loss_is_recorded_not_raised():
+    """As scikit-learn: NaN in loss_curve_ (and validation_scores_), a ConvergenceWarning; fastbp stops
+    there with finite parameters."""
+    X, y = make_classification(n_samples=80, n_features=5, random_state=0)
+    reg = fastbp.MLPRegressor(solver="sgd", learning_rate_init=10.0, momentum=0.9, activation="identity",
+                              hidden_layer_sizes=(50,), max_iter=50, early_stopping=True, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="training stopped"):
+        reg.fit(X * 1e3, y * 1e3)
+    assert np.isnan(reg.loss_curve_[-1]) and np.isnan(reg.validation_scores_[-1])
+    assert all(np.isfinite(W).all() for W in reg.coefs_)

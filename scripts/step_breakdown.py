@@ -25,7 +25,6 @@ import numpy as np
 
 from fastbp import Trainer
 from fastbp.bench import WORKLOADS, gemm_ceiling, make_batch
-from fastbp.cpu import step
 from fastbp.cpu.delta_backward import propagate_delta
 from fastbp.cpu.dense_forward import activation_offsets, dense_layer, gather_input
 from fastbp.cpu.loss_delta import loss_and_delta

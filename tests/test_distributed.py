@@ -159,7 +159,7 @@ def test_schedules_early_stopping_and_progress_with_comm(main_run):
         np.testing.assert_allclose(values["history"]["val_loss"], history.history["val_loss"], rtol=1e-5)
     assert_close_to(found[0][0]["params"], flat(t))
     # verbose=2 prints one line per epoch, on rank 0 only.
-    assert (out / "main.stdout").read_text().count(f"epoch 1/12") == 1
+    assert (out / "main.stdout").read_text().count("epoch 1/12") == 1
 
 
 @needs_mpi

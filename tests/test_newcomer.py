@@ -1,6 +1,5 @@
 """A newcomer's first hour: the README's examples run as written and do something sensible, help texts
 and messages say what to do."""
-import io
 import os
 import pathlib
 import re
@@ -35,6 +34,17 @@ def test_readme_quickstart_and_training_loop_run_and_learn(tmp_path, monkeypatch
     # The schedule spans the whole run: the rate is positive until the last epoch, including after resuming.
     assert t2.epochs_done == 30 and all(lr > 0 for lr in ns["hist"].history["lr"])
     assert t2.evaluate(ns["X"], ns["y"])["accuracy"] > 0.9
+
+
+def test_readme_export_example_runs_and_agrees(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(readme_block("### Export: PyTorch and ONNX"), ns)
+    assert float(capsys.readouterr().out.split()[-1]) < 1e-5
+    assert (tmp_path / "model.onnx").exists()
+    np.testing.assert_array_equal(ns["back"].predict(ns["X"][:5]), ns["t"].predict(ns["X"][:5]))
 
 
 def test_epoch_line_is_whole_on_an_80_column_terminal():

@@ -1,8 +1,6 @@
 """Data that is not an array in memory (fastbp/sources.py): memory-mapped files and streams of batches."""
-import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import distributed, lbfgs
+from . import distributed, lbfgs, sources
 from .callbacks import Callback
 from .trainer import Trainer
 
@@ -145,8 +145,9 @@ class _BaseMLP(BaseEstimator):
         first_call = not hasattr(self, "trainer_") or not (incremental or self.warm_start)
         mapped = X if isinstance(X, np.memmap) else None
         X, y = validate_data(self, X, y, reset=first_call, dtype=_dtypes(mapped), multi_output=True,
-                             y_numeric=not isinstance(self, ClassifierMixin))
-        if mapped is None and X.dtype == np.float64 and X.size and np.abs(X).max() > np.finfo(np.float32).max:
+                             y_numeric=not isinstance(self, ClassifierMixin), accept_sparse=["csr", "csc"])
+        values = X.data if sources.is_sparse(X) else X
+        if mapped is None and X.dtype == np.float64 and values.size and np.abs(values).max() > np.finfo(np.float32).max:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
                              "and need to be preprocessed: X holds values beyond float32's range, which fastbp "
                              "computes in")
@@ -261,7 +262,7 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X):
         check_is_fitted(self, "trainer_")
         mapped = X if isinstance(X, np.memmap) else None
-        X = validate_data(self, X, reset=False, dtype=_dtypes(mapped))
+        X = validate_data(self, X, reset=False, dtype=_dtypes(mapped), accept_sparse=["csr", "csc"])
         if mapped is not None:
             X = mapped
         return self.trainer_.predict(X)
@@ -280,15 +281,28 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self):
-        """[W (fan_in, fan_out), ...], copies in the training data's dtype (float32 or float64)."""
+        """[W (fan_in, fan_out), ...], copies in the training data's dtype (float32 or float64). Settable
+        with a list of arrays of the same shapes (the network's weights are replaced, as a whole)."""
         check_is_fitted(self, "trainer_")
         return [W.astype(self._dtype) for W, _ in self.trainer_.params]
 
+    @coefs_.setter
+    def coefs_(self, weights):
+        check_is_fitted(self, "trainer_")
+        self.trainer_.set_params([(W, b) for W, (_, b) in zip(_one_per_layer(weights, self.trainer_, "coefs_"),
+                                                              self.trainer_.params)])
+
     @property
     def intercepts_(self):
-        """[b (fan_out,), ...], copies in the training data's dtype."""
+        """[b (fan_out,), ...], copies in the training data's dtype; settable as coefs_ is."""
         check_is_fitted(self, "trainer_")
         return [b.astype(self._dtype) for _, b in self.trainer_.params]
+
+    @intercepts_.setter
+    def intercepts_(self, biases):
+        check_is_fitted(self, "trainer_")
+        self.trainer_.set_params([(W, b) for (W, _), b in zip(self.trainer_.params,
+                                                              _one_per_layer(biases, self.trainer_, "intercepts_"))])
 
     @property
     def n_layers_(self):
@@ -299,6 +313,13 @@ class _BaseMLP(BaseEstimator):
     def n_outputs_(self):
         check_is_fitted(self, "trainer_")
         return self.trainer_.sizes[-1]
+
+
+def _one_per_layer(arrays, trainer, name):
+    arrays = list(arrays)
+    if len(arrays) != trainer.state.n_layers:
+        raise ValueError(f"{name} needs one array per layer ({trainer.state.n_layers}), got {len(arrays)}")
+    return arrays
 
 
 class _ScikitLearnStopping(Callback):
@@ -500,6 +521,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True  # CSR/CSC X, densified batch by batch (sources.Rows)
         return tags
 
 
@@ -545,4 +567,5 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
         return tags

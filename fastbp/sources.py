@@ -7,7 +7,8 @@ int64 or targets (N, d_L) float32 (see cpu/step.py):
 - InMemory: the whole data set checked and converted once (validation.py); take() passes the arrays as
   they are and the kernels gather the rows. The default for data that fits.
 - OnDemand: an array that should not be copied whole: np.memmap / np.load(..., mmap_mode="r") of any real
-  dtype, or one whose float32 copy would not fit in memory. Checked before training in chunks of
+  dtype, a SciPy sparse matrix (its rows densified per batch, never the whole matrix), or one whose
+  float32 copy would not fit in memory. Checked before training in chunks of
   CHECK_CHUNK_BYTES (an error names the first bad row); take() reads and converts only the batch's rows,
   in batch order, so memory does not grow with the number of rows.
 - batches(): a stream of (X_batch, y_batch) pairs (a generator, a list, a DataLoader-like iterable),
@@ -46,17 +47,36 @@ class InMemory:
 ALWAYS_CONVERTED_BYTES = 64 * 2 ** 20
 
 
+def is_sparse(X):
+    """Whether X is a SciPy sparse matrix or array (read batch by batch, never densified whole)."""
+    return hasattr(X, "tocsr") and hasattr(X, "nnz")
+
+
 def wants_on_demand(X, available_bytes):
-    """Whether X should be read batch by batch rather than converted whole: a memory-mapped array, or an
-    array whose float32 copy would take more than half the memory available. available_bytes: a number,
-    None (unknown), or a function returning one (called only for copies over ALWAYS_CONVERTED_BYTES)."""
-    if isinstance(X, np.memmap):
+    """Whether X should be read batch by batch rather than converted whole: a memory-mapped array, a sparse
+    matrix, or an array whose float32 copy would take more than half the memory available. available_bytes:
+    a number, None (unknown), or a function returning one (called only for copies over
+    ALWAYS_CONVERTED_BYTES)."""
+    if isinstance(X, np.memmap) or is_sparse(X):
         return True
     need = validation.conversion_bytes(X)
     if need <= ALWAYS_CONVERTED_BYTES:
         return False
     available = available_bytes() if callable(available_bytes) else available_bytes
     return available is not None and need > available // 2
+
+
+class Rows:
+    """A SciPy sparse matrix (any format: kept as CSR, whose rows slice cheaply) read as dense rows:
+    rows[a:b] and rows[index_array] give float arrays of just those rows. shape, ndim and dtype as the
+    matrix's."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix.tocsr()
+        self.shape, self.ndim, self.dtype = self.matrix.shape, 2, self.matrix.dtype
+
+    def __getitem__(self, rows):
+        return self.matrix[rows].toarray()
 
 
 class OnDemand:
@@ -67,7 +87,9 @@ class OnDemand:
     def __init__(self, X, y, loss, n_features, n_outputs, checks=validation, names=("X", "y")):
         self.loss, self.n_features, self.n_outputs = loss, n_features, n_outputs
         self.checks, self.names = checks, names
-        if not isinstance(X, np.ndarray) or X.ndim != 2:
+        if is_sparse(X):
+            X = Rows(X)
+        if not isinstance(X, (np.ndarray, Rows)) or X.ndim != 2:
             raise ValueError(f"{names[0]} must be a 2-D (n_samples, n_features) array, got "
                              f"{type(X).__name__} of shape {getattr(X, 'shape', None)}")
         self.X = X
@@ -146,7 +168,8 @@ class OnDemand:
         """This source as rows `rows` (a slice) of an already checked one."""
         self.__dict__.update(whole.__dict__)
         self._reader, self._pending = None, []
-        self.X, self.y = whole.X[rows], whole.y[rows]
+        self.X = Rows(whole.X.matrix[rows]) if isinstance(whole.X, Rows) else whole.X[rows]
+        self.y = whole.y[rows]
         self.n_rows = self.X.shape[0]
         return self
 

@@ -512,11 +512,13 @@ class Trainer:
 
     def predict(self, X):
         """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse.
-        Memory-mapped X is read chunk by chunk."""
+        Memory-mapped and sparse X are read chunk by chunk."""
         on_demand = sources.wants_on_demand(X, self._available_bytes)
         if not on_demand:
             X = self._backend.checks.features(X, self.sizes[0])
-        elif not isinstance(X, np.ndarray) or X.ndim != 2:
+        elif sources.is_sparse(X):
+            X = sources.Rows(X)
+        if on_demand and (not isinstance(X, (np.ndarray, sources.Rows)) or X.ndim != 2):
             raise ValueError(f"X must be a 2-D (n_samples, n_features) array, got shape {getattr(X, 'shape', None)}")
         with self._guard.lock:  # every chunk from the same parameters
             try:

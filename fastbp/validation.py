@@ -33,8 +33,6 @@ def _as_numeric_array(value, name):
     if hasattr(value, "__cuda_array_interface__") or getattr(value, "__cuda_ndarray__", False) is True:
         raise TypeError(f"{name} is a GPU array: train with Trainer(..., device='cuda'), or copy it to the host "
                         "(e.g. x.get() in CuPy, x.cpu().numpy() in PyTorch)")
-    if hasattr(value, "toarray") and hasattr(value, "nnz"):
-        raise TypeError(f"{name} is a sparse matrix; fastbp takes dense arrays: pass {name}.toarray()")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like

@@ -258,3 +258,26 @@ def test_a_diverging_loss_is_recorded_not_raised():
         reg.fit(X * 1e3, y * 1e3)
     assert np.isnan(reg.loss_curve_[-1]) and np.isnan(reg.validation_scores_[-1])
     assert all(np.isfinite(W).all() for W in reg.coefs_)
+
+
+def test_sparse_x_trains_as_its_dense_copy_and_coefs_are_settable():
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 9)) * (rng.random((120, 9)) < 0.3)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    dense = fastbp.MLPClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0)
+    sparse = fastbp.MLPClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dense.fit(X, y)
+        sparse.fit(sp.csr_matrix(X), y)
+    np.testing.assert_array_equal(sparse.predict_proba(sp.csc_matrix(X)), dense.predict_proba(X))
+    sparse.coefs_ = [W * 0 for W in sparse.coefs_]
+    sparse.intercepts_ = [b * 0 + 1 for b in sparse.intercepts_]
+    assert all((W == 0).all() for W in sparse.coefs_) and all((b == 1).all() for b in sparse.intercepts_)
+    # Zero weights, bias 1 on every unit: the one output is sigmoid(1) whatever the row.
+    np.testing.assert_allclose(sparse.predict_proba(X)[:, 1], 1 / (1 + np.exp(-1.0)), rtol=1e-6)
+    with pytest.raises(ValueError, match="one array per layer"):
+        sparse.coefs_ = sparse.coefs_[:1]
+    with pytest.raises(ValueError):
+        sparse.coefs_ = [np.zeros((2, 2)), np.zeros((6, 1))]

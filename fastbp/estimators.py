@@ -13,7 +13,8 @@ Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's convention
   has not improved by tol for n_iter_no_change epochs, as in scikit-learn.
 
 Memory-mapped X (np.load(path, mmap_mode="r")) is checked in place and read batch by batch, except
-with early_stopping, whose random validation split copies the rows.
+with early_stopping, whose random validation split copies the rows. Sparse X (CSR, CSC) is read batch by
+batch too, its rows densified per batch only (sources.Rows).
 
 comm (fastbp's own): an mpi4py communicator for data-parallel training (see Trainer); every rank calls
 fit with the same X and y, and gets the same fitted model.

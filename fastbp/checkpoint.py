@@ -82,21 +82,23 @@ def _remove_orphans(directory, target):
             continue  # not our naming, or a live process of another user
 
 
-def write(path, arrays, meta):
-    """arrays: name -> ndarray; meta: JSON-serialisable dict (config, counters, RNG state)."""
+def write_atomically(path, write_to):
+    """Writes a file at path through write_to(f) (f: a binary file) so that path always holds a whole file,
+    the old one or the new: into a temporary file beside it (its name tells its target, host and process;
+    orphans that killed processes left are cleaned up), flushed to disk, given the permissions a plain
+    open() would give (umask), then renamed over path. A Ctrl-C lands after the rename or the clean-up."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
     _check_writable(path)
-    header = {"format": FORMAT, "version": VERSION, **meta}
     prefix = _temporary_prefix(path)
     _remove_orphans(directory, os.path.basename(path))
-    with whole_steps():  # a Ctrl-C lands after the rename or the clean-up, never between
+    with whole_steps():
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(header)), **arrays)
+                write_to(f)
                 f.flush()
                 os.fchmod(f.fileno(), 0o666 & ~_umask())
                 os.fsync(f.fileno())
@@ -105,6 +107,12 @@ def write(path, arrays, meta):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def write(path, arrays, meta):
+    """arrays: name -> ndarray; meta: JSON-serialisable dict (config, counters, RNG state)."""
+    header = {"format": FORMAT, "version": VERSION, **meta}
+    write_atomically(path, lambda f: np.savez(f, meta=np.array(json.dumps(header)), **arrays))
 
 
 def _npy_header(f, name):

@@ -8,16 +8,16 @@
 - to_onnx(trainer, path, probabilities=True): an ONNX model (opset 17) of Gemm + activation nodes, input
   "input" (batch, sizes[0]) float32 with a free batch dimension, output "output": with probabilities,
   what Trainer.predict returns (softmax for cross_entropy, sigmoid for bce, the raw outputs for mse),
-  else the logits. Written to a temporary file beside path, then renamed over it: a reader never sees
-  half a model.
+  else the logits. Written as checkpoints are (a temporary file beside path, renamed over it): a reader
+  never sees half a model.
 
 torch, onnx (and onnxruntime, to run the file) are optional: pip install "fastbp[torch]" / "fastbp[onnx]".
 """
 import os
-import tempfile
 
 import numpy as np
 
+from . import checkpoint
 from .options import LEAKY_SLOPE
 
 ONNX_OPSET = 17
@@ -149,19 +149,7 @@ def onnx_model(params, activation, loss, probabilities=True):
 
 
 def to_onnx(trainer, path, probabilities=True):
-    """Writes the model to path atomically; returns path."""
+    """Writes the model to path atomically (checkpoint.write_atomically, as checkpoints are); returns path."""
     model = onnx_model(trainer.params, trainer.config.activation, trainer.config.loss, probabilities)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-onnx-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    checkpoint.write_atomically(path, lambda f: f.write(model.SerializeToString()))
+    return os.fspath(path)

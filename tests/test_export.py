@@ -1,6 +1,8 @@
 """Models out and back in: Trainer.to_torch / from_torch (the same predictions, training goes on) and
 Trainer.to_onnx run by ONNX Runtime (predictions equal to fastbp's to 1e-5), for every activation and loss;
 models fastbp cannot represent are refused with a clear error."""
+import os
+
 import numpy as np
 import pytest
 
@@ -99,7 +101,7 @@ def test_onnx_runtime_predicts_what_fastbp_predicts(rng, tmp_path, activation, l
         (logits,) = logits_session.run(None, {"input": X})
         np.testing.assert_allclose(logits, t._backend.logits(t._backend.checks.features(X, SIZES[0]),
                                                              np.arange(n, dtype=np.int64)), rtol=1e-5, atol=1e-5)
-    assert not list(tmp_path.glob(".fastbp-onnx-*"))  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.onnx", "model.onnx"]  # no temporary file left
 
 
 def test_estimators_export_their_predictions(rng, tmp_path):
@@ -126,6 +128,9 @@ def test_onnx_export_is_atomic(rng, tmp_path, monkeypatch):
     path = tmp_path / "model.onnx"
     t.to_onnx(path)
     before = path.read_bytes()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # a plain file's permissions, not mkstemp's 0600
 
     def broken_fsync(fd):
         raise OSError("disk full")

@@ -148,7 +148,9 @@ class _BaseMLP(BaseEstimator):
         X, y = validate_data(self, X, y, reset=first_call, dtype=_dtypes(mapped), multi_output=True,
                              y_numeric=not isinstance(self, ClassifierMixin), accept_sparse=["csr", "csc"])
         values = X.data if sources.is_sparse(X) else X
-        if mapped is None and X.dtype == np.float64 and values.size and np.abs(values).max() > np.finfo(np.float32).max:
+        limit = np.finfo(np.float32).max
+        # max and min, not abs(): no temporary copy of X
+        if mapped is None and X.dtype == np.float64 and values.size and (values.max() > limit or values.min() < -limit):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
                              "and need to be preprocessed: X holds values beyond float32's range, which fastbp "
                              "computes in")

@@ -4,9 +4,10 @@ They take scikit-learn's MLP parameters and conventions (sklearn.neural_network)
 Pipeline, GridSearchCV or cross_val_score. Needs scikit-learn (pip install 'fastbp[sklearn]').
 
 Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's conventions:
-- with the stochastic solvers alpha is applied as L2 weight decay alpha / batch_size on every parameter,
-  biases included (scikit-learn penalises weights only); with solver='lbfgs' it is scikit-learn's penalty,
-  alpha / (2 n_samples) x the squared weights (lbfgs.py);
+- alpha is scikit-learn's L2 penalty on the weights (not the biases): with solver='lbfgs' exactly
+  (alpha / (2 n_samples) x the squared weights, lbfgs.py); with the stochastic solvers as the Trainer's
+  weight decay with decay_biases=False, alpha / batch_size (scikit-learn divides by the rows, or the
+  sample weights' sum, of each batch: the two differ on a last, shorter batch and with sample weights);
 - solver is 'lbfgs', 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'). 'lbfgs' is full-batch
   L-BFGS through SciPy with fastbp's compiled loss and gradient (max_iter, max_fun, tol as in scikit-learn);
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
@@ -81,6 +82,15 @@ class _BaseMLP(BaseEstimator):
     # ---- what subclasses define ----
     _loss = None                  # fastbp loss for the data seen
 
+    def _loss_scale(self):
+        """scikit-learn's loss value (loss_, loss_curve_) over fastbp's loss."""
+        raise NotImplementedError
+
+    def _gradient_scale(self):
+        """scikit-learn's gradient over fastbp's (different from _loss_scale where scikit-learn's loss value
+        averages over the outputs and its gradient sums over them)."""
+        raise NotImplementedError
+
     def _encode_targets(self, y, first_call, classes=None, warm_start=False):
         """y as the Trainer takes it. first_call: sets what the targets define (classes_, output count);
         warm_start: a fit continuing the fitted network, which must see the same classes."""
@@ -126,13 +136,16 @@ class _BaseMLP(BaseEstimator):
         stochastic = self.solver != "lbfgs"  # lbfgs: the Trainer's kernels give loss and gradient only
         options = dict(sizes=[n_features, *hidden, n_outputs], activation=_ACTIVATIONS[self.activation],
                        loss=self._loss, optimizer=self.solver if stochastic else "sgd", lr=self.learning_rate_init,
-                       batch_size=batch, seed=seed, weight_decay=self.alpha / batch if stochastic else 0.0)
-        if self.solver == "sgd" and getattr(self, "_multilabel", False):
-            # scikit-learn's multi-label loss sums over the labels, fastbp's bce averages them: SGD (momentum
-            # included) on the sum is SGD on the mean with n_labels x the learning rate, the decay kept.
-            options.update(lr=self.learning_rate_init * n_outputs, weight_decay=options["weight_decay"] / n_outputs)
+                       batch_size=batch, seed=seed, decay_biases=False)
+        # scikit-learn's gradient is scale x fastbp's (_gradient_scale), so with the penalty it is
+        # scale x (fastbp's gradient + alpha / (scale batch) W): SGD (momentum included) on it is SGD with
+        # scale x the learning rate; Adam is blind to the gradient's scale but for epsilon, which scales too.
+        scale = self._gradient_scale()
+        options["weight_decay"] = self.alpha / (scale * batch) if stochastic else 0.0
+        if self.solver == "sgd":
+            options["lr"] = self.learning_rate_init * scale
         if self.solver in ("adam", "adamw"):
-            options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+            options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon / scale)
         elif self.solver == "sgd":
             options.update(momentum=self.momentum, nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         elif self.solver == "rmsprop":
@@ -184,7 +197,7 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0  # a warm start counts its own epochs (t_ and loss_curve_ go on)
         epochs = 1 if incremental else self.max_iter
         record = _Record()
-        callbacks = []
+        callbacks = [_ScikitLearnLoss(self._loss_scale(), self.alpha, X.shape[0], self._batch_size(X.shape[0]))]
         if self.early_stopping and not incremental:
             X, y, (X_val, y_val) = self._validation_split(X, y)
             callbacks.append(_ValidationScore(self._validation_score, X_val, y_val))
@@ -243,7 +256,7 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, X, y):
         """solver='lbfgs': full-batch L-BFGS (lbfgs.py) on scikit-learn's objective."""
         result = lbfgs.minimize(self.trainer_, X, y, alpha=self.alpha, max_iter=self.max_iter, max_fun=self.max_fun,
-                                tol=self.tol, objective_scale=self._lbfgs_scale())
+                                tol=self.tol, objective_scale=self._gradient_scale())
         self.n_iter_ = int(result.nit)
         self.loss_ = float(result.fun)
         if result.status != 0:
@@ -374,6 +387,32 @@ class _ScikitLearnStopping(Callback):
             trainer._set_flat_params(self.best_params)
 
 
+class _ScikitLearnLoss(Callback):
+    """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): scale x
+    fastbp's mean loss, plus the penalty each batch adds, alpha / (2 batch rows) x the squared weights,
+    averaged over the epoch's rows: alpha / 2 x the squared weights x batches / n_samples. scikit-learn
+    takes each batch's weights before its update; this takes the mean of the epoch's first and last."""
+
+    def __init__(self, scale, alpha, n_samples, batch_size):
+        self.scale, self.alpha = scale, alpha
+        self.batches_per_row = -(-n_samples // batch_size) / n_samples
+        self.squares_before = None
+
+    def _squares(self, trainer):
+        return sum(float(np.dot(W.ravel().astype(np.float64), W.ravel())) for W, _ in trainer.params)
+
+    def on_train_begin(self, trainer):
+        self.squares_before = self._squares(trainer) if self.alpha else 0.0
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        penalty = 0.0
+        if self.alpha:
+            squares = self._squares(trainer)
+            penalty = 0.25 * self.alpha * (self.squares_before + squares) * self.batches_per_row
+            self.squares_before = squares
+        logs["loss"] = logs["loss"] * self.scale + penalty
+
+
 class _Record(Callback):
     """Every finished epoch's logs, kept even when a later epoch raises."""
 
@@ -436,9 +475,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return (np.asarray(y) == 1)[:, None]
         return np.eye(len(self.classes_), dtype=bool)[np.asarray(y, dtype=np.int64)]
 
-    def _lbfgs_scale(self):
-        # scikit-learn's multi-label loss sums over the labels; fastbp's bce is the mean over them.
+    def _gradient_scale(self):
+        """scikit-learn's loss (and its gradient) over fastbp's: its multi-label loss sums over the labels,
+        fastbp's bce averages them."""
         return float(self._n_labels) if self._multilabel else 1.0
+
+    _loss_scale = _gradient_scale
 
     def _encode_targets(self, y, first_call, classes=None, warm_start=False):
         if np.ndim(y) == 2 and y.shape[1] != 1:
@@ -535,8 +577,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _n_trainer_outputs(self):
         return self._n_targets
 
-    def _lbfgs_scale(self):
+    def _loss_scale(self):
         return 0.5  # scikit-learn's squared error is half of fastbp's mse
+
+    def _gradient_scale(self):
+        # ... but its gradient is that of the half squared error summed over the targets, not averaged.
+        return 0.5 * self._n_targets
 
     def _validation_score(self, outputs, y):
         """R^2 of the outputs against the targets y (n, targets), averaged over the targets, as score()."""

@@ -5,8 +5,8 @@ the network state's flat buffer (state.py: each layer's W row-major, then its b)
 side and rounded to float32 for the kernels. Each evaluation is fastbp's compiled loss and gradient over
 the whole data set (Trainer.gradients), plus scikit-learn's L2 penalty, alpha / (2 n) x the sum of the
 squared weights (biases not penalized), and its gradient, alpha / n x W, added here in float64.
-objective_scale multiplies the data loss: scikit-learn's squared error is half of fastbp's mse, and its
-multi-label loss the sum over labels of fastbp's mean.
+objective_scale multiplies the data loss: scikit-learn's gradient is that of half the squared error summed
+over the targets (fastbp's mse averages them), and of the multi-label loss summed over the labels.
 """
 import numpy as np
 import scipy.optimize

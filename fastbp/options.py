@@ -86,6 +86,7 @@ class Config:
     alpha: float = 0.99
     clip_norm: Optional[float] = None
     dropout: float = 0.0
+    decay_biases: bool = True
 
     def __post_init__(self):
         sizes = self.sizes
@@ -131,6 +132,8 @@ class Config:
                                                                  low_inclusive=False))
         object.__setattr__(self, "dropout", finite_number("dropout", self.dropout, low=0.0, high=MAX_DROPOUT,
                                                           high_inclusive=True))
+        if not isinstance(self.decay_biases, bool):
+            raise TypeError(f"decay_biases must be True or False, got {self.decay_biases!r}")
         if self.dropout and len(self.sizes) < 3:
             raise ValueError("dropout applies to hidden layers, and this network has none")
 
@@ -165,9 +168,11 @@ class OptimizerSettings(NamedTuple):
     step: int
     alpha: float
     clip_norm: float  # 0: no clipping
+    decay_biases: bool  # False: weight_decay skips the biases (each layer's last row)
 
     @classmethod
     def for_step(cls, config, lr, step):
         return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
                    eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
-                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0)
+                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0,
+                   decay_biases=config.decay_biases)

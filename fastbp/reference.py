@@ -132,11 +132,13 @@ def output_transform(logits, loss):
 
 class Optimizer:
     """Adam (L2 weight_decay), AdamW (decoupled weight_decay), SGD with optional (Nesterov) momentum,
-    Adagrad and RMSprop (optional momentum); clip_norm: gradient clipping by global norm first."""
+    Adagrad and RMSprop (optional momentum); clip_norm: gradient clipping by global norm first;
+    decay_biases=False: weight_decay applies to the weights W only, the biases b are not decayed."""
 
     def __init__(self, params, kind="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None):
+                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None, decay_biases=True):
         self.kind, self.lr, self.betas, self.eps = kind, lr, betas, eps
+        self.decay_biases = decay_biases
         self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
         self.alpha, self.clip_norm = alpha, clip_norm
         self.m = [np.zeros_like(p) for pair in params for p in pair]
@@ -151,10 +153,12 @@ class Optimizer:
         if self.clip_norm:
             norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in flat_g))
             flat_g = [g * min(1.0, self.clip_norm / (norm + 1e-6)) for g in flat_g]
-        for p, g, m, v in zip(flat_p, flat_g, self.m, self.v):
+        for index, (p, g, m, v) in enumerate(zip(flat_p, flat_g, self.m, self.v)):
+            is_bias = index % 2 == 1  # flat_p is W_0, b_0, W_1, b_1, ...
+            wd = 0.0 if is_bias and not self.decay_biases else self.weight_decay
             if self.kind in ("adagrad", "rmsprop"):
-                if self.weight_decay:
-                    g = g + self.weight_decay * p
+                if wd:
+                    g = g + wd * p
                 if self.kind == "adagrad":
                     m += g * g
                     p -= self.lr * g / (np.sqrt(m) + self.eps)
@@ -169,8 +173,8 @@ class Optimizer:
                 p -= self.lr * u
                 continue
             if self.kind == "sgd":
-                if self.weight_decay:
-                    g = g + self.weight_decay * p
+                if wd:
+                    g = g + wd * p
                 if self.momentum:
                     m *= self.momentum
                     m += g
@@ -178,9 +182,9 @@ class Optimizer:
                 p -= self.lr * g
                 continue
             if self.kind == "adamw":
-                p *= 1 - self.lr * self.weight_decay
-            elif self.weight_decay:
-                g = g + self.weight_decay * p
+                p *= 1 - self.lr * wd
+            elif wd:
+                g = g + wd * p
             b1, b2 = self.betas
             m *= b1
             m += (1 - b1) * g

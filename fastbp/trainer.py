@@ -73,6 +73,8 @@ class Trainer:
         device       "cpu" (default) or "cuda"
         seed         initial weights, shuffling and dropout masks; None draws a fresh seed
         weight_decay L2 decay (AdamW: decoupled; default 0.01 for AdamW, else 0)
+        decay_biases False: weight_decay applies to the weights only, not the biases (default True, as
+                     torch.optim applies it to every parameter it is given)
         momentum, nesterov       SGD (and RMSprop) momentum
         betas, eps   Adam/AdamW moment decays and epsilon (eps default 1e-8; Adagrad 1e-10)
         alpha        RMSprop's smoothing constant (default 0.99)
@@ -101,8 +103,8 @@ class Trainer:
 
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, schedule=None,
-                 threads=None, micro_batch=None, memory_budget=None, comm=None):
+                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, decay_biases=True,
+                 schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None):
         self._comm = distributed.wrap(comm)
         self.micro_batch = None if micro_batch is None else positive_int("micro_batch", micro_batch)
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
@@ -111,7 +113,7 @@ class Trainer:
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
-                             clip_norm=clip_norm, dropout=dropout)
+                             clip_norm=clip_norm, dropout=dropout, decay_biases=decay_biases)
         if schedule is not None and not isinstance(schedule, schedules.Schedule):
             raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
         self.schedule = schedule

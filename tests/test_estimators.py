@@ -281,3 +281,45 @@ def test_sparse_x_trains_as_its_dense_copy_and_coefs_are_settable():
         sparse.coefs_ = sparse.coefs_[:1]
     with pytest.raises(ValueError):
         sparse.coefs_ = [np.zeros((2, 2)), np.zeros((6, 1))]
+
+
+def one_epoch_from_the_same_weights(fastbp_cls, sklearn_cls, X, y, **params):
+    """Both estimators' parameters after one more epoch (warm_start) from the same starting weights."""
+    models = []
+    start = None
+    for cls in (fastbp_cls, sklearn_cls):
+        model = cls(max_iter=1, warm_start=True, shuffle=False, random_state=0, **params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y)
+            if start is None:
+                start = ([W.astype(np.float64) for W in model.coefs_], [b + 0.5 for b in model.intercepts_])
+            model.coefs_, model.intercepts_ = [W.copy() for W in start[0]], [b.copy() for b in start[1]]
+            model.fit(X, y)
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_stochastic_solvers_take_scikit_learns_steps_with_its_alpha(solver, task):
+    """An epoch of whole-batch steps from the same weights: scikit-learn's float64 arithmetic to float32
+    rounding, with a large alpha (a penalty on the weights only: biases decayed like weights would be off
+    by lr x alpha x b) and the loss scale of squared error (half of fastbp's mse) or multi-label log loss
+    (the sum over labels of fastbp's mean)."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 5))
+    if task == "regression":
+        y = X @ rng.standard_normal((5, 2)) + 0.1 * rng.standard_normal((40, 2))
+        classes = (fastbp.MLPRegressor, MLPRegressor)
+    else:
+        y = (X @ rng.standard_normal((5, 3)) > 0).astype(int)
+        classes = (fastbp.MLPClassifier, MLPClassifier)
+    ours, theirs = one_epoch_from_the_same_weights(*classes, X, y, hidden_layer_sizes=(7,), activation="tanh",
+                                                   solver=solver, alpha=2.0, batch_size=20,
+                                                   learning_rate_init=0.05, momentum=0.5)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    # loss_ takes the penalty at the epoch's first and last weights, scikit-learn at each batch's (_ScikitLearnLoss)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=5e-3)

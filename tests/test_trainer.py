@@ -174,3 +174,19 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "needs an NVIDIA GPU" in out.stdout and "device='cpu'" in out.stdout
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_decay_biases_false_decays_the_weights_only(device):
+    """A zero gradient leaves weight decay alone: SGD moves W by -lr wd W and, with decay_biases=False,
+    leaves b where it is (with the default True, b decays too, as torch.optim's weight_decay does)."""
+    if device == "cuda":
+        pytest.importorskip("numba.cuda")
+    for decay_biases, expected_b in ((False, 2.0), (True, 1.0)):
+        t = fastbp.Trainer([2, 1], loss="mse", optimizer="sgd", lr=0.5, weight_decay=1.0, device=device,
+                           decay_biases=decay_biases)
+        t.set_params([(np.ones((2, 1)), np.array([2.0]))])
+        t.step(np.zeros((3, 2)), np.full((3, 1), 2.0))  # predictions equal the targets: no gradient
+        (W, b), = t.params
+        assert np.array_equal(W, np.full((2, 1), 0.5, np.float32))
+        assert b[0] == expected_b

@@ -21,7 +21,8 @@ _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
-                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
+                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
+                                     decay_biases=True)
 
 
 class Workspace:
@@ -144,7 +145,7 @@ class CpuBackend:
         """Clipping and the optimizer update from state.grads, as train_step would apply them."""
         s = self.state
         with self._kernel_threads():
-            step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums)
+            step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums, s.dims, s.offsets)
 
     def loss_value(self, X, labels, targets, rows):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""

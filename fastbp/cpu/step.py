@@ -40,10 +40,10 @@ STEP = 3       # + the optimizer update, skipped when the loss is not finite
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def update(params, grads, moment1, moment2, settings, norm_sums):
+def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets):
     """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
-    optimizer_update(params, grads, moment1, moment2, settings, scale)
+    optimizer_update(params, grads, moment1, moment2, settings, scale, dims, offsets)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -75,15 +75,15 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
             propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
                             dropout_threshold, scratch, threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums)
+        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
     return value
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def run_update(params, grads, moment1, moment2, settings, norm_sums):
+def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
-    update(params, grads, moment1, moment2, settings, norm_sums)
+    update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -98,5 +98,5 @@ def run_pipeline(mode, X, labels, targets, rows, dims, offsets, activation, loss
                                dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
                                threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums)
+        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
     return value

@@ -247,7 +247,7 @@ class CudaBackend:
             self._sums[1, self.threads](self.grads, self.grads[:0], norm, True)
         blocks = min(self._blocks(self.params.size), 1024)
         optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
-                                               *scalars(settings), norm, loss_sums)
+                                               *scalars(settings), norm, loss_sums, self._d_dims, self._d_w_off)
 
     def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0):
         ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)

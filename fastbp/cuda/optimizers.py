@@ -4,7 +4,9 @@
 Shapes: params, grads, moment1, moment2 (P,) float32. grad_norm_sq (2,) float64 on the device:
 [0] is the squared gradient norm (from reduce.sums) when clipping; loss_sum (2,) float64: [0] is the
 batch's summed loss, and a non-finite one leaves everything unchanged (the CPU step's rule). Both are
-read on the device, so a step needs no host round trip before its update.
+read on the device, so a step needs no host round trip before its update. dims, offsets (L + 1,) int64
+on the device: the layer blocks (state.py), read when decay_biases is False to leave each block's bias
+row out of weight decay.
 """
 import math
 
@@ -18,7 +20,7 @@ _update = cuda.jit(device=True, inline=True)(update_rules.update)
 @cuda.jit
 def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov, b1, b2, one_minus_b1,
                      one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay, clip_norm,
-                     grad_norm_sq, loss_sum):
+                     decay_biases, grad_norm_sq, loss_sum, dims, offsets):
     if not math.isfinite(loss_sum[0]):
         return
     scale = float32(1.0)
@@ -26,11 +28,18 @@ def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov
         scale = float32(min(1.0, clip_norm / (math.sqrt(grad_norm_sq[0]) + 1e-6)))
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, params.size, stride):
+        wd_i, decay_i = wd, decay
+        if not decay_biases:
+            l = 0
+            while i >= offsets[l + 1]:  # the layer block holding i (a handful of layers: a short scan)
+                l += 1
+            if i >= offsets[l] + dims[l] * dims[l + 1]:  # the block's last row: its bias
+                wd_i, decay_i = float32(0.0), float32(1.0)
         params[i], moment1[i], moment2[i] = _update(
-            kind, params[i], grads[i] * scale, moment1[i], moment2[i], lr, wd, mu, nesterov, b1, b2, one_minus_b1,
-            one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay)
+            kind, params[i], grads[i] * scale, moment1[i], moment2[i], lr, wd_i, mu, nesterov, b1, b2, one_minus_b1,
+            one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay_i)
 
 
 def scalars(settings):
     """The kernel's arguments after the four arrays, from options.OptimizerSettings."""
-    return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm))
+    return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm), bool(settings.decay_biases))

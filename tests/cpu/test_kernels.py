@@ -54,6 +54,8 @@ OPTIMIZERS = {
     "adam": dict(optimizer="adam", lr=1e-2),
     "adam_l2": dict(optimizer="adam", lr=1e-2, weight_decay=0.1),
     "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.1),
+    "adamw_weights_only": dict(optimizer="adamw", lr=1e-2, weight_decay=0.3, decay_biases=False),
+    "sgd_l2_weights_only": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.5, decay_biases=False),
     "adam_betas_eps_clip": dict(optimizer="adam", lr=1e-2, betas=(0.8, 0.99), eps=1e-3, clip_norm=0.3),
     "adagrad": dict(optimizer="adagrad", lr=1e-2, weight_decay=1e-3),
     "rmsprop": dict(optimizer="rmsprop", lr=1e-3, alpha=0.9),
@@ -76,7 +78,8 @@ def test_several_updates_match_reference(rng, activation, loss, opt):
     c = t.config  # the reference gets every setting the kernels got, defaults included
     ref = reference.Network(start, activation=activation, loss=loss, kind=kw["optimizer"], lr=kw["lr"],
                             weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov,
-                            betas=tuple(c.betas), eps=c.eps, alpha=c.alpha, clip_norm=c.clip_norm)
+                            betas=tuple(c.betas), eps=c.eps, alpha=c.alpha, clip_norm=c.clip_norm,
+                            decay_biases=c.decay_biases)
     for batch in (1, 7, 130, 7, 1):
         X = rng.standard_normal((batch, sizes[0]))
         y = make_targets(rng, loss, batch, sizes[-1])

@@ -77,6 +77,8 @@ def test_backend_matches_cpu(rng, activation, loss, fused):
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     dict(optimizer="adamw", lr=1e-2, weight_decay=0.1, clip_norm=0.1),
+    dict(optimizer="adamw", lr=1e-2, weight_decay=0.5, decay_biases=False),
+    dict(optimizer="sgd", lr=0.05, weight_decay=0.5, decay_biases=False),
     dict(optimizer="adagrad", lr=0.05),
     dict(optimizer="rmsprop", lr=1e-2, momentum=0.5, dropout=0.3),
 ])

@@ -86,6 +86,10 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's loss value (loss_, loss_curve_) over fastbp's loss."""
         raise NotImplementedError
 
+    def _loss_offset(self, y):
+        """What scikit-learn's loss value over targets y adds to scale x fastbp's: terms without a gradient."""
+        return 0.0
+
     def _gradient_scale(self):
         """scikit-learn's gradient over fastbp's (different from _loss_scale where scikit-learn's loss value
         averages over the outputs and its gradient sums over them)."""
@@ -197,10 +201,12 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0  # a warm start counts its own epochs (t_ and loss_curve_ go on)
         epochs = 1 if incremental else self.max_iter
         record = _Record()
-        callbacks = [_ScikitLearnLoss(self._loss_scale(), self.alpha, X.shape[0], self._batch_size(X.shape[0]))]
+        callbacks = []
         if self.early_stopping and not incremental:
             X, y, (X_val, y_val) = self._validation_split(X, y)
             callbacks.append(_ValidationScore(self._validation_score, X_val, y_val))
+        callbacks.insert(0, _ScikitLearnLoss(self._loss_scale(), self._loss_offset(y), self.alpha, X.shape[0],
+                                             self._batch_size(X.shape[0])))
         if self.verbose:
             callbacks.append(_Progress(self.early_stopping and not incremental))
         stopper = None
@@ -258,7 +264,7 @@ class _BaseMLP(BaseEstimator):
         result = lbfgs.minimize(self.trainer_, X, y, alpha=self.alpha, max_iter=self.max_iter, max_fun=self.max_fun,
                                 tol=self.tol, objective_scale=self._gradient_scale())
         self.n_iter_ = int(result.nit)
-        self.loss_ = float(result.fun)
+        self.loss_ = float(result.fun) + self._loss_offset(y)
         if result.status != 0:
             warnings.warn(f"fastbp: lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
                           f"{result.message}. Increase the number of iterations (max_iter) or the number of "
@@ -389,12 +395,12 @@ class _ScikitLearnStopping(Callback):
 
 class _ScikitLearnLoss(Callback):
     """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): scale x
-    fastbp's mean loss, plus the penalty each batch adds, alpha / (2 batch rows) x the squared weights,
+    fastbp's mean loss, plus the terms without a gradient fastbp leaves out (offset), plus the penalty each batch adds, alpha / (2 batch rows) x the squared weights,
     averaged over the epoch's rows: alpha / 2 x the squared weights x batches / n_samples. scikit-learn
     takes each batch's weights before its update; this takes the mean of the epoch's first and last."""
 
-    def __init__(self, scale, alpha, n_samples, batch_size):
-        self.scale, self.alpha = scale, alpha
+    def __init__(self, scale, offset, alpha, n_samples, batch_size):
+        self.scale, self.offset, self.alpha = scale, offset, alpha
         self.batches_per_row = -(-n_samples // batch_size) / n_samples
         self.squares_before = None
 
@@ -410,7 +416,7 @@ class _ScikitLearnLoss(Callback):
             squares = self._squares(trainer)
             penalty = 0.25 * self.alpha * (self.squares_before + squares) * self.batches_per_row
             self.squares_before = squares
-        logs["loss"] = logs["loss"] * self.scale + penalty
+        logs["loss"] = logs["loss"] * self.scale + self.offset + penalty
 
 
 class _Record(Callback):
@@ -570,19 +576,53 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return tags
 
 
+_REGRESSION_LOSSES = {"squared_error": "mse", "poisson": "poisson"}  # scikit-learn's name: fastbp's
+
+
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multilayer-perceptron regressor: a linear output trained on mean squared error."""
-    _loss = "mse"
+    """Multilayer-perceptron regressor: a linear output trained on squared error (loss="squared_error"),
+    or log-rates trained on the Poisson deviance (loss="poisson": predictions exp(output), targets >= 0),
+    as scikit-learn's."""
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, comm=None):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun, warm_start=warm_start,
+                         learning_rate=learning_rate, power_t=power_t, comm=comm)
+        self.loss = loss
+
+    @property
+    def _loss(self):
+        if self.loss not in _REGRESSION_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(_REGRESSION_LOSSES)}")
+        return _REGRESSION_LOSSES[self.loss]
 
     def _n_trainer_outputs(self):
         return self._n_targets
 
     def _loss_scale(self):
-        return 0.5  # scikit-learn's squared error is half of fastbp's mse
+        # scikit-learn's squared error is half of fastbp's mse (averaged over the targets); its Poisson loss
+        # is the sum over the targets of fastbp's mean.
+        return 0.5 if self._loss == "mse" else float(self._n_targets)
+
+    def _loss_offset(self, y):
+        # scikit-learn's Poisson deviance keeps y log(y) - y, which PyTorch's PoissonNLLLoss leaves out.
+        if self._loss != "poisson":
+            return 0.0
+        from scipy.special import xlogy
+        y = np.asarray(y, np.float64)
+        return float(np.sum(xlogy(y, y) - y) / y.shape[0])
 
     def _gradient_scale(self):
-        # ... but its gradient is that of the half squared error summed over the targets, not averaged.
-        return 0.5 * self._n_targets
+        # Its squared error's gradient is that of the half squared error summed over the targets, not averaged.
+        return 0.5 * self._n_targets if self._loss == "mse" else float(self._n_targets)
 
     def _validation_score(self, outputs, y):
         """R^2 of the outputs against the targets y (n, targets), averaged over the targets, as score()."""
@@ -611,7 +651,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     @property
     def out_activation_(self):
         check_is_fitted(self, "trainer_")
-        return "identity"
+        return "exp" if self.trainer_.config.loss == "poisson" else "identity"
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -7,7 +7,8 @@
   back, or one built in PyTorch); options are the Trainer's own (loss, optimizer, lr, ...).
 - to_onnx(trainer, path, probabilities=True): an ONNX model (opset 17) of Gemm + activation nodes, input
   "input" (batch, sizes[0]) float32 with a free batch dimension, output "output": with probabilities,
-  what Trainer.predict returns (softmax for cross_entropy, sigmoid for bce, the raw outputs for mse),
+  what Trainer.predict returns (softmax for cross_entropy, sigmoid for bce, exp for poisson, the raw
+  outputs for mse),
   else the logits. Written as checkpoints are (a temporary file beside path, renamed over it): a reader
   never sees half a model.
 
@@ -132,7 +133,7 @@ def onnx_model(params, activation, loss, probabilities=True):
             nodes.append(helper.make_node(_ONNX_ACTIVATIONS[activation], [current], [act_out], name=f"act{l}",
                                           **extra))
             current = act_out
-    transform = {"cross_entropy": ("Softmax", {"axis": 1}), "bce": ("Sigmoid", {})}.get(loss)
+    transform = {"cross_entropy": ("Softmax", {"axis": 1}), "bce": ("Sigmoid", {}), "poisson": ("Exp", {})}.get(loss)
     if probabilities and transform is not None:
         nodes.append(helper.make_node(transform[0], [current], ["output"], name="output_transform", **transform[1]))
     else:

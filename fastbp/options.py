@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple, Optional, Tuple
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
-LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2}
+LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2, "poisson": 3}
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the ones with an accuracy
 OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2, "adagrad": 3, "rmsprop": 4}
 DEVICES = ("cpu", "cuda")
 

@@ -21,7 +21,7 @@ def torch_model(config, params):
     matching config.loss."""
     import torch
     loss_fn = {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss(),
-               "bce": torch.nn.BCEWithLogitsLoss()}[config.loss]
+               "bce": torch.nn.BCEWithLogitsLoss(), "poisson": torch.nn.PoissonNLLLoss(log_input=True)}[config.loss]
     return export.sequential(params, config.activation), loss_fn
 
 
@@ -30,6 +30,10 @@ def torch_optimizer(config, parameters, mode):
     none and stays foreach), "foreach" and "compile" take PyTorch's default implementation."""
     import torch
     c = config
+    if not c.decay_biases and c.weight_decay:  # the usual PyTorch idiom: a group of biases without decay
+        parameters = list(parameters)
+        parameters = [{"params": [p for p in parameters if p.ndim > 1]},
+                      {"params": [p for p in parameters if p.ndim == 1], "weight_decay": 0.0}]
     fast = {"fused": True} if mode == "fused" and c.optimizer != "rmsprop" else {}
     if c.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
@@ -99,6 +103,8 @@ def jax_peer(config, params):
             return jnp.mean(jax.nn.logsumexp(a, axis=1) - jnp.take_along_axis(a, y[:, None], axis=1)[:, 0])
         if loss_name == "mse":
             return jnp.mean((a - y) ** 2)
+        if loss_name == "poisson":
+            return jnp.mean(jnp.exp(a) - a * y)
         return jnp.mean(jnp.maximum(a, 0) - a * y + jnp.log1p(jnp.exp(-jnp.abs(a))))
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
@@ -138,4 +144,5 @@ def numpy_peer(config, params, dtype=np.float32):
     c = config
     return reference.Network(params, activation=c.activation, loss=c.loss, dtype=dtype, kind=c.optimizer,
                              lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
-                             momentum=c.momentum, nesterov=c.nesterov, alpha=c.alpha, clip_norm=c.clip_norm)
+                             momentum=c.momentum, nesterov=c.nesterov, alpha=c.alpha, clip_norm=c.clip_norm,
+                             decay_biases=c.decay_biases)

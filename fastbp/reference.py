@@ -4,7 +4,9 @@ Conventions (shared with the compiled backends):
 - X: (n, sizes[0]); parameters: a list of (W, b) with W of shape (fan_in, fan_out), b of shape (fan_out,).
 - Hidden layers: Z = A_prev @ W + b, A = act(Z). The output layer is linear: its Z are the logits.
 - Losses follow PyTorch: cross_entropy = softmax + NLL on integer labels, mean over the batch;
-  mse = mean over all elements; bce = sigmoid + binary cross-entropy on logits, mean over all elements.
+  mse = mean over all elements; bce = sigmoid + binary cross-entropy on logits, mean over all elements;
+  poisson = PyTorch's PoissonNLLLoss(log_input=True): the logits are log-rates, mean over all elements of
+  exp(z) - y z (the negative log-likelihood without its log(y!) term, which has no gradient).
 - Backpropagation (n = batch rows):
     BP1  delta_L = dLoss/dZ_L                         (fused with the loss)
     BP2  delta_l = (delta_{l+1} @ W_{l+1}^T) * act'(Z_l)
@@ -91,6 +93,9 @@ def loss_and_output_delta(logits, y, loss):
         # log(1 + exp(-|z|)) + max(z, 0) - z*y: never exponentiates a large positive number.
         value = (np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).mean()
         return value, (sigmoid(logits) - y) / logits.size
+    if loss == "poisson":
+        rate = np.exp(logits)
+        return (rate - y * logits).mean(), (rate - y) / logits.size
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -120,11 +125,14 @@ def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0):
 
 
 def output_transform(logits, loss):
-    """What predict() returns: probabilities for cross_entropy/bce, the raw outputs for mse."""
+    """What predict() returns: probabilities for cross_entropy/bce, rates exp(z) for poisson, the raw
+    outputs for mse."""
     if loss == "cross_entropy":
         return softmax(logits)
     if loss == "bce":
         return sigmoid(logits)
+    if loss == "poisson":
+        return np.exp(logits)
     return logits
 
 

@@ -12,7 +12,7 @@ from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
 from .cpu.dropout import offset_key, threshold as dropout_threshold
-from .options import Config, OptimizerSettings, finite_number, float32_number, positive_int
+from .options import CLASSIFICATION_LOSSES, Config, OptimizerSettings, finite_number, float32_number, positive_int
 from .state import NetworkState, layer_offsets
 from .workspaces import available_host_bytes, batch_bytes, rows_within
 
@@ -66,7 +66,9 @@ class Trainer:
         sizes        [input width, hidden widths..., output width]
         activation   "relu" (default), "leaky_relu" (slope 0.01), "tanh", "sigmoid", "identity"
         loss         "mse" (default; targets (n, out)), "cross_entropy" (integer labels (n,), softmax
-                     outputs), "bce" (targets in [0, 1], sigmoid outputs)
+                     outputs), "bce" (targets in [0, 1], sigmoid outputs), "poisson" (counts or rates
+                     >= 0; the outputs are log-rates, predict gives exp(z); PyTorch's
+                     PoissonNLLLoss(log_input=True))
         optimizer    "adam" (default), "adamw", "sgd", "adagrad", "rmsprop", with PyTorch's update rules
         lr           learning rate (default 1e-3); `trainer.lr` may be changed between steps
         batch_size   rows per step in fit (default 32)
@@ -243,7 +245,7 @@ class Trainer:
                 X, labels, targets, kernel_rows = source.take(local)
                 loss = self._backend.train_step(X, labels, targets, kernel_rows, self._optimizer_settings(),
                                                 self._dropout_key(), self._dropout_threshold)
-                hits = self._backend.last_hits(local.size) if self.config.loss != "mse" else 0.0
+                hits = self._backend.last_hits(local.size) if self.config.loss in CLASSIFICATION_LOSSES else 0.0
             else:
                 loss, hits = self._summed_gradients(source, local, rows.size, first, chunk, self._dropout_threshold,
                                                     interrupts)
@@ -265,7 +267,7 @@ class Trainer:
         added up. Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key),
         however the batch is cut. A Ctrl-C held back on any rank is requested on every rank
         (interrupts.request), so that all stop after this same step."""
-        classification = self.config.loss != "mse"
+        classification = self.config.loss in CLASSIFICATION_LOSSES
         key = self._dropout_key()
         loss = hits = 0.0
         total = None  # the running sum, when there is more than one chunk
@@ -449,7 +451,7 @@ class Trainer:
         n = None if stream else parts.n_total
         history = History()
         progress = EpochProgress(verbose if self._comm.is_root else 0, epochs, n)
-        classification = self.config.loss != "mse"
+        classification = self.config.loss in CLASSIFICATION_LOSSES
         self.stop_training = False
         with self._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
             callback_tools.call(callbacks, "on_train_begin", self)
@@ -513,7 +515,8 @@ class Trainer:
             yield np.arange(start, min(start + EVAL_CHUNK, n), dtype=np.int64)
 
     def predict(self, X):
-        """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, raw outputs for mse.
+        """(n, out) float32: class probabilities for cross_entropy, P(y=1) for bce, rates exp(z) for poisson,
+        raw outputs for mse.
         Memory-mapped and sparse X are read chunk by chunk."""
         on_demand = sources.wants_on_demand(X, self._available_bytes)
         if not on_demand:
@@ -542,6 +545,8 @@ class Trainer:
                 logits /= logits.sum(axis=1, keepdims=True)
             elif self.config.loss == "bce":
                 logits = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid without overflow
+            elif self.config.loss == "poisson":
+                np.exp(logits, out=logits)  # the rates; beyond float32's range: the error below
         if not np.isfinite(logits).all():
             row = int(np.argwhere(~np.isfinite(logits))[0, 0])
             raise FloatingPointError(f"the network's output is not finite (first at row {row}): inputs too large "
@@ -588,7 +593,7 @@ class Trainer:
                                      "beyond float32's range (inputs or targets too large, or diverged "
                                      "parameters)")
         result = {"loss": float(loss_sum / n)}
-        if self.config.loss != "mse":
+        if self.config.loss in CLASSIFICATION_LOSSES:
             result["accuracy"] = float(correct / n)
         return result
 

@@ -118,10 +118,10 @@ def class_labels(y, n_rows, n_classes, name="y", first_row=0):
     return np.array(arr, dtype=np.int64, order="C", copy=True)
 
 
-def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, first_row=0):
+def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, first_row=0, counts=False):
     """Targets (n_rows, n_outputs), or (n_rows,) when n_outputs == 1 -> C-contiguous float32 (n, out).
 
-    probabilities: the targets of bce, which must lie in [0, 1].
+    probabilities: the targets of bce, which must lie in [0, 1]; counts: those of poisson, >= 0.
     """
     arr = _as_numeric_array(y, name)
     if arr.ndim == 1 and n_outputs == 1:
@@ -141,6 +141,10 @@ def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, firs
         row = int(np.argwhere((out < 0) | (out > 1))[0, 0]) + first_row
         raise ValueError(f"{name} for bce must lie in [0, 1], found values in [{out.min()}, {out.max()}] "
                          f"(first outside at row {row})")
+    if counts and out.size and out.min() < 0:
+        row = int(np.argwhere(out < 0)[0, 0]) + first_row
+        raise ValueError(f"{name} for poisson must be non-negative (counts or rates), found {out.min()} (first "
+                         f"negative at row {row})")
     return out
 
 
@@ -149,7 +153,8 @@ def targets_for(loss, y, n_rows, n_outputs, name="y", first_row=0):
     features."""
     if loss == "cross_entropy":
         return class_labels(y, n_rows, n_outputs, name, first_row), None
-    return None, regression_targets(y, n_rows, n_outputs, name, probabilities=(loss == "bce"), first_row=first_row)
+    return None, regression_targets(y, n_rows, n_outputs, name, probabilities=(loss == "bce"), first_row=first_row,
+                                    counts=(loss == "poisson"))
 
 
 def parameter_list(params, sizes):

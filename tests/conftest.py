@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid"]
-LOSSES = ["mse", "cross_entropy", "bce"]
+LOSSES = ["mse", "cross_entropy", "bce", "poisson"]
 
 
 def rel_error(actual, expected):
@@ -26,6 +26,8 @@ def make_targets(rng, loss, n, width):
         return rng.integers(0, width, n)
     if loss == "bce":
         return rng.random((n, width))
+    if loss == "poisson":
+        return rng.poisson(1.5, (n, width)).astype(np.float64)
     return rng.standard_normal((n, width))
 
 

@@ -23,6 +23,8 @@ def trained(rng, activation, loss, sizes=SIZES):
 def output_transform(torch, logits, loss):
     if loss == "cross_entropy":
         return torch.softmax(logits, dim=1)
+    if loss == "poisson":
+        return torch.exp(logits)
     return torch.sigmoid(logits) if loss == "bce" else logits
 
 

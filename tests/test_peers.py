@@ -22,7 +22,7 @@ def three_steps(rng, make_step, loss):
         assert step(X, y) == pytest.approx(ref.step(X, y), rel=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "bce"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "bce", "poisson"])
 def test_jax_peer_matches_reference(rng, loss):
     pytest.importorskip("jax")
     three_steps(rng, peers.jax_peer, loss)

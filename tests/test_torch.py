@@ -21,6 +21,11 @@ CASES = [
     ("leaky_relu", "bce", dict(optimizer="rmsprop", lr=1e-3, momentum=0.9, alpha=0.9, weight_decay=1e-3)),
     ("relu", "mse", dict(optimizer="adam", lr=1e-2, clip_norm=0.5)),
     ("tanh", "cross_entropy", dict(optimizer="sgd", lr=0.1, momentum=0.5, clip_norm=0.1)),
+    # PoissonNLLLoss(log_input=True); decay_biases=False: PyTorch's idiom of a bias group without weight decay
+    ("tanh", "poisson", dict(optimizer="adam", lr=1e-2)),
+    ("relu", "poisson", dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.05, decay_biases=False)),
+    ("relu", "mse", dict(optimizer="adamw", lr=1e-2, weight_decay=0.3, decay_biases=False)),
+    ("sigmoid", "bce", dict(optimizer="adam", lr=1e-2, weight_decay=0.1, decay_biases=False)),
 ]
 
 

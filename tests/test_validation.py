@@ -197,3 +197,15 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch):
         assert [lib.num_threads for lib in _blas_libraries()] == outside
     assert outside and all(n == 2 for n in outside)  # so that one thread inside means something
     assert len(seen) == 2 and all(n == 1 for counts in seen for n in counts)
+
+
+def test_poisson_targets_must_be_non_negative():
+    t = fastbp.Trainer([3, 2], loss="poisson", seed=0)
+    X = np.zeros((4, 3))
+    y = np.ones((4, 2))
+    y[2, 1] = -0.5
+    with pytest.raises(ValueError, match="poisson must be non-negative.*row 2"):
+        t.step(X, y)
+    y[2, 1] = 3.0
+    assert np.isfinite(t.step(X, y))
+    np.testing.assert_allclose(t.predict(X), np.exp(t._backend.logits(X.astype(np.float32), np.arange(4))), rtol=1e-6)

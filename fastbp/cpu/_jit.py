@@ -9,6 +9,6 @@ FASTMATH = {"contract", "reassoc", "nsz"}
 # Module-level ints are compile-time constants inside @njit code.
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID = (ACTIVATIONS[k] for k in
                                              ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))
-MSE, CROSS_ENTROPY, BCE = (LOSSES[k] for k in ("mse", "cross_entropy", "bce"))
+MSE, CROSS_ENTROPY, BCE, POISSON = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson"))
 SGD, ADAM, ADAMW, ADAGRAD, RMSPROP = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
 SLOPE = LEAKY_SLOPE

@@ -3,20 +3,22 @@
 Shapes (n = batch rows, m = output width):
     logits   (n * m,) float32, row-major (n, m)
     labels   (N,) int64 class indices, read for cross_entropy (else may be empty)
-    targets  (N, m) float32, read for mse and bce (else may be empty)
+    targets  (N, m) float32, read for mse, bce and poisson (else may be empty)
     rows     (n,) int64: batch row i's label/target is labels[rows[i]] / targets[rows[i]]
     delta    (n * m,) float32 output, row-major (n, m); written only when want_delta. It may be the
              logits array itself: each row's loss is taken before its delta overwrites it
     row_loss (n,) float64 scratch: each row's summed loss, added up in a fixed order (deterministic)
     row_hits (n,) float64 output: each row's accuracy (cross_entropy: 1 if the first largest logit is
-             the label; bce: the share of outputs with (z > 0) == (t >= 0.5); mse: 0)
+             the label; bce: the share of outputs with (z > 0) == (t >= 0.5); mse, poisson: 0)
 Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
-bce = mean of max(z, 0) - z t + log1p(exp(-|z|)). Every exp is of a non-positive number: no overflow.
+bce = mean of max(z, 0) - z t + log1p(exp(-|z|)); poisson = mean of exp(z) - t z (PoissonNLLLoss with
+log_input=True). Every exp but poisson's is of a non-positive number; poisson's exp(z) is taken in float32,
+so a log-rate beyond float32's range (z > 88.7) gives an infinite loss, which stops the step.
 """
 import numpy as np
 from numba import njit, prange
 
-from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE
+from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE, POISSON
 from .denormals import flush_denormals, restore
 
 
@@ -57,6 +59,14 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
             acc += np.float64(diff * diff)
             if want_delta:
                 d[j] = np.float32(2.0) * diff * scale
+    elif loss == POISSON:
+        for j in range(m):
+            v = z[j]
+            t = targets[src, j]
+            rate = np.exp(v)
+            acc += np.float64(rate) - np.float64(t) * np.float64(v)
+            if want_delta:
+                d[j] = (rate - t) * scale
     else:  # BCE
         for j in range(m):
             v = z[j]
@@ -73,7 +83,7 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
 
 @njit(cache=True, nogil=True)
 def delta_scale(loss, n, m):
-    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce: per output)."""
+    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce, poisson: per output)."""
     return np.float32(1.0 / n) if loss == CROSS_ENTROPY else np.float32(1.0 / (n * m))
 
 
@@ -89,7 +99,7 @@ def mean_loss(row_loss, n, m, loss):
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, row_hits, want_delta):
     """Returns the mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
-    if loss not in (MSE, CROSS_ENTROPY, BCE):
+    if loss not in (MSE, CROSS_ENTROPY, BCE, POISSON):
         raise ValueError("unknown loss code")
     scale = delta_scale(loss, n, m)
     for i in prange(n):

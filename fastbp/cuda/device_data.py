@@ -126,6 +126,8 @@ def targets_for(loss, y, n_rows, n_outputs, name="y", first_row=0):
         targets = _checked_array(arr, name, np.dtype(np.float32), (n_rows, n_outputs))
     if loss == "bce":
         _finite(targets, name + " for bce", 0.0, 1.0)
+    elif loss == "poisson":
+        _finite(targets, name + " for poisson", 0.0)
     else:
         _finite(targets, name)
     return None, targets

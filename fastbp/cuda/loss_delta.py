@@ -12,7 +12,7 @@ from numba import cuda, float32, float64
 
 from ..options import LOSSES
 
-MSE, CROSS_ENTROPY, BCE = (LOSSES[k] for k in ("mse", "cross_entropy", "bce"))
+MSE, CROSS_ENTROPY, BCE, POISSON = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson"))
 
 
 @cuda.jit(device=True, inline=True)
@@ -52,6 +52,14 @@ def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_
             acc += float64(diff * diff)
             if want_delta:
                 logits[base + j] = float32(2.0) * diff * scale
+    elif loss == POISSON:
+        for j in range(m):
+            v = logits[base + j]
+            t = targets[src * m + j]
+            rate = math.exp(v)
+            acc += float64(rate) - float64(t) * float64(v)
+            if want_delta:
+                logits[base + j] = (rate - t) * scale
     else:
         for j in range(m):
             v = logits[base + j]
@@ -68,7 +76,7 @@ def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_
 
 @cuda.jit(device=True, inline=True)
 def delta_scale(loss, n, m):
-    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce: per output)."""
+    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce, poisson: per output)."""
     return float32(1.0 / n) if loss == CROSS_ENTROPY else float32(1.0 / (n * m))
 
 

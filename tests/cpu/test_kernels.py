@@ -72,6 +72,8 @@ def test_several_updates_match_reference(rng, activation, loss, opt):
     The displacement is compared at 1e-3 of its size plus the float32 rounding of the stored parameters
     (2^-24 |p| per step), which no float32 implementation can beat; a wrong update rule is off by O(1)."""
     kw = OPTIMIZERS[opt]
+    if loss == "poisson" and kw["optimizer"] == "sgd":  # exp(z)'s gradient: SGD at 0.01 overshoots to z > 88
+        kw = dict(kw, lr=kw["lr"] / 10)
     sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 1]
     t = perturbed_trainer(rng, sizes, activation, loss, **kw)
     start = as64(t.params)

@@ -2,7 +2,9 @@
 
 The Trainer asks a source for the rows of (its part of) a batch with take(rows) and hands the result to
 the backend's kernels, which read X (N, d0) float32 C-contiguous at the given row indices, labels (N,)
-int64 or targets (N, d_L) float32 (see cpu/step.py):
+int64 or targets (N, d_L) float32, and sample weights (N,) float64 or None (see cpu/step.py,
+sample_weights.py). Arrays sources hold their weights whole (8 bytes a row); row_weight(rows) is the
+weight of global rows `rows`, their count without weights:
 
 - InMemory: the whole data set checked and converted once (validation.py); take() passes the arrays as
   they are and the kernels gather the rows. The default for data that fits.
@@ -19,28 +21,31 @@ import itertools
 
 import numpy as np
 
-from . import validation
+from . import sample_weights, validation
 
 # Rows checked per chunk of an OnDemand source: bounds the memory of the up-front checks.
 CHECK_CHUNK_BYTES = 64 * 2 ** 20
 
 
 class InMemory:
-    """X, labels, targets already checked and converted (labels or targets None)."""
+    """X, labels, targets (and sample weights) already checked and converted (labels or targets None;
+    weights None without sample weights)."""
 
-    def __init__(self, X, labels, targets):
-        self.X, self.labels, self.targets = X, labels, targets
+    def __init__(self, X, labels, targets, weights=None):
+        self.X, self.labels, self.targets, self.weights = X, labels, targets, weights
         self.n_rows = X.shape[0]
 
     def take(self, rows):
-        """(X, labels, targets, rows) for the kernels: the whole arrays, and the rows to gather."""
-        return self.X, self.labels, self.targets, rows
+        """(X, labels, targets, weights, rows) for the kernels: the whole arrays, and the rows to gather."""
+        return self.X, self.labels, self.targets, self.weights, rows
+
+    def row_weight(self, rows):
+        return sample_weights.row_sum(self.weights, rows)
 
     def split(self, cut):
         """(rows [:cut], rows [cut:]) as two sources (validation_split)."""
-        part = lambda a, sl: None if a is None else a[sl]  # noqa: E731
-        return (InMemory(self.X[:cut], part(self.labels, slice(None, cut)), part(self.targets, slice(None, cut))),
-                InMemory(self.X[cut:], part(self.labels, slice(cut, None)), part(self.targets, slice(cut, None))))
+        parts = [None if a is None else (a[:cut], a[cut:]) for a in (self.X, self.labels, self.targets, self.weights)]
+        return tuple(InMemory(*[None if p is None else p[side] for p in parts]) for side in (0, 1))
 
 
 # A float32 copy up to this size is made without asking how much memory is free (a file read).
@@ -82,9 +87,10 @@ class Rows:
 class OnDemand:
     """A (n, d0) array of real numbers and its labels or targets, read per batch (see the module's docstring).
 
-    checks: the backend's checks module (validation.py); loss, n_features, n_outputs: the network's."""
+    checks: the backend's checks module (validation.py); loss, n_features, n_outputs: the network's;
+    weights: checked sample weights (n,) float64 (sample_weights.check), or None."""
 
-    def __init__(self, X, y, loss, n_features, n_outputs, checks=validation, names=("X", "y")):
+    def __init__(self, X, y, loss, n_features, n_outputs, checks=validation, names=("X", "y"), weights=None):
         self.loss, self.n_features, self.n_outputs = loss, n_features, n_outputs
         self.checks, self.names = checks, names
         if is_sparse(X):
@@ -93,6 +99,7 @@ class OnDemand:
             raise ValueError(f"{names[0]} must be a 2-D (n_samples, n_features) array, got "
                              f"{type(X).__name__} of shape {getattr(X, 'shape', None)}")
         self.X = X
+        self.weights = weights
         self.y = y if isinstance(y, np.ndarray) else np.asarray(y)
         self.n_rows = X.shape[0]
         self._reader, self._pending = None, []
@@ -133,8 +140,12 @@ class OnDemand:
             self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastbp-read")
         self._pending.append((rows, self._reader.submit(self._read, rows)))
 
+    def row_weight(self, rows):
+        return sample_weights.row_sum(self.weights, rows)
+
     def take(self, rows):
-        """(X_b, labels_b, targets_b, arange(len(rows))): the batch's rows read and converted, in batch order.
+        """(X_b, labels_b, targets_b, weights_b, arange(len(rows))): the batch's rows read and converted, in
+        batch order.
         Checked again, cheaply: the file may have changed since the up-front checks, and the kernels must
         never see an unchecked label."""
         found = None
@@ -151,7 +162,8 @@ class OnDemand:
             raise ValueError(f"{self.names[0]} changed since it was checked: rows of this batch are no longer "
                              "finite in float32")  # never reached unless the check above disagrees
         labels, targets = self.checks.targets_for(self.loss, y, rows.size, self.n_outputs, self.names[1])
-        return X, labels, targets, np.arange(rows.size, dtype=np.int64)
+        weights = None if self.weights is None else self.weights[rows]
+        return X, labels, targets, weights, np.arange(rows.size, dtype=np.int64)
 
     def close(self):
         """Ends the background reader (fit calls it at its end)."""
@@ -170,6 +182,7 @@ class OnDemand:
         self._reader, self._pending = None, []
         self.X = Rows(whole.X.matrix[rows]) if isinstance(whole.X, Rows) else whole.X[rows]
         self.y = whole.y[rows]
+        self.weights = None if whole.weights is None else whole.weights[rows]
         self.n_rows = self.X.shape[0]
         return self
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, export, schedules, sources, threads as thread_limits, validation
+from . import checkpoint, distributed, export, sample_weights, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
@@ -191,13 +191,16 @@ class Trainer:
         known = [b for b in (self._backend.available_bytes(), available_host_bytes()) if b is not None]
         return min(known) if known else None
 
-    def _source(self, X, y, names=("X", "y")):
+    def _source(self, X, y, names=("X", "y"), sample_weight=None):
         """The data as a source (sources.py): read batch by batch when it is memory-mapped or too large to
-        convert whole, else checked and converted now."""
+        convert whole, else checked and converted now. sample_weight: None or one weight per row."""
+        weights = None
+        if sample_weight is not None:
+            weights = sample_weights.check(sample_weight, validation.row_count(X), names[0].replace("X", "sample_weight"))
         if sources.wants_on_demand(X, self._available_bytes):
             return sources.OnDemand(X, y, self.config.loss, self.sizes[0], self.sizes[-1], self._backend.checks,
-                                    names)
-        return sources.InMemory(*self._checked(X, y, names))
+                                    names, weights)
+        return sources.InMemory(*self._checked(X, y, names), weights)
 
     def _chunk_rows(self, n):
         """Rows per compiled call for n rows of one step: micro_batch, or fewer where the memory budget
@@ -233,7 +236,8 @@ class Trainer:
 
     def _train_rows(self, source, rows, parts=None, interrupts=None):
         """One step on the batch of global rows `rows` of `source` (of which this rank computes
-        parts.mine(rows); parts may be None in one process); returns (loss, hits) of the whole batch. The
+        parts.mine(rows); parts may be None in one process); returns (loss, hits, weight) of the whole batch
+        (weight: its rows, or their summed sample weights). The
         update and the step count move together (interrupts: the caller's guard.whole_steps, which holds
         back Ctrl-C), and other threads wait for the lock meanwhile."""
         with self._guard.lock:
@@ -242,42 +246,44 @@ class Trainer:
             local, _, first = (rows, 1.0, 0) if parts is None else parts.mine(rows)
             chunk = self._chunk_rows(local.size)
             if self._comm.size == 1 and local.size <= chunk:  # one compiled call: gradient and update fused
-                X, labels, targets, kernel_rows = source.take(local)
+                X, labels, targets, weights, kernel_rows = source.take(local)
                 loss = self._backend.train_step(X, labels, targets, kernel_rows, self._optimizer_settings(),
-                                                self._dropout_key(), self._dropout_threshold)
+                                                self._dropout_key(), self._dropout_threshold, weights)
                 hits = self._backend.last_hits(local.size) if self.config.loss in CLASSIFICATION_LOSSES else 0.0
+                weight = source.row_weight(local)
             else:
-                loss, hits = self._summed_gradients(source, local, rows.size, first, chunk, self._dropout_threshold,
-                                                    interrupts)
+                loss, hits, weight = self._summed_gradients(source, local, first, chunk, self._dropout_threshold,
+                                                            interrupts)
                 if np.isfinite(loss):
                     self._backend.apply_update(self._optimizer_settings())
             if not np.isfinite(loss):
                 # The update was skipped (by the compiled step itself on the fused path).
                 self._raise_non_finite_loss(loss)
             self.state.step_count += 1
-        return float(loss), hits
+        return float(loss), hits, weight
 
-    def _summed_gradients(self, source, local_rows, batch_rows, first, chunk, dropout_threshold, interrupts=None):
-        """The mean gradient of a batch of batch_rows rows, left in the backend's gradient buffer; returns
-        the batch's (mean loss, hits).
+    def _summed_gradients(self, source, local_rows, first, chunk, dropout_threshold, interrupts=None):
+        """The mean gradient of a batch, left in the backend's gradient buffer; returns the batch's (mean
+        loss, hits, weight).
 
         This process computes rows local_rows of source (an MPI rank's part of the batch; all of it in one
-        process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient weighted by
-        its share of the batch's rows and the chunks added in order; with comm the ranks' sums are then
-        added up. Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key),
+        process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient times its
+        weight (its rows, or summed sample weights) and the chunks added in order; with comm the ranks'
+        sums are then added up, and the sum divided by the batch's weight. Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key),
         however the batch is cut. A Ctrl-C held back on any rank is requested on every rank
         (interrupts.request), so that all stop after this same step."""
         classification = self.config.loss in CLASSIFICATION_LOSSES
         key = self._dropout_key()
-        loss = hits = 0.0
+        loss = hits = batch_weight = 0.0
         total = None  # the running sum, when there is more than one chunk
         grads = self._backend.grads_to_host() if local_rows.size == 0 else None
         for start in range(0, local_rows.size, chunk):
             rows = local_rows[start:start + chunk]
-            X, labels, targets, kernel_rows = source.take(rows)
+            X, labels, targets, weights, kernel_rows = source.take(rows)
             chunk_loss = self._backend.loss_and_gradients(X, labels, targets, kernel_rows,
-                                                          offset_key(key, first + start), dropout_threshold)
-            weight = rows.size / batch_rows
+                                                          offset_key(key, first + start), dropout_threshold, weights)
+            weight = source.row_weight(rows)
+            batch_weight += weight
             with np.errstate(invalid="ignore", over="ignore"):
                 loss += chunk_loss * weight
             hits += self._backend.last_hits(rows.size) if classification else 0.0
@@ -293,13 +299,16 @@ class Trainer:
             grads[:] = 0.0
         if total is not None:
             grads[:] = total
-        totals = np.array([loss, hits, interrupts is not None and interrupts.pending()], np.float64)
+        totals = np.array([loss, hits, batch_weight, interrupts is not None and interrupts.pending()], np.float64)
         self._comm.sum_(totals)
         self._comm.sum_(grads)
+        scale = 1.0 / totals[2] if totals[2] > 0 else 0.0  # all-zero weights: loss 0, no gradient
+        grads *= np.float32(scale)
         self._backend.grads_from_host()
-        if totals[2] and interrupts is not None:
+        if totals[3] and interrupts is not None:
             interrupts.request()
-        return float(totals[0]), float(totals[1])
+        with np.errstate(invalid="ignore"):
+            return float(totals[0] * scale), float(totals[1]), float(totals[2])
 
     def _gradient_total(self):
         """The host buffer micro-batches' gradients are added up in (made on first use)."""
@@ -317,8 +326,9 @@ class Trainer:
         raise FloatingPointError(f"loss became {loss} at step {self.state.step_count + 1}; {where}. Lower the "
                                  "learning rate, clip gradients (clip_norm) or check the data scale.")
 
-    def step(self, xb, yb, sharded=False):
-        """One training step (forward, backward, update) on one batch; returns the batch's mean loss.
+    def step(self, xb, yb, sharded=False, sample_weight=None):
+        """One training step (forward, backward, update) on one batch; returns the batch's mean loss
+        (with sample_weight, one weight >= 0 per row: the weighted mean, sum w_i loss_i / sum w_i).
 
         With comm, every rank calls step: sharded=False, each with the same whole batch (each computes its
         part); sharded=True, each with its own rows of the batch."""
@@ -327,7 +337,7 @@ class Trainer:
                 n_rows = validation.row_count(xb)
                 if n_rows:
                     self._chunk_rows(n_rows)  # MemoryError before any conversion if one row cannot fit
-                source = self._source(xb, yb)
+                source = self._source(xb, yb, sample_weight=sample_weight)
             try:
                 parts = self._comm.row_parts(source.n_rows, sharded, "step")
                 rows = np.arange(parts.n_total, dtype=np.int64)
@@ -342,9 +352,11 @@ class Trainer:
         if validation_data is not None:
             if sources.is_stream(validation_data, None):
                 return train, validation_data
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val), or a stream of such batches")
-            return train, self._source(*validation_data, names=("validation X", "validation y"))
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
+                                "sample_weight_val), or a stream of (X, y) batches")
+            return train, self._source(*validation_data[:2], names=("validation X", "validation y"),
+                                       sample_weight=validation_data[2] if len(validation_data) == 3 else None)
         if not validation_split:
             return train, None
         if train is None:
@@ -357,7 +369,7 @@ class Trainer:
         return train.split(train.n_rows - n_val)  # the last rows, before any shuffling, as Keras does
 
     def fit(self, X, y=None, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
-            verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None):
+            verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None, sample_weight=None):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
 
         X (n, sizes[0]) and y (labels (n,) for cross_entropy, else (n, sizes[-1])): array-likes, or with
@@ -371,7 +383,9 @@ class Trainer:
         such a stream too. A bad batch raises naming it, before it touches the parameters.
 
         The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
-        (before shuffling). Returns a History with per-epoch "loss" and, for classification, "accuracy"
+        (before shuffling). sample_weight (arrays only): one weight >= 0 per row of X; each batch's loss is
+        then the weighted mean sum w_i loss_i / sum w_i (sample_weights.py), and validation_data may be a
+        triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). Returns a History with per-epoch "loss" and, for classification, "accuracy"
         (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".
         verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
         per epoch. callbacks: see callbacks.py; `trainer.stop_training = True` ends after the epoch.
@@ -385,7 +399,7 @@ class Trainer:
         """
         with self._guard.training("fit"):
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
-                             initial_epoch, callbacks, sharded, steps_per_epoch)
+                             initial_epoch, callbacks, sharded, steps_per_epoch, sample_weight)
 
     def _stream_batches(self, stream, steps, parts_call):
         """(source, rows, parts) of each batch of a stream, checked as it arrives (a bad one raises naming it
@@ -418,7 +432,7 @@ class Trainer:
             yield source, order[start:start + batch_size], parts
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
-             callbacks, sharded, steps_per_epoch):
+             callbacks, sharded, steps_per_epoch, sample_weight):
         stream = sources.is_stream(X, y)
         with self._comm.agreement():  # an error on one rank is raised on every rank, before any step
             batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
@@ -429,6 +443,8 @@ class Trainer:
                 raise ValueError("a stream with comm needs steps_per_epoch (every rank must take as many batches)")
             if y is None and not stream:
                 raise TypeError("fit needs y with arrays X (or X a stream of (X_batch, y_batch) pairs)")
+            if sample_weight is not None and stream:
+                raise TypeError("sample_weight applies to arrays X and y, not to a stream of batches")
             if steps_per_epoch is not None and not stream:
                 raise ValueError("steps_per_epoch is for streams of batches; with arrays an epoch is every row")
             train = None
@@ -436,7 +452,7 @@ class Trainer:
                 n_rows = validation.row_count(X)
                 if n_rows:
                     self._chunk_rows(min(batch_size, n_rows))  # MemoryError before converting anything
-                train = self._source(X, y)
+                train = self._source(X, y, sample_weight=sample_weight)
             train, val = self._validation_source(train, validation_data, validation_split)
             if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
                     or not 0 <= initial_epoch < epochs:
@@ -468,22 +484,23 @@ class Trainer:
                     else:
                         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
                         batches = self._array_batches(train, order, batch_size, parts)
-                    loss_sum = hits = 0.0
+                    loss_sum = hits = weight_seen = 0.0  # weight: rows, or their summed sample weights
                     seen = 0
                     for source, rows, batch_parts in batches:
-                        loss, batch_hits = self._train_rows(source, rows, batch_parts, interrupts)
+                        loss, batch_hits, weight = self._train_rows(source, rows, batch_parts, interrupts)
                         interrupts.deliver()  # a Ctrl-C during the step lands here, after it
-                        loss_sum += loss * rows.size
+                        loss_sum += loss * weight
+                        weight_seen += weight
                         hits += batch_hits
                         seen += rows.size
-                        progress.batch_done(rows.size, loss_sum / seen)
+                        progress.batch_done(rows.size, loss_sum / weight_seen if weight_seen else 0.0)
                     if seen == 0:
                         raise ValueError(f"the stream yielded no batches in epoch {epoch + 1} (a generator is "
                                          "used up after one pass: give steps_per_epoch, or an iterable that "
                                          "starts over, such as a list or a data loader)")
                     seconds = time.perf_counter() - start_time
                     self.epochs_done = epoch + 1
-                    logs = {"loss": loss_sum / seen}
+                    logs = {"loss": loss_sum / weight_seen if weight_seen else 0.0}
                     if classification:
                         logs["accuracy"] = hits / seen
                     if val is not None:
@@ -558,59 +575,65 @@ class Trainer:
         rows, parts.mine of all of them, and the sums are added up)."""
         n = parts.n_total
         mine = parts.mine(np.arange(n, dtype=np.int64))[0]
-        sums = np.zeros(2, np.float64)  # loss, correct
+        sums = np.zeros(3, np.float64)  # loss x weight, correct, weight
         with self._guard.lock:
             for chunk in self._chunks(mine.size):
-                X, labels, targets, rows = source.take(mine[chunk])
-                sums[0] += self._backend.loss_value(X, labels, targets, rows) * rows.size
+                X, labels, targets, weights, rows = source.take(mine[chunk])
+                weight = source.row_weight(mine[chunk])
+                sums[0] += self._backend.loss_value(X, labels, targets, rows, weights) * weight
                 sums[1] += self._backend.last_hits(rows.size)
+                sums[2] += weight
         self._comm.sum_(sums)
         return self._scores(sums, n, what)
 
     def _evaluate_stream(self, stream):
         """Loss and accuracy over every batch of a stream (each rank's own batches, with comm)."""
-        sums = np.zeros(3, np.float64)  # loss, correct, rows
+        sums = np.zeros(4, np.float64)  # loss x rows, correct, rows (the weight), rows
         for index, X_batch, y_batch in sources.batches(stream):
             with self._comm.agreement():
                 source = self._source(X_batch, y_batch, names=(f"X of validation batch {index}",
                                                                f"y of validation batch {index}"))
             with self._guard.lock:
                 for chunk in self._chunks(source.n_rows):
-                    X, labels, targets, rows = source.take(chunk)
+                    X, labels, targets, _, rows = source.take(chunk)
                     sums[0] += self._backend.loss_value(X, labels, targets, rows) * rows.size
                     sums[1] += self._backend.last_hits(rows.size)
-                    sums[2] += rows.size
+                    sums[2:] += rows.size
         self._comm.sum_(sums)
-        if sums[2] == 0:
+        if sums[3] == 0:
             raise ValueError("the validation stream yielded no batches (a generator is used up after one pass: "
                              "give an iterable that starts over, such as a list or a data loader)")
-        return self._scores(sums[:2], sums[2], "the validation data")
+        return self._scores(sums[:3], sums[3], "the validation data")
 
     def _scores(self, sums, n, what):
-        loss_sum, correct = sums
-        if not np.isfinite(loss_sum):
-            raise FloatingPointError(f"the loss over {what} is {loss_sum / n}: the outputs or their errors are "
+        """{"loss", "accuracy"} from sums (loss x weight, correct, weight) over n rows."""
+        loss_sum, correct, weight = sums
+        loss = loss_sum / weight if weight > 0 else 0.0
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"the loss over {what} is {loss}: the outputs or their errors are "
                                      "beyond float32's range (inputs or targets too large, or diverged "
                                      "parameters)")
-        result = {"loss": float(loss_sum / n)}
+        result = {"loss": float(loss)}
         if self.config.loss in CLASSIFICATION_LOSSES:
             result["accuracy"] = float(correct / n)
         return result
 
-    def evaluate(self, X, y, sharded=False):
-        """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}.
+    def evaluate(self, X, y, sharded=False, sample_weight=None):
+        """{"loss": mean loss, "accuracy": fraction correct (classification losses only)}. sample_weight:
+        the loss is the weighted mean (as in step); the accuracy stays the fraction of rows.
 
         With comm, every rank calls it, with the same data (sharded=False) or its own rows (sharded=True);
         each computes its part and every rank gets the result for the whole data set."""
         try:
             with self._comm.agreement():
-                source = self._source(X, y)
+                source = self._source(X, y, sample_weight=sample_weight)
             return self._evaluate(source, self._comm.row_parts(source.n_rows, sharded, "evaluate"))
         finally:
             self._backend.release_data()
 
-    def gradients(self, X, y, training=False, sharded=False):
-        """(loss, [(dW, db), ...]) of the mean loss over all of (X, y); changes nothing.
+    def gradients(self, X, y, training=False, sharded=False, sample_weight=None):
+        """(loss, [(dW, db), ...]) of the mean loss over all of (X, y) (the weighted mean with
+        sample_weight, as in step); changes nothing.
 
         training=True applies dropout with the masks the next training step would draw. With comm, every
         rank calls it (sharded as in evaluate) and gets the gradient over the whole data set. Computed in
@@ -620,14 +643,14 @@ class Trainer:
                 n_rows = validation.row_count(X)
                 if n_rows:
                     self._chunk_rows(n_rows)
-                source = self._source(X, y)
+                source = self._source(X, y, sample_weight=sample_weight)
             dropout_threshold = self._dropout_threshold if training else 0
             try:
                 parts = self._comm.row_parts(source.n_rows, sharded, ("gradients", bool(training)))
                 rows = np.arange(parts.n_total, dtype=np.int64)
                 local, _, first = parts.mine(rows)
-                loss, _ = self._summed_gradients(source, local, rows.size, first, self._chunk_rows(local.size),
-                                                 dropout_threshold)
+                loss, _, _ = self._summed_gradients(source, local, first, self._chunk_rows(local.size),
+                                                    dropout_threshold)
             finally:
                 self._backend.release_data()
             if not np.isfinite(loss):

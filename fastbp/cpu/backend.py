@@ -7,7 +7,7 @@ import contextlib
 import numba
 import numpy as np
 
-from .. import validation
+from .. import sample_weights, validation
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
@@ -19,6 +19,7 @@ from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
+_EMPTY_WEIGHTS = np.zeros(0, np.float64)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
                                      momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
@@ -110,8 +111,9 @@ class CpuBackend:
             if threads != callers_threads:
                 numba.set_num_threads(callers_threads)
 
-    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0):
+    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0, weights=None):
         s = self.state
+        weight_total = sample_weights.batch_total(weights, rows)
         ws = self._workspaces.get(rows.size)
         with self._kernel_threads() as threads:
             # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
@@ -119,19 +121,23 @@ class CpuBackend:
             if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
                 entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
             return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
-                         _EMPTY_TARGETS if targets is None else targets, rows, s.dims, s.offsets,
+                         _EMPTY_TARGETS if targets is None else targets,
+                         _EMPTY_WEIGHTS if weights is None else weights, weight_total, rows, s.dims, s.offsets,
                          self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
                          settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
-    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0):
+    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0,
+                   weights=None):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not
-        finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key."""
-        return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout_threshold)
+        finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key. weights:
+        None, or (N,) float64 sample weights indexed as labels/targets are (the loss is then their
+        weighted mean, sample_weights.py)."""
+        return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout_threshold, weights)
 
-    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
+    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0, weights=None):
         """Fills state.grads for batch X[rows] (with dropout when dropout_threshold > 0); returns the loss."""
-        return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold)
+        return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold, weights)
 
     # The gradient's trip through an MPI reduction (distributed.py): on the CPU it already lives on the host.
     def grads_to_host(self):
@@ -147,9 +153,9 @@ class CpuBackend:
         with self._kernel_threads():
             step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums, s.dims, s.offsets)
 
-    def loss_value(self, X, labels, targets, rows):
+    def loss_value(self, X, labels, targets, rows, weights=None):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""
-        return self._run(step.LOSS, X, labels, targets, rows)
+        return self._run(step.LOSS, X, labels, targets, rows, weights=weights)
 
     def last_hits(self, n):
         """Correct predictions (summed per-row accuracy) of the last loss or step call on n rows."""

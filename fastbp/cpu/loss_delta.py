@@ -4,15 +4,19 @@ Shapes (n = batch rows, m = output width):
     logits   (n * m,) float32, row-major (n, m)
     labels   (N,) int64 class indices, read for cross_entropy (else may be empty)
     targets  (N, m) float32, read for mse, bce and poisson (else may be empty)
-    rows     (n,) int64: batch row i's label/target is labels[rows[i]] / targets[rows[i]]
+    weights  (N,) float64 sample weights, or empty: every row weighs 1
+    weight_total  the sum of the batch's weights (n without weights), or 1 when it is 0
+    rows     (n,) int64: batch row i's label/target/weight is labels[rows[i]] / targets[rows[i]] / weights[rows[i]]
     delta    (n * m,) float32 output, row-major (n, m); written only when want_delta. It may be the
              logits array itself: each row's loss is taken before its delta overwrites it
-    row_loss (n,) float64 scratch: each row's summed loss, added up in a fixed order (deterministic)
+    row_loss (n,) float64 scratch: each row's summed loss times its weight, added up in a fixed order
+             (deterministic)
     row_hits (n,) float64 output: each row's accuracy (cross_entropy: 1 if the first largest logit is
              the label; bce: the share of outputs with (z > 0) == (t >= 0.5); mse, poisson: 0)
 Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
 bce = mean of max(z, 0) - z t + log1p(exp(-|z|)); poisson = mean of exp(z) - t z (PoissonNLLLoss with
-log_input=True). Every exp but poisson's is of a non-positive number; poisson's exp(z) is taken in float32,
+log_input=True). With sample weights w, the mean over rows is the weighted one, sum_i w_i loss_i / sum_i w_i
+(PyTorch's reduction with class weights, scikit-learn's np.average). Every exp but poisson's is of a non-positive number; poisson's exp(z) is taken in float32,
 so a log-rate beyond float32's range (z > 88.7) gives an infinite loss, which stops the step.
 """
 import numpy as np
@@ -82,29 +86,41 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
 
 
 @njit(cache=True, nogil=True)
-def delta_scale(loss, n, m):
-    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce, poisson: per output)."""
-    return np.float32(1.0 / n) if loss == CROSS_ENTROPY else np.float32(1.0 / (n * m))
+def delta_scale(loss, weight_total, m):
+    """The mean's 1/total (cross_entropy: per row) or 1/(total m) (mse, bce, poisson: per output), float64;
+    total = the batch's rows, or its summed sample weights."""
+    return 1.0 / weight_total if loss == CROSS_ENTROPY else 1.0 / (weight_total * m)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def weighted_row_loss_and_delta(z, d, src, m, labels, targets, weights, loss, scale, want_delta):
+    """row_loss_and_delta for a row of sample weight w = weights[src] (1 when weights is empty): (w x loss,
+    hits), the delta scaled by w x scale (float64 scale from delta_scale)."""
+    w = weights[src] if weights.size else 1.0
+    acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(w * scale), want_delta)
+    return acc * w, hits
 
 
 @njit(cache=True, nogil=True)
-def mean_loss(row_loss, n, m, loss):
-    """The batch's mean loss from the per-row sums, added in row order."""
+def mean_loss(row_loss, n, weight_total, m, loss):
+    """The batch's (weighted) mean loss from the n per-row sums, added in row order."""
     total_loss = 0.0
     for i in range(n):
         total_loss += row_loss[i]
-    return total_loss / n if loss == CROSS_ENTROPY else total_loss / (n * m)
+    return total_loss / weight_total if loss == CROSS_ENTROPY else total_loss / (weight_total * m)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def loss_and_delta(logits, n, m, labels, targets, rows, loss, delta, row_loss, row_hits, want_delta):
-    """Returns the mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
+def loss_and_delta(logits, n, m, labels, targets, weights, weight_total, rows, loss, delta, row_loss, row_hits,
+                   want_delta):
+    """Returns the (weighted) mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
     if loss not in (MSE, CROSS_ENTROPY, BCE, POISSON):
         raise ValueError("unknown loss code")
-    scale = delta_scale(loss, n, m)
+    scale = delta_scale(loss, weight_total, m)
     for i in prange(n):
         fp_state = flush_denormals()  # softmax probabilities of hopeless classes are often subnormal
-        row_loss[i], row_hits[i] = row_loss_and_delta(logits[i * m:(i + 1) * m], delta[i * m:(i + 1) * m], rows[i],
-                                                      m, labels, targets, loss, scale, want_delta)
+        row_loss[i], row_hits[i] = weighted_row_loss_and_delta(logits[i * m:(i + 1) * m], delta[i * m:(i + 1) * m],
+                                                               rows[i], m, labels, targets, weights, loss, scale,
+                                                               want_delta)
         restore(fp_state)
-    return mean_loss(row_loss, n, m, loss)
+    return mean_loss(row_loss, n, weight_total, m, loss)

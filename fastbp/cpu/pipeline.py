@@ -9,7 +9,7 @@ sum(d_l + 1) floats, 158 KB for [32, 64, 64, 64, 64, 16]) stay in the core's L2 
 to the backward pass, and the threads meet only twice per step.
 
 Shapes (n = batch rows, L layers, dims (L + 1,), P = parameters):
-    X, labels, targets, rows, params, offsets: as in step.py
+    X, labels, targets, weights, weight_total, rows, params, offsets: as in step.py
     grads      (P,) float32 output: [dW; db] of every layer, summed over the batch (thread 0's accumulator)
     weights_t  (P,) float32 scratch: layer l's W^T (dims[l + 1], dims[l]) row-major at offsets[l], so that
                delta propagation is a plain product (NN: 167 GFLOP/s on one core for a 128-row tile of a
@@ -31,7 +31,7 @@ from .blas import NO_TRANS, TRANS, gemm, gemm_into, part
 from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block
 from .denormals import flush_denormals, restore
-from .loss_delta import delta_scale, mean_loss, row_loss_and_delta
+from .loss_delta import delta_scale, mean_loss, weighted_row_loss_and_delta
 from .weight_grad import add_partials
 
 MAX_WIDTH = 128
@@ -51,8 +51,8 @@ def tile_floats(dims):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads, dropout_key,
-                       dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
+def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
+                       dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
     """Returns the batch's mean loss; fills grads with its gradient."""
     n = rows.size
     n_layers = dims.size - 1
@@ -67,7 +67,7 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
         for i in range(fan_in):
             for j in range(fan_out):
                 weights_t[offsets[l] + j * fan_in + i] = params[offsets[l] + i * fan_out + j]
-    scale = delta_scale(loss, n, m)
+    scale = delta_scale(loss, weight_total, m)
     inv_keep = np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold))
     for p in prange(threads):
         fp_state = flush_denormals()
@@ -99,8 +99,8 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
             logits = acts[act_off[n_layers]:]
             for i in range(count):
                 z = logits[i * m:(i + 1) * m]
-                row_loss[t0 + i], row_hits[t0 + i] = row_loss_and_delta(z, z, rows[t0 + i], m, labels, targets, loss,
-                                                                        scale, True)
+                row_loss[t0 + i], row_hits[t0 + i] = weighted_row_loss_and_delta(z, z, rows[t0 + i], m, labels,
+                                                                                 targets, weights, loss, scale, True)
             # (3, 4) backward: the tile's share of [dW; db] into this thread's accumulator, then its delta.
             for l in range(n_layers - 1, -1, -1):
                 fan_in, fan_out = dims[l], dims[l + 1]
@@ -117,4 +117,4 @@ def pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss
                     multiply_derivative_into(a_prev, scratch, count, fan_in, activation)
         restore(fp_state)
     add_partials(grads, partials, size, threads - 1)  # in thread order
-    return mean_loss(row_loss, n, m, loss)
+    return mean_loss(row_loss, n, weight_total, m, loss)

@@ -2,7 +2,9 @@
 
 Shapes (N = rows of the data set given, n = rows in this batch, see dense_forward.py for the layouts):
     X        (N, d0) float32 C-contiguous;  rows (n,) int64: the batch is X[rows]
-    labels   (N,) int64 (cross_entropy), targets (N, d_L) float32 (mse, bce); the other may be empty. A label
+    weights  (N,) float64 sample weights, or empty (every row weighs 1); weight_total: their sum over the
+             batch's rows (n without weights), 1 where that is 0 (see loss_delta.py)
+    labels   (N,) int64 (cross_entropy), targets (N, d_L) float32 (mse, bce, poisson); the other may be empty. A label
              outside [0, d_L) is never used as an index: that row's loss is NaN (loss_delta.py), so a step
              skips its update
     dims     (L + 1,) int64 layer widths; offsets (L + 1,) int64 block starts in the flat buffers
@@ -47,9 +49,10 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-        settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums, threads):
-    """Returns the mean loss of the batch (0.0 in FORWARD mode)."""
+def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads, moment1,
+        moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums,
+        threads):
+    """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
@@ -59,8 +62,8 @@ def run(mode, X, labels, targets, rows, dims, offsets, activation, loss, params,
         return 0.0
     logits = acts[act_off[-2]:act_off[-1]]
     want_delta = mode >= GRADIENTS
-    value = loss_and_delta(logits, n, dims[-1], labels, targets, rows, loss, logits, row_loss, row_hits,
-                           want_delta)
+    value = loss_and_delta(logits, n, dims[-1], labels, targets, weights, weight_total, rows, loss, logits, row_loss,
+                           row_hits, want_delta)
     if not want_delta:
         return value
     for l in range(n_layers - 1, -1, -1):
@@ -87,15 +90,15 @@ def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offse
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def run_pipeline(mode, X, labels, targets, rows, dims, offsets, activation, loss, params, grads, moment1, moment2,
-                 settings, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, norm_sums,
-                 threads):
+def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
+                 moment1, moment2, settings, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss,
+                 row_hits, norm_sums, threads):
     """run() in modes GRADIENTS and STEP through the per-thread pipeline (pipeline.py): a separate entry
     point, so that networks that never take it never compile it. weights_t and tiles replace run()'s acts
     and scratch (see pipeline.py); after a call the batch's logits are not kept (last_logits needs a
     FORWARD or LOSS call)."""
-    value = pipeline_gradients(X, labels, targets, rows, dims, offsets, activation, loss, params, grads,
-                               dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
+    value = pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params,
+                               grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
                                threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 from numba import cuda
 
+from .. import sample_weights
 from ..options import ACTIVATIONS, LOSSES
 from ..workspaces import WorkspaceCache, available_host_bytes
 from . import device_data, fused_mlp, gemm, reduce
@@ -66,6 +67,7 @@ class Workspace:
         self.sums = cuda.device_array(2, np.float64)
         self.norm = cuda.to_device(np.zeros(2, np.float64))
         self.hits = 0.0
+        self.weight_total = float(n)  # what the last loss pass divided by (sample_weights.batch_total)
 
     def block(self, l):
         return self.acts[self.act_off[l]:self.act_off[l + 1]]
@@ -103,6 +105,7 @@ class CudaBackend:
         self._order = None  # (host row order of the epoch, its device copy)
         self._empty_labels = cuda.to_device(np.zeros(1, np.int64))
         self._empty_targets = cuda.to_device(np.zeros(1, np.float32))
+        self._empty_weights = cuda.to_device(np.zeros(1, np.float64))
         self._update_scratch = None  # apply_update's (norm, loss sums) device pair, made on first use
         self.push()
 
@@ -136,17 +139,19 @@ class CudaBackend:
     def _flat(arr):
         return arr.reshape(arr.size) if device_data.is_device_array(arr) else cuda.to_device(arr.reshape(-1))
 
-    def _device_data(self, X, labels, targets):
+    def _device_data(self, X, labels, targets, weights):
         """Flat device views of the data: GPU arrays as they are, NumPy arrays copied once per array during
-        one Trainer call (fit passes the same training and validation arrays every step)."""
-        key = (id(X), id(labels), id(targets))
+        one Trainer call (fit passes the same training and validation arrays every step). weights: None or
+        host float64 sample weights (their batch totals are taken on the host)."""
+        key = (id(X), id(labels), id(targets), id(weights))
         if key not in self._data:
             if len(self._data) >= 2:  # training and validation data
                 self._data.pop(next(iter(self._data)))
-            self._data[key] = ((X, labels, targets),  # the arrays themselves, so that their ids stay unique
+            self._data[key] = ((X, labels, targets, weights),  # the arrays themselves, so that their ids stay unique
                                self._flat(X),
                                self._empty_labels if labels is None else self._flat(labels),
-                               self._empty_targets if targets is None else self._flat(targets))
+                               self._empty_targets if targets is None else self._flat(targets),
+                               self._empty_weights if weights is None else cuda.to_device(weights))
         return self._data[key][1:]
 
     def _device_rows(self, rows):
@@ -171,15 +176,17 @@ class CudaBackend:
 
     # ---- the passes ----
 
-    def _forward(self, X, labels, targets, rows, mode, dropout_key=0, dropout_threshold=0):
-        """Forward pass of the batch X[rows]; unless mode is MODE_LOGITS, the per-row losses summed into
-        ws.sums; in MODE_TRAIN also the output delta (and on the fused path every hidden delta)."""
+    def _forward(self, X, labels, targets, rows, mode, dropout_key=0, dropout_threshold=0, weights=None):
+        """Forward pass of the batch X[rows]; unless mode is MODE_LOGITS, the per-row (weighted) losses
+        summed into ws.sums; in MODE_TRAIN also the output delta (and on the fused path every hidden delta)."""
         s = self.state
         dims, off = s.dims, s.offsets
         n = rows.size
         n_layers = len(dims) - 1
         ws = self._workspaces.get(n)
-        d_X, d_labels, d_targets = self._device_data(X, labels, targets)
+        ws.weight_total = sample_weights.batch_total(weights, rows)
+        d_X, d_labels, d_targets, d_weights = self._device_data(X, labels, targets, weights)
+        weighting = (d_weights, weights is not None, ws.weight_total)
         d_rows = self._device_rows(rows)
         if self.fused:
             if mode == MODE_TRAIN:
@@ -187,7 +194,7 @@ class CudaBackend:
                     self.params, self._d_w_off, self._d_dims, n_layers, self._weights_t)
             fused_mlp.launch(self.fused_tiles, d_X, d_rows, n, self._d_dims, self._d_w_off, n_layers, self.params,
                              self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, d_labels, d_targets,
-                             self.loss, self.activation, ws.row_loss, ws.row_hits, mode, dropout_key,
+                             *weighting, self.loss, self.activation, ws.row_loss, ws.row_hits, mode, dropout_key,
                              dropout_threshold)
         else:
             width0 = int(dims[0])
@@ -202,18 +209,19 @@ class CudaBackend:
                             layer=l, dropout_key=dropout_key, dropout_threshold=dropout_threshold if hidden else 0)
             if mode != MODE_LOGITS:
                 loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
-                                                              d_targets, d_rows, self.loss, ws.row_loss,
+                                                              d_targets, *weighting, d_rows, self.loss, ws.row_loss,
                                                               ws.row_hits, mode == MODE_TRAIN)
         if mode != MODE_LOGITS:
             self._sums[1, self.threads](ws.row_loss, ws.row_hits, ws.sums, False)
         return ws
 
-    def _loss_value(self, ws, n):
-        """The batch's mean loss: the step's one device-to-host transfer."""
+    def _loss_value(self, ws):
+        """The batch's (weighted) mean loss: the step's one device-to-host transfer."""
         total_loss, hits = ws.sums.copy_to_host()
         ws.hits = float(hits)
         m = int(self.state.dims[-1])
-        return total_loss / n if self.loss == LOSSES["cross_entropy"] else total_loss / (n * m)
+        total = ws.weight_total
+        return total_loss / total if self.loss == LOSSES["cross_entropy"] else total_loss / (total * m)
 
     def _backward(self, ws, n, dropout_key, dropout_threshold):
         """Every layer's [dW; db] into self.grads (and, on the general path, the hidden deltas)."""
@@ -249,11 +257,11 @@ class CudaBackend:
         optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
                                                *scalars(settings), norm, loss_sums, self._d_dims, self._d_w_off)
 
-    def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0):
-        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)
+    def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0, weights=None):
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold, weights)
         self._backward(ws, rows.size, dropout_key, dropout_threshold)
         self._update(settings, ws.norm, ws.sums)
-        return self._loss_value(ws, rows.size)
+        return self._loss_value(ws)
 
     # The gradient's trip through an MPI reduction (distributed.py), through host memory: one copy each way.
     def grads_to_host(self):
@@ -272,13 +280,13 @@ class CudaBackend:
         norm, finite_loss = self._update_scratch
         self._update(settings, norm, finite_loss)
 
-    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0):
-        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold)
+    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0, weights=None):
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold, weights)
         self._backward(ws, rows.size, dropout_key, dropout_threshold)
-        return self._loss_value(ws, rows.size)
+        return self._loss_value(ws)
 
-    def loss_value(self, X, labels, targets, rows):
-        return self._loss_value(self._forward(X, labels, targets, rows, MODE_LOSS), rows.size)
+    def loss_value(self, X, labels, targets, rows, weights=None):
+        return self._loss_value(self._forward(X, labels, targets, rows, MODE_LOSS, weights=weights))
 
     def last_hits(self, n):
         return self._workspaces[n].hits

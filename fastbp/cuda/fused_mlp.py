@@ -22,14 +22,15 @@ Layouts, all row-major float32 unless noted; n batch rows in step order; L layer
                that the threads of a warp read consecutive weights in the backward products too
     acts: block l < L at act_off[l]: [A_l, 1] (n, dims[l] + 1); block L: logits or delta_L (n, dims[L])
     deltas: block l (0 < l < L) at delta_off[l]: delta_l (n, dims[l])
-    row_loss, row_hits (n,) float64; labels (N,) int64 / targets (N * dims[L],) as in loss_delta.py
+    row_loss, row_hits (n,) float64; labels (N,) int64 / targets (N * dims[L],), weights, weighted,
+    weight_total: as in loss_delta.py
 """
 import math
 
 from numba import cuda, float32
 
 from . import device_math as dm
-from .loss_delta import delta_scale, row_loss_and_delta
+from .loss_delta import delta_scale, weighted_row_loss_and_delta
 
 MAX_WIDTH = 128
 LD = MAX_WIDTH + 1  # shared-memory row stride
@@ -87,7 +88,7 @@ def backward_product(buf, src, dst, weights_t, w_base, fan_in, fan_out):
 
 
 def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, labels, targets,
-          loss, activation, row_loss, row_hits, mode, dropout_key, dropout_threshold):
+          weights, weighted, weight_total, loss, activation, row_loss, row_hits, mode, dropout_key, dropout_threshold):
     buf = cuda.shared.array(BUFFER, float32)  # two ROWS x LD tiles
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.x * ROWS
@@ -137,13 +138,14 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
         return
     # BP1, one thread per row: loss, hits and (training) the output delta over the logits.
     m = dims[n_layers]
-    scale = delta_scale(loss, n, m)
+    scale = delta_scale(loss, weight_total, m)
     out_base = act_off[n_layers]
     for r in range(tid, ROWS, THREADS):
         row = row0 + r
         if row < n:
-            row_loss[row], row_hits[row] = row_loss_and_delta(buf, src + r * LD, m, labels, targets, rows[row],
-                                                              loss, scale, train)
+            row_loss[row], row_hits[row] = weighted_row_loss_and_delta(buf, src + r * LD, m, labels, targets,
+                                                                       weights, weighted, rows[row], loss, scale,
+                                                                       train)
             if train:
                 for j in range(m):
                     acts[out_base + row * m + j] = buf[src + r * LD + j]
@@ -195,9 +197,9 @@ def make_fused(rows, tm, tn, threads):
         load_w_backward="\n".join(f"            b_{j} = weights_t[w_base + k * fan_in + cl_{j}]" for j in range(tn)),
         fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i, j in ij),
         store_out=stores("fan_out"), store_in=stores("fan_in"))
-    namespace = {"cuda": cuda, "float32": float32, "dm": dm, "row_loss_and_delta": row_loss_and_delta,
-                 "delta_scale": delta_scale, "ROWS": rows, "LD": LD, "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn,
-                 "THREADS": threads, "ROW_BLOCKS": rows // tm, "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
+    namespace = {"cuda": cuda, "float32": float32, "dm": dm, "delta_scale": delta_scale,
+                 "weighted_row_loss_and_delta": weighted_row_loss_and_delta, "ROWS": rows, "LD": LD,
+                 "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn, "THREADS": threads, "ROW_BLOCKS": rows // tm, "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
     exec(compile(src, f"<fastbp.cuda.fused_mlp {key}>", "exec"), namespace)
     for name in ("forward_product", "backward_product"):
         namespace[name] = cuda.jit(device=True, inline=True)(namespace[name])

@@ -4,7 +4,9 @@ reduce.py in a fixed order. row_loss_and_delta is the per-row math, also called 
 path (fused_mlp.py) on logits held in shared memory.
 
 Shapes: logits (n * m,) float32 row-major; labels (N,) int64 or targets (N * m,) float32 row-major;
-rows (n,) int64; row_loss, row_hits (n,) float64.
+weights (N,) float64 sample weights, read when weighted (else a placeholder); weight_total: their sum over
+the batch, or n (sample_weights.batch_total); rows (n,) int64; row_loss (n,) float64: each row's loss
+times its weight; row_hits (n,) float64.
 """
 import math
 
@@ -75,15 +77,26 @@ def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_
 
 
 @cuda.jit(device=True, inline=True)
-def delta_scale(loss, n, m):
-    """The mean's 1/n (cross_entropy: per row) or 1/(n m) (mse, bce, poisson: per output)."""
-    return float32(1.0 / n) if loss == CROSS_ENTROPY else float32(1.0 / (n * m))
+def delta_scale(loss, weight_total, m):
+    """The mean's 1/total (cross_entropy: per row) or 1/(total m) (mse, bce, poisson: per output), float64."""
+    return 1.0 / weight_total if loss == CROSS_ENTROPY else 1.0 / (weight_total * m)
+
+
+@cuda.jit(device=True, inline=True)
+def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weighted, src, loss, scale, want_delta):
+    """row_loss_and_delta for a row of sample weight w (weights[src], or 1 unless weighted): (w x loss,
+    hits), the delta scaled by w x scale (float64, from delta_scale)."""
+    w = weights[src] if weighted else 1.0
+    acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(w * scale), want_delta)
+    return acc * w, hits
 
 
 @cuda.jit
-def loss_and_delta(logits, n, m, labels, targets, rows, loss, row_loss, row_hits, want_delta):
+def loss_and_delta(logits, n, m, labels, targets, weights, weighted, weight_total, rows, loss, row_loss, row_hits,
+                   want_delta):
     i = cuda.grid(1)
     if i >= n:
         return
-    row_loss[i], row_hits[i] = row_loss_and_delta(logits, i * m, m, labels, targets, rows[i], loss,
-                                                  delta_scale(loss, n, m), want_delta)
+    row_loss[i], row_hits[i] = weighted_row_loss_and_delta(logits, i * m, m, labels, targets, weights, weighted,
+                                                           rows[i], loss, delta_scale(loss, weight_total, m),
+                                                           want_delta)

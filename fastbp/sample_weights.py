@@ -1,0 +1,43 @@
+"""Sample weights: per-row factors on the loss, as fit(X, y, sample_weight=...) takes them in scikit-learn
+and Keras. A batch's loss is the weighted mean sum_i w_i loss_i / sum_i w_i over its rows (cross_entropy:
+per row; mse, bce, poisson: per output, the weighted mean over rows of the mean over outputs), and its
+gradient that loss's. Unweighted is w = 1 everywhere. A batch whose weights are all 0 has loss 0 and a
+zero gradient.
+
+The kernels read the weights as a float64 (N,) array indexed like the labels or targets, plus the batch's
+total (batch_total); hits (accuracy) stay unweighted, as Keras' metrics are unless asked.
+"""
+import numpy as np
+
+from .validation import _as_numeric_array
+
+
+def check(sample_weight, n_rows, name="sample_weight"):
+    """sample_weight -> C-contiguous float64 (n_rows,), a copy (the kernels read it during training, so a
+    caller changing theirs meanwhile changes nothing). None stays None. ValueError for the wrong length, a
+    negative, NaN or infinite weight, or weights that are all 0."""
+    if sample_weight is None:
+        return None
+    arr = _as_numeric_array(sample_weight, name)
+    if arr.ndim != 1 or arr.shape[0] != n_rows:
+        raise ValueError(f"{name} must be 1-D with one weight per row of X ({n_rows}), got shape {arr.shape}")
+    weights = np.array(arr, dtype=np.float64, order="C", copy=True)
+    bad = ~np.isfinite(weights) | (weights < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must be finite and non-negative, found {weights[row]} at row {row}")
+    if n_rows and not weights.any():
+        raise ValueError(f"{name} is 0 for every row: nothing to learn from")
+    return weights
+
+
+def row_sum(weights, rows):
+    """The weight of the rows `rows`: their count without weights, else their weights' sum."""
+    return float(rows.size) if weights is None else float(np.sum(weights[rows]))
+
+
+def batch_total(weights, rows):
+    """What the kernels divide by for the batch of `rows`: row_sum, or 1 when that is 0 (every weighted
+    term is then 0, so the loss and gradient are 0)."""
+    total = row_sum(weights, rows)
+    return total if total > 0 else 1.0

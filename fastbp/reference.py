@@ -7,6 +7,8 @@ Conventions (shared with the compiled backends):
   mse = mean over all elements; bce = sigmoid + binary cross-entropy on logits, mean over all elements;
   poisson = PyTorch's PoissonNLLLoss(log_input=True): the logits are log-rates, mean over all elements of
   exp(z) - y z (the negative log-likelihood without its log(y!) term, which has no gradient).
+- Sample weights w (n,): every mean over rows becomes the weighted one, sum_i w_i loss_i / sum_i w_i
+  (a batch whose weights are all 0: loss 0, delta 0).
 - Backpropagation (n = batch rows):
     BP1  delta_L = dLoss/dZ_L                         (fused with the loss)
     BP2  delta_l = (delta_{l+1} @ W_{l+1}^T) * act'(Z_l)
@@ -75,28 +77,36 @@ def forward(params, X, activation, masks=None, rate=0.0):
     return acts, acts[-1] @ W + b
 
 
-def loss_and_output_delta(logits, y, loss):
-    """BP1: the loss and dLoss/dlogits. y: int labels (n,) for cross_entropy, targets (n, out) otherwise."""
-    n = logits.shape[0]
+def loss_and_output_delta(logits, y, loss, weights=None):
+    """BP1: the loss and dLoss/dlogits. y: int labels (n,) for cross_entropy, targets (n, out) otherwise;
+    weights: None or sample weights (n,)."""
+    n, m = logits.shape
     if loss == "cross_entropy":
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         rows = np.arange(n)
-        value = -log_probs[rows, y].mean()
-        delta = np.exp(log_probs)
-        delta[rows, y] -= 1
-        return value, delta / n
-    if loss == "mse":
+        row_loss = -log_probs[rows, y]
+        row_delta = np.exp(log_probs)
+        row_delta[rows, y] -= 1
+        per_row = 1  # the mean is over rows
+    elif loss == "mse":
         diff = logits - y
-        return (diff * diff).mean(), 2 * diff / diff.size
-    if loss == "bce":
+        row_loss, row_delta = (diff * diff).sum(axis=1), 2 * diff
+        per_row = m  # the mean is over rows x outputs
+    elif loss == "bce":
         # log(1 + exp(-|z|)) + max(z, 0) - z*y: never exponentiates a large positive number.
-        value = (np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).mean()
-        return value, (sigmoid(logits) - y) / logits.size
-    if loss == "poisson":
+        row_loss = (np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).sum(axis=1)
+        row_delta, per_row = sigmoid(logits) - y, m
+    elif loss == "poisson":
         rate = np.exp(logits)
-        return (rate - y * logits).mean(), (rate - y) / logits.size
-    raise ValueError(f"unknown loss {loss!r}")
+        row_loss, row_delta, per_row = (rate - y * logits).sum(axis=1), rate - y, m
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    w = np.ones(n, logits.dtype) if weights is None else np.asarray(weights, logits.dtype)
+    total = w.sum() * per_row
+    if total == 0:
+        return 0.0 * row_loss.sum(), np.zeros_like(row_delta)
+    return (w * row_loss).sum() / total, row_delta * (w[:, None] / total)
 
 
 def backward(params, acts, delta, activation, masks=None, rate=0.0):
@@ -118,9 +128,9 @@ def backward(params, acts, delta, activation, masks=None, rate=0.0):
     return grads
 
 
-def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0):
+def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0, weights=None):
     acts, logits = forward(params, X, activation, masks, rate)
-    value, delta = loss_and_output_delta(logits, y, loss)
+    value, delta = loss_and_output_delta(logits, y, loss, weights)
     return value, backward(params, acts, delta, activation, masks, rate)
 
 
@@ -211,12 +221,13 @@ class Network:
         self.activation, self.loss, self.dtype = activation, loss, dtype
         self.optimizer = Optimizer(self.params, **optimizer_options)
 
-    def loss_and_gradients(self, X, y):
+    def loss_and_gradients(self, X, y, weights=None):
         y = y if self.loss == "cross_entropy" else np.asarray(y, self.dtype).reshape(len(X), -1)
-        return loss_and_gradients(self.params, np.asarray(X, self.dtype), y, self.activation, self.loss)
+        return loss_and_gradients(self.params, np.asarray(X, self.dtype), y, self.activation, self.loss,
+                                  weights=weights)
 
-    def step(self, X, y):
-        value, grads = self.loss_and_gradients(X, y)
+    def step(self, X, y, weights=None):
+        value, grads = self.loss_and_gradients(X, y, weights)
         self.optimizer.step(self.params, grads)
         return float(value)
 

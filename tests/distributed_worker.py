@@ -26,6 +26,13 @@ def problem(n=257, width=7, classes=3, seed=5):
     return X, y
 
 
+def sample_weights(n=257, seed=9):
+    """Sample weights for problem()'s rows, zeros among them."""
+    w = np.random.default_rng(seed).random(n) * 2
+    w[::10] = 0.0
+    return w
+
+
 def trainer(**options):
     settings = dict(sizes=[7, 33, 3], loss="cross_entropy", optimizer="adam", lr=0.01, batch_size=50, seed=3)
     settings.update(options)
@@ -107,7 +114,16 @@ def sharded():
     history = t.fit(X[mine], y[mine], epochs=3, verbose=0, sharded=True,
                     validation_data=(X[mine], y[mine]))
     scores = t.evaluate(X[mine], y[mine], sharded=True)
-    report("sharded", {"params": flat(t)}, history=history.history, scores=scores)
+    # Sample weights, sharded with their rows and replicated: a rank's chunk sums are weighted by its share.
+    w = sample_weights()
+    weighted = trainer()
+    weighted_history = weighted.fit(X[mine], y[mine], epochs=2, verbose=0, sharded=True, sample_weight=w[mine])
+    weighted_scores = weighted.evaluate(X[mine], y[mine], sharded=True, sample_weight=w[mine])
+    replicated = trainer()
+    replicated.fit(X, y, epochs=2, verbose=0, sample_weight=w)
+    report("sharded", {"params": flat(t), "weighted": flat(weighted), "replicated_weighted": flat(replicated)},
+           history=history.history, scores=scores, weighted_history=weighted_history.history,
+           weighted_scores=weighted_scores)
 
 
 def api():

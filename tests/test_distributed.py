@@ -20,7 +20,7 @@ from fastbp import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from distributed_worker import problem  # noqa: E402  (the worker's data set, rebuilt here)
+from distributed_worker import problem, sample_weights  # noqa: E402  (the worker's data set, rebuilt here)
 
 
 def _mpiexec():
@@ -211,6 +211,16 @@ def test_sharded_data_trains_the_model_of_the_shards_concatenated(main_run):
         scores = t.evaluate(X, y)
         np.testing.assert_allclose(values["scores"]["loss"], scores["loss"], rtol=1e-5)
         assert values["scores"]["accuracy"] == scores["accuracy"]
+    # Sample weights: sharded with their rows, and replicated, both train the one-process weighted model.
+    w = sample_weights()
+    weighted = single_process()
+    weighted_history = weighted.fit(X, y, epochs=2, verbose=0, sample_weight=w)
+    weighted_scores = weighted.evaluate(X, y, sample_weight=w)
+    for arrays, values in found:
+        assert_close_to(arrays["weighted"], flat(weighted))
+        assert_close_to(arrays["replicated_weighted"], flat(weighted))
+        np.testing.assert_allclose(values["weighted_history"]["loss"], weighted_history.history["loss"], rtol=1e-5)
+        np.testing.assert_allclose(values["weighted_scores"]["loss"], weighted_scores["loss"], rtol=1e-5)
 
 
 @needs_mpi

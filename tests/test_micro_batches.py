@@ -113,3 +113,23 @@ def test_micro_batches_on_the_cuda_backend(rng):
     gpu = fastbp.Trainer(**options, device="cuda", micro_batch=6)
     gpu.fit(X, y, epochs=2, verbose=0)
     assert_same_training(gpu, cpu, 1e-5)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_sample_weighted_micro_batches_equal_unchunked_steps(rng, loss):
+    """Chunks of a weighted batch add up by their weights' sums, not their rows (a chunk of zero weight
+    adds nothing), so chunked training, evaluate and gradients are the unchunked ones."""
+    sizes = [5, 33, 3]
+    X = rng.standard_normal((130, sizes[0])).astype(np.float32)
+    y = make_targets(rng, loss, 130, sizes[-1])
+    w = rng.random(130) * 2
+    w[14:21] = 0.0  # a whole chunk of zero weight
+    options = dict(sizes=sizes, loss=loss, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=50, seed=1)
+    whole, chunked = fastbp.Trainer(**options), fastbp.Trainer(**options, micro_batch=7)
+    h_whole = whole.fit(X, y, epochs=2, verbose=0, sample_weight=w, shuffle=False)
+    h_chunked = chunked.fit(X, y, epochs=2, verbose=0, sample_weight=w, shuffle=False)
+    assert_same_training(chunked, whole)
+    np.testing.assert_allclose(h_chunked.history["loss"], h_whole.history["loss"], rtol=1e-5)
+    assert chunked.evaluate(X, y, sample_weight=w)["loss"] == pytest.approx(
+        whole.evaluate(X, y, sample_weight=w)["loss"], rel=1e-5)
+    assert whole.evaluate(X, y, sample_weight=w)["loss"] != pytest.approx(whole.evaluate(X, y)["loss"], rel=1e-3)

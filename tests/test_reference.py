@@ -11,14 +11,23 @@ def random_params(rng, sizes, scale=0.5):
             for a, b in zip(sizes[:-1], sizes[1:])]
 
 
+def sample_weights(rng, n):
+    """Weights in [0, 2) with a zero among them."""
+    w = rng.random(n) * 2
+    w[n // 2] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_gradients_match_finite_differences(rng, activation, loss):
+def test_gradients_match_finite_differences(rng, activation, loss, weighted):
     sizes, n = [4, 5, 3, 3], 6
     params = random_params(rng, sizes)
     X = rng.standard_normal((n, sizes[0]))
     y = make_targets(rng, loss, n, sizes[-1])
-    _, grads = reference.loss_and_gradients(params, X, y, activation, loss)
+    w = sample_weights(rng, n) if weighted else None
+    _, grads = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)
     h = 1e-6
     for (W, b), (dW, db) in zip(params, grads):
         for p, dp in ((W, dW), (b, db)):
@@ -26,12 +35,31 @@ def test_gradients_match_finite_differences(rng, activation, loss):
             for idx in np.ndindex(p.shape):
                 saved = p[idx]
                 p[idx] = saved + h
-                up = reference.loss_and_gradients(params, X, y, activation, loss)[0]
+                up = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)[0]
                 p[idx] = saved - h
-                down = reference.loss_and_gradients(params, X, y, activation, loss)[0]
+                down = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)[0]
                 p[idx] = saved
                 numeric[idx] = (up - down) / (2 * h)
             assert rel_error(dp, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_integer_sample_weights_equal_repeated_rows(rng, loss):
+    """Weight k on a row is the row k times over (0: left out): the definition of a weighted mean."""
+    sizes, n = [4, 5, 3], 7
+    params = random_params(rng, sizes)
+    X = rng.standard_normal((n, sizes[0]))
+    y = make_targets(rng, loss, n, sizes[-1])
+    w = rng.integers(0, 4, n)
+    w[0] = 2
+    repeated = np.repeat(np.arange(n), w)
+    value, grads = reference.loss_and_gradients(params, X, y, "tanh", loss, weights=w.astype(float))
+    expected_value, expected = reference.loss_and_gradients(params, X[repeated], y[repeated], "tanh", loss)
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    for (dW, db), (eW, eb) in zip(grads, expected):
+        assert rel_error(dW, eW) < 1e-12 and rel_error(db, eb) < 1e-12
+    zero_value, zero_grads = reference.loss_and_gradients(params, X, y, "tanh", loss, weights=np.zeros(n))
+    assert zero_value == 0 and all(not dW.any() and not db.any() for dW, db in zero_grads)
 
 
 def test_losses_by_hand():
@@ -44,6 +72,9 @@ def test_losses_by_hand():
     value, _ = reference.loss_and_output_delta(logits, np.array([[1.0, 0.0, 1.0]]), "bce")
     p = 1 / (1 + np.exp(-logits))
     assert value == pytest.approx(-(np.log(p[0, 0]) + np.log(1 - p[0, 1]) + np.log(p[0, 2])) / 3)
+    value, delta = reference.loss_and_output_delta(logits, np.array([[1.0, 0.0, 3.0]]), "poisson")
+    assert value == pytest.approx((np.exp(logits) - logits * [1, 0, 3]).mean())  # PoissonNLLLoss(log_input=True)
+    assert delta == pytest.approx((np.exp(logits) - [1, 0, 3]) / 3)
 
 
 def test_stable_for_huge_logits():

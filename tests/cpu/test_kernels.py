@@ -241,3 +241,56 @@ def test_a_skipped_adam_step_leaves_moments_and_step_count_alone(rng):
     for saved, now in zip(before, (t.state.params, t.state.moment1, t.state.moment2)):
         np.testing.assert_array_equal(now, saved)
     assert t.step_count == 1
+
+
+def weights_with_zeros(rng, n):
+    """Sample weights in [0, 3) with one 0 (a row that must not count) when there are several rows."""
+    w = rng.random(n) * 3
+    if n > 1:
+        w[n // 2] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("batch", [1, 3, 33, 257])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_sample_weighted_loss_gradients_and_steps_match_reference(rng, loss, batch):
+    """The weighted mean loss (sum w_i loss_i / sum w_i) and its gradient, then two whole SGD steps on
+    weighted batches (SGD: Adam's first steps, about lr x sign(g), would amplify float32 rounding in
+    near-zero gradient entries), against the float64 reference; evaluate's loss is the weighted mean too."""
+    sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 2]
+    t = perturbed_trainer(rng, sizes, "tanh", loss, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01)
+    X = rng.standard_normal((batch, sizes[0]))
+    y = make_targets(rng, loss, batch, sizes[-1])
+    w = weights_with_zeros(rng, batch)
+    ref_loss, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, "tanh", loss, weights=w)
+    value, grads = t.gradients(X, y, sample_weight=w)
+    assert value == pytest.approx(ref_loss, rel=TOL)
+    for (dW, db), (rW, rb) in zip(grads, ref_grads):
+        assert rel_error(dW, rW) < TOL and rel_error(db, rb) < TOL
+    assert t.evaluate(X, y, sample_weight=w)["loss"] == pytest.approx(ref_loss, rel=TOL)
+    ref = reference.Network(as64(t.params), activation="tanh", loss=loss, kind="sgd", lr=0.05, momentum=0.9,
+                            weight_decay=0.01)
+    for _ in range(2):
+        assert t.step(X, y, sample_weight=w) == pytest.approx(ref.step(X, y, w), rel=TOL)
+    for (W, b), (rW, rb) in zip(t.params, ref.params):
+        assert rel_error(W, rW) < TOL and rel_error(b, rb) < TOL
+
+
+def test_sample_weights_are_checked_and_unit_weights_change_nothing(rng):
+    t = perturbed_trainer(rng, [4, 5, 3], "relu", "cross_entropy")
+    X, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    for bad, message in (([1.0] * 5, "one weight per row"), ([1, 1, -1, 1, 1, 1], "non-negative"),
+                         ([1, np.nan, 1, 1, 1, 1], "finite"), (np.zeros(6), "0 for every row"),
+                         (np.ones((6, 1)), "1-D")):
+        with pytest.raises(ValueError, match=message):
+            t.step(X, y, sample_weight=bad)
+    assert t.step_count == 0
+    assert t.gradients(X, y, sample_weight=np.ones(6))[0] == t.gradients(X, y)[0]
+    # A weight of 0 leaves its row out: the same as not giving it.
+    w = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    kept = w > 0
+    value, grads = t.gradients(X, y, sample_weight=w)
+    value_kept, grads_kept = t.gradients(X[kept], y[kept])
+    assert value == pytest.approx(value_kept, rel=1e-6)
+    for (dW, db), (kW, kb) in zip(grads, grads_kept):
+        assert rel_error(dW, kW) < 1e-6 and rel_error(db, kb) < 1e-6

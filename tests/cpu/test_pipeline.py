@@ -103,3 +103,20 @@ def test_pipeline_is_deterministic(rng, threads):
     runs = [fastbp.Trainer(sizes, loss="cross_entropy", seed=0).gradients(X, y)[1] for _ in range(2)]
     for (W1, b1), (W2, b2) in zip(*runs):
         assert np.array_equal(W1, W2) and np.array_equal(b1, b2)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_pipeline_sample_weighted_gradients_match_reference(rng, loss, threads):
+    out = 3 if loss == "cross_entropy" else 2
+    sizes = [33, 65, 3, out]
+    n = long_batch(threads)
+    assert pipeline.fits(sizes, n, threads)
+    t = trainer(rng, sizes, "relu", loss)
+    X, y = rng.standard_normal((n, sizes[0])), make_targets(rng, loss, n, out)
+    w = rng.random(n) * 3
+    w[::7] = 0.0
+    ref_loss, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, "relu", loss, weights=w)
+    value, grads = t.gradients(X, y, sample_weight=w)
+    assert value == pytest.approx(ref_loss, rel=TOL)
+    for (dW, db), (rW, rb) in zip(grads, ref_grads):
+        assert rel_error(dW, rW) < TOL and rel_error(db, rb) < TOL

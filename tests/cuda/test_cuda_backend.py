@@ -76,6 +76,28 @@ def test_backend_matches_cpu(rng, activation, loss, fused):
     assert gpu.evaluate(X, y)["loss"] == pytest.approx(cpu.evaluate(X, y)["loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
+def test_sample_weights_match_cpu(rng, fused, loss):
+    """Weighted loss, gradients, steps and evaluate on both GPU paths (the CPU backend is checked against the
+    float64 reference in tests/cpu); a zero weight among them."""
+    out = 3 if loss == "cross_entropy" else 2
+    cpu, gpu = pair([5, 9, out], fused=fused, activation="tanh", loss=loss, optimizer="sgd", lr=0.1, momentum=0.9)
+    X, y = rng.standard_normal((17, 5)), make_targets(rng, loss, 17, out)
+    w = rng.random(17) * 2
+    w[3] = 0.0
+    (lc, gc), (lg, gg) = cpu.gradients(X, y, sample_weight=w), gpu.gradients(X, y, sample_weight=w)
+    assert lg == pytest.approx(lc, rel=1e-5)
+    for (dWc, dbc), (dWg, dbg) in zip(gc, gg):
+        assert rel_error(dWg, dWc) < 1e-4 and rel_error(dbg, dbc) < 1e-4
+    for _ in range(2):
+        assert gpu.step(X, y, sample_weight=w) == pytest.approx(cpu.step(X, y, sample_weight=w), rel=1e-5)
+    for (Wc, bc), (Wg, bg) in zip(cpu.params, gpu.params):
+        assert rel_error(Wg, Wc) < 1e-4 and rel_error(bg, bc) < 1e-4
+    assert gpu.evaluate(X, y, sample_weight=w)["loss"] == pytest.approx(cpu.evaluate(X, y, sample_weight=w)["loss"],
+                                                                        rel=1e-5)
+
+
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     dict(optimizer="adamw", lr=1e-2, weight_decay=0.1, clip_norm=0.1),

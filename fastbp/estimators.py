@@ -5,9 +5,12 @@ Pipeline, GridSearchCV or cross_val_score. Needs scikit-learn (pip install 'fast
 
 Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's conventions:
 - alpha is scikit-learn's L2 penalty on the weights (not the biases): with solver='lbfgs' exactly
-  (alpha / (2 n_samples) x the squared weights, lbfgs.py); with the stochastic solvers as the Trainer's
-  weight decay with decay_biases=False, alpha / batch_size (scikit-learn divides by the rows, or the
-  sample weights' sum, of each batch: the two differ on a last, shorter batch and with sample weights);
+  (alpha / (2 n_samples) x the squared weights, n_samples the sample weights' sum when given, lbfgs.py);
+  with the stochastic solvers as the Trainer's weight decay with decay_biases=False, alpha / (batch_size
+  x the mean sample weight) (scikit-learn divides by each batch's rows, or its sample weights' sum: the two
+  differ on a last, shorter batch, and by how far a batch's weights stray from the mean);
+- sample_weight (fit, partial_fit): the weighted mean loss in fastbp's kernels (sample_weights.py), as
+  scikit-learn's; loss_curve_ averages the batches' losses by their weights (scikit-learn: by their rows);
 - solver is 'lbfgs', 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'). 'lbfgs' is full-batch
   L-BFGS through SciPy with fastbp's compiled loss and gradient (max_iter, max_fun, tol as in scikit-learn);
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
@@ -29,7 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from . import distributed, lbfgs, sources
 from .callbacks import Callback
@@ -86,7 +89,7 @@ class _BaseMLP(BaseEstimator):
         """scikit-learn's loss value (loss_, loss_curve_) over fastbp's loss."""
         raise NotImplementedError
 
-    def _loss_offset(self, y):
+    def _loss_offset(self, y, sample_weight=None):
         """What scikit-learn's loss value over targets y adds to scale x fastbp's: terms without a gradient."""
         return 0.0
 
@@ -133,7 +136,7 @@ class _BaseMLP(BaseEstimator):
     def _batch_size(self, n):
         return min(200, n) if self.batch_size == "auto" else int(min(self.batch_size, n))
 
-    def _new_trainer(self, n_features, n_outputs, n_samples):
+    def _new_trainer(self, n_features, n_outputs, n_samples, mean_weight=1.0):
         hidden = self._check_params()
         batch = self._batch_size(n_samples)
         seed = int(check_random_state(self.random_state).randint(2 ** 31 - 1))
@@ -145,7 +148,7 @@ class _BaseMLP(BaseEstimator):
         # scale x (fastbp's gradient + alpha / (scale batch) W): SGD (momentum included) on it is SGD with
         # scale x the learning rate; Adam is blind to the gradient's scale but for epsilon, which scales too.
         scale = self._gradient_scale()
-        options["weight_decay"] = self.alpha / (scale * batch) if stochastic else 0.0
+        options["weight_decay"] = self.alpha / (scale * batch * mean_weight) if stochastic else 0.0
         if self.solver == "sgd":
             options["lr"] = self.learning_rate_init * scale
         if self.solver in ("adam", "adamw"):
@@ -156,7 +159,7 @@ class _BaseMLP(BaseEstimator):
             options.update(momentum=self.momentum)
         return Trainer(**options, comm=self.comm)
 
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         # As scikit-learn: a new network unless partial_fit or warm_start continues the fitted one.
@@ -171,6 +174,9 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
                              "and need to be preprocessed: X holds values beyond float32's range, which fastbp "
                              "computes in")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight)) or 1.0
         if first_call:
             # The dtype coefs_, intercepts_ and predictions are given in, as scikit-learn follows the input's.
             self._dtype = np.float32 if X.dtype == np.float32 else np.float64
@@ -178,15 +184,15 @@ class _BaseMLP(BaseEstimator):
         if mapped is not None:
             X = mapped  # checked in place above; fastbp reads it batch by batch (np.asarray dropped the memmap)
         if first_call:
-            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0])
+            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0], mean_weight)
         elif not incremental:
             # A warm start: the fitted weights under a new optimizer with today's parameters (learning rate,
             # solver, alpha, ...), as scikit-learn makes a new optimizer for every fit.
             fitted = self.trainer_.params
-            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0])
+            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0], mean_weight)
             self.trainer_.set_params(fitted)
         if self.solver == "lbfgs":
-            return self._fit_lbfgs(X, y)
+            return self._fit_lbfgs(X, y, sample_weight)
         if first_call or not hasattr(self, "loss_curve_"):
             self.loss_curve_ = []
             self.n_iter_ = 0
@@ -203,10 +209,10 @@ class _BaseMLP(BaseEstimator):
         record = _Record()
         callbacks = []
         if self.early_stopping and not incremental:
-            X, y, (X_val, y_val) = self._validation_split(X, y)
-            callbacks.append(_ValidationScore(self._validation_score, X_val, y_val))
-        callbacks.insert(0, _ScikitLearnLoss(self._loss_scale(), self._loss_offset(y), self.alpha, X.shape[0],
-                                             self._batch_size(X.shape[0])))
+            X, y, sample_weight, validation = self._validation_split(X, y, sample_weight)
+            callbacks.append(_ValidationScore(self._validation_score, *validation))
+        callbacks.insert(0, _ScikitLearnLoss(self._loss_scale(), self._loss_offset(y, sample_weight), self.alpha,
+                                             X.shape[0], self._batch_size(X.shape[0]), mean_weight))
         if self.verbose:
             callbacks.append(_Progress(self.early_stopping and not incremental))
         stopper = None
@@ -217,7 +223,7 @@ class _BaseMLP(BaseEstimator):
         diverged = None
         try:
             self.trainer_.fit(X, y, epochs=epochs, batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
-                              verbose=0, callbacks=callbacks)
+                              verbose=0, callbacks=callbacks, sample_weight=sample_weight)
         except FloatingPointError as exc:
             # As scikit-learn, a diverging loss is recorded (NaN), not raised; fastbp stops there, with the
             # parameters of the last finite step (or, with early stopping, of the best epoch).
@@ -245,10 +251,11 @@ class _BaseMLP(BaseEstimator):
                           ConvergenceWarning)
         return self
 
-    def _validation_split(self, X, y):
-        """(X_train, y_train, (X_val, y_val)): scikit-learn's early-stopping split, validation_fraction of
-        the rows drawn with the estimator's random state, stratified by class for single-label classifiers
-        (train_test_split's own errors for classes too small to split). With comm, rank 0's draw."""
+    def _validation_split(self, X, y, sample_weight=None):
+        """(X_train, y_train, sample_weight_train, (X_val, y_val, sample_weight_val)): scikit-learn's
+        early-stopping split, validation_fraction of the rows drawn with the estimator's random state,
+        stratified by class for single-label classifiers (train_test_split's own errors for classes too
+        small to split). With comm, rank 0's draw. The weights are None without sample_weight."""
         from sklearn.model_selection import train_test_split
         stratify = self._stratify(y) if isinstance(self, ClassifierMixin) else None
         train, val = distributed.wrap(self.comm).broadcast(train_test_split(
@@ -257,23 +264,25 @@ class _BaseMLP(BaseEstimator):
         if val.size < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
                              "dataset.")
-        return X[train], y[train], (X[val], y[val])
+        part = (lambda rows: None) if sample_weight is None else (lambda rows: sample_weight[rows])
+        return X[train], y[train], part(train), (X[val], y[val], part(val))
 
-    def _fit_lbfgs(self, X, y):
+    def _fit_lbfgs(self, X, y, sample_weight=None):
         """solver='lbfgs': full-batch L-BFGS (lbfgs.py) on scikit-learn's objective."""
         result = lbfgs.minimize(self.trainer_, X, y, alpha=self.alpha, max_iter=self.max_iter, max_fun=self.max_fun,
-                                tol=self.tol, objective_scale=self._gradient_scale())
+                                tol=self.tol, objective_scale=self._gradient_scale(), sample_weight=sample_weight)
         self.n_iter_ = int(result.nit)
-        self.loss_ = float(result.fun) + self._loss_offset(y)
+        self.loss_ = float(result.fun) + self._loss_offset(y, sample_weight)
         if result.status != 0:
             warnings.warn(f"fastbp: lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
                           f"{result.message}. Increase the number of iterations (max_iter) or the number of "
                           "function evaluations (max_fun), or scale the data", ConvergenceWarning)
         return self
 
-    def fit(self, X, y):
-        """Trains from scratch (or, with warm_start, from the fitted network) for up to max_iter epochs."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Trains from scratch (or, with warm_start, from the fitted network) for up to max_iter epochs.
+        sample_weight: one weight >= 0 per sample (the loss is their weighted mean)."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _check_stochastic(self):
         if self.solver == "lbfgs":
@@ -396,12 +405,13 @@ class _ScikitLearnStopping(Callback):
 class _ScikitLearnLoss(Callback):
     """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): scale x
     fastbp's mean loss, plus the terms without a gradient fastbp leaves out (offset), plus the penalty each batch adds, alpha / (2 batch rows) x the squared weights,
-    averaged over the epoch's rows: alpha / 2 x the squared weights x batches / n_samples. scikit-learn
+    averaged over the epoch's rows: alpha / 2 x the squared weights x batches / n_samples (/ the mean sample
+    weight: scikit-learn divides by a batch's weights' sum rather than its rows). scikit-learn
     takes each batch's weights before its update; this takes the mean of the epoch's first and last."""
 
-    def __init__(self, scale, offset, alpha, n_samples, batch_size):
+    def __init__(self, scale, offset, alpha, n_samples, batch_size, mean_weight=1.0):
         self.scale, self.offset, self.alpha = scale, offset, alpha
-        self.batches_per_row = -(-n_samples // batch_size) / n_samples
+        self.batches_per_row = -(-n_samples // batch_size) / (n_samples * mean_weight)
         self.squares_before = None
 
     def _squares(self, trainer):
@@ -431,14 +441,15 @@ class _Record(Callback):
 
 class _ValidationScore(Callback):
     """logs["val_score"]: score(X_val, y_val) at the end of each epoch, the estimator's own measure
-    (accuracy, or R^2 for the regressor), as scikit-learn's early stopping watches it."""
+    (accuracy, or R^2 for the regressor; weighted by w_val when given), as scikit-learn's early stopping
+    watches it."""
 
-    def __init__(self, score, X_val, y_val):
-        self.score, self.X_val, self.y_val = score, X_val, y_val
+    def __init__(self, score, X_val, y_val, w_val=None):
+        self.score, self.X_val, self.y_val, self.w_val = score, X_val, y_val, w_val
 
     def on_epoch_end(self, epoch, logs, trainer):
         outputs = trainer.predict(self.X_val)
-        logs["val_score"] = self.score(outputs, self.y_val) if np.isfinite(outputs).all() else np.nan
+        logs["val_score"] = self.score(outputs, self.y_val, self.w_val) if np.isfinite(outputs).all() else np.nan
 
 
 class _Progress(Callback):
@@ -520,18 +531,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         # One class, as scikit-learn: a sigmoid output trained towards 0 (its LabelBinarizer's column).
         return codes.astype(np.float32) if len(self.classes_) <= 2 else codes
 
-    def _validation_score(self, outputs, y):
+    def _validation_score(self, outputs, y, sample_weight=None):
         """Accuracy of the network's outputs (n, outputs) against encoded targets y (subset accuracy for
-        multi-label)."""
+        multi-label), weighted by sample_weight when given."""
         if self._multilabel:
-            return float(np.mean(((outputs > 0.5) == (y > 0.5)).all(axis=1)))
-        if len(self.classes_) <= 2:
-            return float(np.mean((outputs[:, 0] > 0.5) == (y > 0.5)))
-        return float(np.mean(outputs.argmax(axis=1) == y))
+            correct = ((outputs > 0.5) == (y > 0.5)).all(axis=1)
+        elif len(self.classes_) <= 2:
+            correct = (outputs[:, 0] > 0.5) == (y > 0.5)
+        else:
+            correct = outputs.argmax(axis=1) == y
+        return float(np.average(correct, weights=sample_weight))
 
     @available_if(_BaseMLP._check_stochastic)
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y). `classes` (all labels that will ever appear) is required on the first call."""
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y). `classes` (all labels that will ever appear) is required on the first call;
+        sample_weight as in fit."""
         if hasattr(self, "trainer_") and classes is not None and not np.array_equal(np.unique(classes),
                                                                                     self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the last call to partial_fit, "
@@ -541,7 +555,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError("classes must be passed on the first call to partial_fit")
             if type_of_target(np.asarray(classes)) not in ("binary", "multiclass"):
                 raise ValueError("classes must be a 1-D array of labels")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X):
         """(n_samples, n_classes) class probabilities; multi-label: (n_samples, n_labels), each label's. In
@@ -612,22 +626,22 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         # is the sum over the targets of fastbp's mean.
         return 0.5 if self._loss == "mse" else float(self._n_targets)
 
-    def _loss_offset(self, y):
+    def _loss_offset(self, y, sample_weight=None):
         # scikit-learn's Poisson deviance keeps y log(y) - y, which PyTorch's PoissonNLLLoss leaves out.
         if self._loss != "poisson":
             return 0.0
         from scipy.special import xlogy
         y = np.asarray(y, np.float64)
-        return float(np.sum(xlogy(y, y) - y) / y.shape[0])
+        return float(np.average((xlogy(y, y) - y).sum(axis=1), weights=sample_weight))
 
     def _gradient_scale(self):
         # Its squared error's gradient is that of the half squared error summed over the targets, not averaged.
         return 0.5 * self._n_targets if self._loss == "mse" else float(self._n_targets)
 
-    def _validation_score(self, outputs, y):
+    def _validation_score(self, outputs, y, sample_weight=None):
         """R^2 of the outputs against the targets y (n, targets), averaged over the targets, as score()."""
         from sklearn.metrics import r2_score
-        return float(r2_score(y, outputs))
+        return float(r2_score(y, outputs, sample_weight=sample_weight))
 
     def _encode_targets(self, y, first_call, classes=None, warm_start=False):
         y = np.asarray(y, dtype=np.float64)
@@ -640,9 +654,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return y2
 
     @available_if(_BaseMLP._check_stochastic)
-    def partial_fit(self, X, y):
-        """One epoch over (X, y)."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y); sample_weight as in fit."""
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X):
         out = self._forward(X).astype(self._dtype)

@@ -3,8 +3,9 @@
 scipy.optimize.minimize(method="L-BFGS-B") drives the search over the flat parameter vector, laid out as
 the network state's flat buffer (state.py: each layer's W row-major, then its b), float64 on SciPy's
 side and rounded to float32 for the kernels. Each evaluation is fastbp's compiled loss and gradient over
-the whole data set (Trainer.gradients), plus scikit-learn's L2 penalty, alpha / (2 n) x the sum of the
-squared weights (biases not penalized), and its gradient, alpha / n x W, added here in float64.
+the whole data set (Trainer.gradients; the weighted mean with sample_weight), plus scikit-learn's L2
+penalty, alpha / (2 n) x the sum of the squared weights (biases not penalized; n the rows, or the sample
+weights' sum), and its gradient, alpha / n x W, added here in float64.
 objective_scale multiplies the data loss: scikit-learn's gradient is that of half the squared error summed
 over the targets (fastbp's mse averages them), and of the multi-label loss summed over the labels.
 """
@@ -12,10 +13,11 @@ import numpy as np
 import scipy.optimize
 
 
-def minimize(trainer, X, y, alpha=0.0, max_iter=200, max_fun=15000, tol=1e-4, objective_scale=1.0):
+def minimize(trainer, X, y, alpha=0.0, max_iter=200, max_fun=15000, tol=1e-4, objective_scale=1.0,
+             sample_weight=None):
     """Trains trainer's parameters to a (local) minimum; returns scipy's OptimizeResult (x: the flat
     float64 parameters, also left in trainer; fun: the objective there; nit, nfev, status, message)."""
-    n = int(np.shape(X)[0])
+    n = int(np.shape(X)[0]) if sample_weight is None else float(np.sum(sample_weight))
     state = trainer.state
     weights = np.zeros(state.params.size, bool)  # which entries of the flat buffer the penalty covers
     for l, (fan_in, fan_out) in enumerate(zip(trainer.sizes[:-1], trainer.sizes[1:])):
@@ -24,7 +26,7 @@ def minimize(trainer, X, y, alpha=0.0, max_iter=200, max_fun=15000, tol=1e-4, ob
     def objective(flat):
         trainer._set_flat_params(flat.astype(np.float32))
         try:
-            loss, grads = trainer.gradients(X, y)
+            loss, grads = trainer.gradients(X, y, sample_weight=sample_weight)
         except FloatingPointError:  # a step too far: an infinite objective makes the line search back off
             return np.inf, np.zeros_like(flat)
         grad = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in grads]).astype(np.float64)

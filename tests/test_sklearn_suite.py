@@ -17,7 +17,7 @@ pytest.importorskip("sklearn")
 
 THEIR_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 
-# Test (function name, parameters stripped) -> why fastbp fails it today. 54 of its 59 tests pass.
+# Test (function name, parameters stripped) -> why fastbp fails it today. 55 of its 59 tests pass.
 KNOWN_FAILING = {
     # scikit-learn's private attributes (the issue leaves these):
     "test_fit": "sets scikit-learn's private _coef_grads/_intercept_grads and assigns coefs_, then expects its "
@@ -25,8 +25,6 @@ KNOWN_FAILING = {
     "test_gradient": "calls scikit-learn's private _loss_grad_lbfgs",
     "test_learning_rate_warmstart": "reads scikit-learn's private _optimizer.learning_rate",
     "test_adaptive_learning_rate": "reads scikit-learn's private _optimizer.learning_rate",
-    # Not built yet:
-    "test_mlp_sample_weight_with_early_stopping": "no sample_weight yet (it needs the weighted loss in the kernels)",
 }
 
 

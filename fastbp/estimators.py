@@ -404,10 +404,11 @@ class _ScikitLearnStopping(Callback):
 
 class _ScikitLearnLoss(Callback):
     """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): scale x
-    fastbp's mean loss, plus the terms without a gradient fastbp leaves out (offset), plus the penalty each batch adds, alpha / (2 batch rows) x the squared weights,
-    averaged over the epoch's rows: alpha / 2 x the squared weights x batches / n_samples (/ the mean sample
-    weight: scikit-learn divides by a batch's weights' sum rather than its rows). scikit-learn
-    takes each batch's weights before its update; this takes the mean of the epoch's first and last."""
+    fastbp's mean loss, plus the terms without a gradient fastbp leaves out (offset), plus the penalty
+    each batch adds, alpha / (2 batch rows) x the squared weights, averaged over the epoch's rows:
+    alpha / 2 x the squared weights x batches / n_samples (/ the mean sample weight: scikit-learn divides
+    by a batch's weights' sum rather than its rows). scikit-learn takes each batch's weights before its
+    update; this takes the mean of the epoch's first and last."""
 
     def __init__(self, scale, offset, alpha, n_samples, batch_size, mean_weight=1.0):
         self.scale, self.offset, self.alpha = scale, offset, alpha

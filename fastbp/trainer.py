@@ -196,7 +196,8 @@ class Trainer:
         convert whole, else checked and converted now. sample_weight: None or one weight per row."""
         weights = None
         if sample_weight is not None:
-            weights = sample_weights.check(sample_weight, validation.row_count(X), names[0].replace("X", "sample_weight"))
+            weights = sample_weights.check(sample_weight, validation.row_count(X),
+                                           names[0].replace("X", "sample_weight"))
         if sources.wants_on_demand(X, self._available_bytes):
             return sources.OnDemand(X, y, self.config.loss, self.sizes[0], self.sizes[-1], self._backend.checks,
                                     names, weights)
@@ -237,9 +238,9 @@ class Trainer:
     def _train_rows(self, source, rows, parts=None, interrupts=None):
         """One step on the batch of global rows `rows` of `source` (of which this rank computes
         parts.mine(rows); parts may be None in one process); returns (loss, hits, weight) of the whole batch
-        (weight: its rows, or their summed sample weights). The
-        update and the step count move together (interrupts: the caller's guard.whole_steps, which holds
-        back Ctrl-C), and other threads wait for the lock meanwhile."""
+        (weight: its rows, or their summed sample weights). The update and the step count move together
+        (interrupts: the caller's guard.whole_steps, which holds back Ctrl-C), and other threads wait for
+        the lock meanwhile."""
         with self._guard.lock:
             if self.schedule is not None and self.schedule.interval == "step":
                 self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
@@ -269,9 +270,9 @@ class Trainer:
         This process computes rows local_rows of source (an MPI rank's part of the batch; all of it in one
         process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient times its
         weight (its rows, or summed sample weights) and the chunks added in order; with comm the ranks'
-        sums are then added up, and the sum divided by the batch's weight. Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key),
-        however the batch is cut. A Ctrl-C held back on any rank is requested on every rank
-        (interrupts.request), so that all stop after this same step."""
+        sums are then added up, and the sum divided by the batch's weight. Dropout masks are those of batch
+        positions first, first + 1, ... (dropout.offset_key), however the batch is cut. A Ctrl-C held back
+        on any rank is requested on every rank (interrupts.request), so that all stop after this same step."""
         classification = self.config.loss in CLASSIFICATION_LOSSES
         key = self._dropout_key()
         loss = hits = batch_weight = 0.0
@@ -385,7 +386,8 @@ class Trainer:
         The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
         (before shuffling). sample_weight (arrays only): one weight >= 0 per row of X; each batch's loss is
         then the weighted mean sum w_i loss_i / sum w_i (sample_weights.py), and validation_data may be a
-        triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). Returns a History with per-epoch "loss" and, for classification, "accuracy"
+        triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). Returns a
+        History with per-epoch "loss" and, for classification, "accuracy"
         (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".
         verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
         per epoch. callbacks: see callbacks.py; `trainer.stop_training = True` ends after the epoch.

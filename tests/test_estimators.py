@@ -171,6 +171,7 @@ def test_lbfgs_regressor_objective_is_half_the_squared_error_plus_the_weight_pen
     assert sum(np.abs(W).sum() for W in heavy.coefs_) < sum(np.abs(W).sum() for W in reg.coefs_)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_lbfgs_with_sample_weights_minimizes_the_weighted_objective():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((80, 4))

@@ -333,3 +333,25 @@ def test_a_step_uses_the_masks_that_gradients_training_true_reports():
         np.testing.assert_allclose(W, W0 - 0.5 * dW, rtol=0, atol=1e-6)
         np.testing.assert_allclose(b, b0 - 0.5 * db, rtol=0, atol=1e-6)
     assert not np.allclose(with_masks[0][0], without[0][0])
+
+
+def test_fit_with_sample_weights_logs_weighted_losses_and_splits_the_weights(rng):
+    """fit's epoch loss averages its batches by their weights; validation_split holds out the last rows'
+    weights with them, and validation_data may carry its own, so val_loss is evaluate's weighted loss."""
+    X = rng.standard_normal((80, 4))
+    y = rng.integers(0, 3, 80)
+    w = rng.random(80) * 2
+    t = fastbp.Trainer([4, 9, 3], loss="cross_entropy", optimizer="sgd", lr=0.0, batch_size=20, seed=0)
+    history = t.fit(X, y, epochs=1, validation_split=0.25, sample_weight=w, verbose=0, shuffle=False)
+    # lr=0: every batch sees the same parameters, so the epoch loss is the weighted loss over the 60 rows.
+    assert history.history["loss"][0] == pytest.approx(t.evaluate(X[:60], y[:60], sample_weight=w[:60])["loss"],
+                                                       rel=1e-6)
+    assert history.history["val_loss"][0] == pytest.approx(
+        t.evaluate(X[60:], y[60:], sample_weight=w[60:])["loss"], rel=1e-6)
+    assert history.history["val_loss"][0] != pytest.approx(t.evaluate(X[60:], y[60:])["loss"], rel=1e-3)
+    history = t.fit(X[:60], y[:60], epochs=1, validation_data=(X[60:], y[60:], w[60:]), sample_weight=w[:60],
+                    verbose=0)
+    assert history.history["val_loss"][0] == pytest.approx(
+        t.evaluate(X[60:], y[60:], sample_weight=w[60:])["loss"], rel=1e-6)
+    with pytest.raises(TypeError, match="sample_weight applies to arrays"):
+        t.fit([(X[:10], y[:10])], sample_weight=w[:10], verbose=0)

@@ -16,8 +16,9 @@ Shapes (n = batch rows, m = output width):
 Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
 bce = mean of max(z, 0) - z t + log1p(exp(-|z|)); poisson = mean of exp(z) - t z (PoissonNLLLoss with
 log_input=True). With sample weights w, the mean over rows is the weighted one, sum_i w_i loss_i / sum_i w_i
-(PyTorch's reduction with class weights, scikit-learn's np.average). Every exp but poisson's is of a non-positive number; poisson's exp(z) is taken in float32,
-so a log-rate beyond float32's range (z > 88.7) gives an infinite loss, which stops the step.
+(PyTorch's reduction with class weights, scikit-learn's np.average). Every exp but poisson's is of a
+non-positive number; poisson's exp(z) is taken in float32, so a log-rate beyond float32's range
+(z > 88.7) gives an infinite loss, which stops the step.
 """
 import numpy as np
 from numba import njit, prange

@@ -199,7 +199,8 @@ def make_fused(rows, tm, tn, threads):
         store_out=stores("fan_out"), store_in=stores("fan_in"))
     namespace = {"cuda": cuda, "float32": float32, "dm": dm, "delta_scale": delta_scale,
                  "weighted_row_loss_and_delta": weighted_row_loss_and_delta, "ROWS": rows, "LD": LD,
-                 "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn, "THREADS": threads, "ROW_BLOCKS": rows // tm, "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
+                 "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn, "THREADS": threads, "ROW_BLOCKS": rows // tm,
+                 "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}
     exec(compile(src, f"<fastbp.cuda.fused_mlp {key}>", "exec"), namespace)
     for name in ("forward_product", "backward_product"):
         namespace[name] = cuda.jit(device=True, inline=True)(namespace[name])

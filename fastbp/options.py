@@ -169,11 +169,9 @@ class OptimizerSettings(NamedTuple):
     step: int
     alpha: float
     clip_norm: float  # 0: no clipping
-    decay_biases: bool  # False: weight_decay skips the biases (each layer's last row)
 
     @classmethod
     def for_step(cls, config, lr, step):
         return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
                    eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
-                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0,
-                   decay_biases=config.decay_biases)
+                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0)

@@ -39,7 +39,7 @@ def kernels():
         ("sums", reduce.make_sums(256).py_func, (v8, v8, v8, b1), {"shared": True}),
         ("gather_input", gather_input.py_func, (v4, i8, vi8, v4), {}),
         ("optimizer_update", optimizer_update.py_func,
-         (v4, v4, v4, v4, i8, f4, f4, f4, b1, f4, f4, f4, f4, f4, f4, f4, f4, f4, f4, f8, b1, v8, v8, vi8, vi8),
+         (v4, v4, v4, v4, i8, f4, f4, f4, b1, f4, f4, f4, f4, f4, f4, f4, f4, f4, f4, f8, v8, v8, b1, vi8, vi8),
          {}),
     ]
 

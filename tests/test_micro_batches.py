@@ -133,3 +133,20 @@ def test_sample_weighted_micro_batches_equal_unchunked_steps(rng, loss):
     assert chunked.evaluate(X, y, sample_weight=w)["loss"] == pytest.approx(
         whole.evaluate(X, y, sample_weight=w)["loss"], rel=1e-5)
     assert whole.evaluate(X, y, sample_weight=w)["loss"] != pytest.approx(whole.evaluate(X, y)["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_weight_decay_without_biases_in_micro_batches(rng, optimizer):
+    """decay_biases=False takes its own update entry point (cpu/step.run_update_masked), after the fused
+    gradient or after the chunks' summed gradient alike."""
+    X = rng.standard_normal((100, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 100)
+    options = dict(sizes=[5, 17, 3], loss="cross_entropy", optimizer=optimizer, lr=0.05, weight_decay=0.3,
+                   decay_biases=False, batch_size=50, seed=2)
+    whole, chunked = fastbp.Trainer(**options), fastbp.Trainer(**options, micro_batch=9)
+    whole.fit(X, y, epochs=2, verbose=0)
+    chunked.fit(X, y, epochs=2, verbose=0)
+    assert_same_training(chunked, whole)
+    decayed = fastbp.Trainer(**dict(options, decay_biases=True))
+    decayed.fit(X, y, epochs=2, verbose=0)
+    assert not np.allclose(flat(decayed), flat(whole), rtol=1e-4)

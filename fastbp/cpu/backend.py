@@ -14,7 +14,7 @@ from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
-from .optimizers import NORM_CHUNKS
+from .optimizers import NORM_CHUNKS, decay_masks
 from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
@@ -22,8 +22,7 @@ _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 _EMPTY_WEIGHTS = np.zeros(0, np.float64)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
-                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
-                                     decay_biases=True)
+                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
 
 
 class Workspace:
@@ -78,6 +77,7 @@ class CpuBackend:
         self.loss = LOSSES[config.loss]
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
+        self._decay_mask = decay_masks(state, config)
 
     memory_name = "memory"
 
@@ -133,6 +133,11 @@ class CpuBackend:
         finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key. weights:
         None, or (N,) float64 sample weights indexed as labels/targets are (the loss is then their
         weighted mean, sample_weights.py)."""
+        if self._decay_mask.size:  # decay_biases=False: the gradient, then the masked update (its own entry)
+            value = self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold, weights)
+            if np.isfinite(value):
+                self.apply_update(settings)
+            return value
         return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout_threshold, weights)
 
     def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0, weights=None):
@@ -151,7 +156,11 @@ class CpuBackend:
         """Clipping and the optimizer update from state.grads, as train_step would apply them."""
         s = self.state
         with self._kernel_threads():
-            step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums, s.dims, s.offsets)
+            if self._decay_mask.size:
+                step.run_update_masked(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums,
+                                       self._decay_mask)
+            else:
+                step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums)
 
     def loss_value(self, X, labels, targets, rows, weights=None):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""

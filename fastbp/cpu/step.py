@@ -30,7 +30,7 @@ from ._jit import FASTMATH
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import loss_and_delta
-from .optimizers import clip_scale, optimizer_update
+from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .pipeline import pipeline_gradients
 from .weight_grad import weight_gradient
 
@@ -42,10 +42,10 @@ STEP = 3       # + the optimizer update, skipped when the loss is not finite
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets):
+def update(params, grads, moment1, moment2, settings, norm_sums):
     """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
-    optimizer_update(params, grads, moment1, moment2, settings, scale, dims, offsets)
+    optimizer_update(params, grads, moment1, moment2, settings, scale)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -78,15 +78,23 @@ def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, ac
             propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
                             dropout_threshold, scratch, threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
+        update(params, grads, moment1, moment2, settings, norm_sums)
     return value
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets):
+def run_update(params, grads, moment1, moment2, settings, norm_sums):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
-    update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
+    update(params, grads, moment1, moment2, settings, norm_sums)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, decay_mask):
+    """run_update with weight decay only where decay_mask (P,) bool is True: Trainer(decay_biases=False)'s
+    update, after a GRADIENTS call; its own entry point, compiled only by programs that use it."""
+    scale = clip_scale(grads, settings.clip_norm, norm_sums)
+    optimizer_update_masked(params, grads, moment1, moment2, settings, scale, decay_mask)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
@@ -101,5 +109,5 @@ def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, of
                                grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
                                threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets)
+        update(params, grads, moment1, moment2, settings, norm_sums)
     return value

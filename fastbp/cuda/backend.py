@@ -85,6 +85,7 @@ class CudaBackend:
         self.state = state
         self.activation = ACTIVATIONS[config.activation]
         self.loss = LOSSES[config.loss]
+        self._decay_biases = bool(config.decay_biases)
         self.fused = fused_mlp.fits(state.dims) if fused is None else bool(fused)
         if self.fused and not fused_mlp.fits(state.dims):
             raise ValueError(f"the fused path takes widths up to {fused_mlp.MAX_WIDTH}, not {list(state.dims)}")
@@ -255,7 +256,8 @@ class CudaBackend:
             self._sums[1, self.threads](self.grads, self.grads[:0], norm, True)
         blocks = min(self._blocks(self.params.size), 1024)
         optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
-                                               *scalars(settings), norm, loss_sums, self._d_dims, self._d_w_off)
+                                               *scalars(settings), norm, loss_sums, self._decay_biases, self._d_dims,
+                                               self._d_w_off)
 
     def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0, weights=None):
         ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold, weights)

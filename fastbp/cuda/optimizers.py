@@ -20,7 +20,7 @@ _update = cuda.jit(device=True, inline=True)(update_rules.update)
 @cuda.jit
 def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov, b1, b2, one_minus_b1,
                      one_minus_b2, alpha, one_minus_alpha, eps, step_size, inv_sqrt_bc2, decay, clip_norm,
-                     decay_biases, grad_norm_sq, loss_sum, dims, offsets):
+                     grad_norm_sq, loss_sum, decay_biases, dims, offsets):
     if not math.isfinite(loss_sum[0]):
         return
     scale = float32(1.0)
@@ -42,4 +42,4 @@ def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov
 
 def scalars(settings):
     """The kernel's arguments after the four arrays, from options.OptimizerSettings."""
-    return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm), bool(settings.decay_biases))
+    return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm))

@@ -3,7 +3,8 @@
 scipy.optimize.minimize(method="L-BFGS-B") drives the search over the flat parameter vector, laid out as
 the network state's flat buffer (state.py: each layer's W row-major, then its b), float64 on SciPy's
 side and rounded to float32 for the kernels. Each evaluation is fastbp's compiled loss and gradient over
-the whole data set (Trainer.gradients; the weighted mean with sample_weight), plus scikit-learn's L2
+the whole data set (Trainer.gradients, the data checked and converted once for all evaluations; the
+weighted mean with sample_weight), plus scikit-learn's L2
 penalty, alpha / (2 n) x the sum of the squared weights (biases not penalized; n the rows, or the sample
 weights' sum), and its gradient, alpha / n x W, added here in float64.
 objective_scale multiplies the data loss: scikit-learn's gradient is that of half the squared error summed
@@ -23,10 +24,12 @@ def minimize(trainer, X, y, alpha=0.0, max_iter=200, max_fun=15000, tol=1e-4, ob
     for l, (fan_in, fan_out) in enumerate(zip(trainer.sizes[:-1], trainer.sizes[1:])):
         weights[state.offsets[l]:state.offsets[l] + fan_in * fan_out] = True
 
+    source = trainer._gradient_source(X, y, sample_weight)
+
     def objective(flat):
         trainer._set_flat_params(flat.astype(np.float32))
         try:
-            loss, grads = trainer.gradients(X, y, sample_weight=sample_weight)
+            loss, grads = trainer._source_gradients(source)
         except FloatingPointError:  # a step too far: an infinite objective makes the line search back off
             return np.inf, np.zeros_like(flat)
         grad = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in grads]).astype(np.float64)

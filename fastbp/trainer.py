@@ -641,11 +641,20 @@ class Trainer:
         rank calls it (sharded as in evaluate) and gets the gradient over the whole data set. Computed in
         micro-batches where the step's would be (micro_batch, memory_budget)."""
         with self._guard.lock:
-            with self._comm.agreement():
-                n_rows = validation.row_count(X)
-                if n_rows:
-                    self._chunk_rows(n_rows)
-                source = self._source(X, y, sample_weight=sample_weight)
+            return self._source_gradients(self._gradient_source(X, y, sample_weight), training, sharded)
+
+    def _gradient_source(self, X, y, sample_weight=None):
+        """(X, y) checked and converted as gradients takes them, into a source that _source_gradients may
+        take again and again (lbfgs.py: one evaluation after another, the data checked once)."""
+        with self._comm.agreement():
+            n_rows = validation.row_count(X)
+            if n_rows:
+                self._chunk_rows(n_rows)  # MemoryError before any conversion if one row cannot fit
+            return self._source(X, y, sample_weight=sample_weight)
+
+    def _source_gradients(self, source, training=False, sharded=False):
+        """gradients() of a source from _gradient_source."""
+        with self._guard.lock:
             dropout_threshold = self._dropout_threshold if training else 0
             try:
                 parts = self._comm.row_parts(source.n_rows, sharded, ("gradients", bool(training)))

@@ -380,3 +380,16 @@ def test_stochastic_solvers_take_scikit_learns_steps_with_its_alpha(solver, task
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     # loss_ takes the penalty at the epoch's first and last weights, scikit-learn at each batch's (_ScikitLearnLoss)
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=2e-2 if alpha else 1e-5)
+
+
+def test_lbfgs_checks_and_converts_the_data_once(monkeypatch):
+    """Every L-BFGS evaluation reuses the checked float32 copy of X (not a new check per evaluation)."""
+    from fastbp import validation
+    calls = []
+    features = validation.features
+    monkeypatch.setattr(validation, "features", lambda *a, **k: calls.append(1) or features(*a, **k))
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(5,), max_iter=15, random_state=0).fit(X, y)
+    assert clf.n_iter_ > 5 and len(calls) == 1

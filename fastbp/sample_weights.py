@@ -18,7 +18,13 @@ def check(sample_weight, n_rows, name="sample_weight"):
     negative, NaN or infinite weight, or weights that are all 0."""
     if sample_weight is None:
         return None
-    arr = _as_numeric_array(sample_weight, name)
+    if hasattr(sample_weight, "__cuda_array_interface__"):
+        raise TypeError(f"{name} is a GPU array: give the weights as a NumPy array (they are read on the host "
+                        "to total each batch, and copied to the GPU once)")
+    try:
+        arr = _as_numeric_array(sample_weight, name)
+    except TypeError as exc:  # without validation's hints about class labels, which are for y
+        raise TypeError(str(exc).split(";")[0]) from None
     if arr.ndim != 1 or arr.shape[0] != n_rows:
         raise ValueError(f"{name} must be 1-D with one weight per row of X ({n_rows}), got shape {arr.shape}")
     weights = np.array(arr, dtype=np.float64, order="C", copy=True)

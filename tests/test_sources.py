@@ -300,3 +300,21 @@ def test_sparse_x_trains_as_its_dense_copy_without_ever_being_densified(rng):
     bad.data[7] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         t.fit(bad, labels, epochs=1, verbose=0)
+
+
+def test_sample_weights_with_memory_mapped_and_sparse_x(rng, tmp_path):
+    """Sources read batch by batch carry their rows' weights: the in-memory run's numbers exactly."""
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = classification(rng, n=90)
+    X[X < 0.5] = 0.0
+    w = rng.random(90) * 2
+    runs = []
+    for data in (X, saved(tmp_path, "x", X), scipy_sparse.csr_matrix(X)):
+        t = fastbp.Trainer([X.shape[1], 8, 3], loss="cross_entropy", seed=1)
+        t.fit(data, y, epochs=2, batch_size=20, sample_weight=w, verbose=0)
+        runs.append((flat(t), t.evaluate(data, y, sample_weight=w)["loss"]))
+    for params, loss in runs[1:]:
+        np.testing.assert_array_equal(params, runs[0][0])
+        assert loss == runs[0][1]
+    with pytest.raises(TypeError, match="sample_weight must hold real numbers, got dtype <U3$"):
+        fastbp.Trainer([X.shape[1], 3], loss="cross_entropy").step(X, y, sample_weight=["abc"] * 90)

@@ -257,7 +257,11 @@ def format_table(all_results, ceiling):
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmark a training step against PyTorch eager and the NumPy reference",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), help=f"any of: {', '.join(WORKLOADS)}")
+    from .bench_small import SMALL_PEERS, SMALL_WORKLOADS
+    p.add_argument("--workloads", nargs="*", default=[*WORKLOADS, *SMALL_WORKLOADS],
+                   help=f"any of: {', '.join(WORKLOADS)} (step time against each peer) and "
+                        f"{', '.join(SMALL_WORKLOADS)} (small models: epoch time against "
+                        f"{', '.join(SMALL_PEERS[2:])})")
     p.add_argument("--sizes", type=int, nargs="+", help="custom layer sizes (instead of --workloads)")
     p.add_argument("--batch", type=int, default=1024, help="batch for --sizes")
     p.add_argument("--loss", default="cross_entropy", help="loss for --sizes")
@@ -269,7 +273,8 @@ def add_parser(sub):
     p.add_argument("--memory", action="store_true", help="also measure each peer's peak training memory "
                    "(one fresh process per workload and peer)")
     p.add_argument("--compile-time", action="store_true", help="also time fastbp's first fit with validation "
-                   "data in a new process, kernel cache empty and then warm")
+                   "data in a new process, kernel cache empty and then warm (and, with small workloads, a first "
+                   "fit and predict of a small network by fastbp's Trainer and MLPClassifier and scikit-learn's)")
     p.add_argument("--all", action="store_true", help="--memory and --compile-time")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.set_defaults(run=main)
@@ -277,29 +282,44 @@ def add_parser(sub):
 
 
 def main(args):
+    from . import bench_small
     threads = os.cpu_count()
     if args.sizes:
-        workloads = {"custom": dict(sizes=args.sizes, batch=args.batch, loss=args.loss)}
+        workloads, small = {"custom": dict(sizes=args.sizes, batch=args.batch, loss=args.loss)}, {}
     else:
-        unknown = [w for w in args.workloads if w not in WORKLOADS]
+        unknown = [w for w in args.workloads if w not in WORKLOADS and w not in bench_small.SMALL_WORKLOADS]
         if unknown:
-            raise ValueError(f"unknown workload(s) {unknown}; valid: {', '.join(WORKLOADS)}")
-        workloads = {w: WORKLOADS[w] for w in args.workloads}
-    ceiling = gemm_ceiling()
-    all_results = {}
-    for name, w in workloads.items():
-        print(f"running {name} {w['sizes']} batch {w['batch']} {w['loss']} ...", file=sys.stderr, flush=True)
-        res = run_workload(name, w["sizes"], w["batch"], w["loss"], args.peers, rounds=args.rounds,
-                           seconds_per_round=args.seconds_per_round, threads=threads)
-        all_results[name] = {**w, "flops_per_step": step_flops(w["sizes"], w["batch"]), "peers": res,
-                             "loss_rel_diff_vs_torch": loss_agreement(res)}
-        if args.memory or args.all:
-            for peer, r in res.items():
-                r["memory"] = peak_memory(peer, w["sizes"], w["batch"], w["loss"])
-        if (args.compile_time or args.all) and "fastbp" in res:
-            all_results[name]["first_fit"] = compile_times(w["sizes"], w["batch"], w["loss"])
-    print(format_table(all_results, ceiling))
+            raise ValueError(f"unknown workload(s) {unknown}; valid: "
+                             f"{', '.join([*WORKLOADS, *bench_small.SMALL_WORKLOADS])}")
+        workloads = {w: WORKLOADS[w] for w in args.workloads if w in WORKLOADS}
+        small = {w: bench_small.SMALL_WORKLOADS[w] for w in args.workloads if w in bench_small.SMALL_WORKLOADS}
+    report = {"cpu_count": threads}
+    if workloads:
+        ceiling = gemm_ceiling()
+        all_results = {}
+        for name, w in workloads.items():
+            print(f"running {name} {w['sizes']} batch {w['batch']} {w['loss']} ...", file=sys.stderr, flush=True)
+            res = run_workload(name, w["sizes"], w["batch"], w["loss"], args.peers, rounds=args.rounds,
+                               seconds_per_round=args.seconds_per_round, threads=threads)
+            all_results[name] = {**w, "flops_per_step": step_flops(w["sizes"], w["batch"]), "peers": res,
+                                 "loss_rel_diff_vs_torch": loss_agreement(res)}
+            if args.memory or args.all:
+                for peer, r in res.items():
+                    r["memory"] = peak_memory(peer, w["sizes"], w["batch"], w["loss"])
+            if (args.compile_time or args.all) and "fastbp" in res:
+                all_results[name]["first_fit"] = compile_times(w["sizes"], w["batch"], w["loss"])
+        print(format_table(all_results, ceiling))
+        report.update(gemm_ceiling_gflops=ceiling, workloads=all_results)
+    if small:
+        small_results = {}
+        for name, w in small.items():
+            print(f"running {name} {w['sizes']} batch {w['batch']}, {w['rows']} rows per epoch ...", file=sys.stderr,
+                  flush=True)
+            small_results[name] = bench_small.run_small(w, rounds=args.rounds)
+        first = bench_small.first_runs() if args.compile_time or args.all else None
+        print(("\n" if workloads else "") + bench_small.format_small(small_results, first))
+        report.update(small_workloads=small_results, first_runs=first)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gemm_ceiling_gflops": ceiling, "cpu_count": threads, "workloads": all_results}, f, indent=1)
+            json.dump(report, f, indent=1)
     return 0

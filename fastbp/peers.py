@@ -80,10 +80,10 @@ def torch_peer(config, params, threads=None, mode="fused"):
     return step, model
 
 
-def jax_peer(config, params):
-    """step(X, y) -> loss float: the same network, loss and Adam update written in JAX, the whole step
-    (forward, backward, update) one jax.jit-compiled function whose weights and moments are donated (updated
-    in place, no copy per step). Adam only (the benchmark's optimizer)."""
+def _jax_adam(config, params):
+    """(train_step, state) for the JAX peers: train_step(weights, m, v, t, X, y) -> (weights, m, v, t, loss)
+    is one whole step (forward, backward, Adam update) in JAX, not yet jitted; state holds the initial
+    weights, zero moments and step count. Adam only (the benchmark's optimizer)."""
     import jax
     import jax.numpy as jnp
     if config.optimizer != "adam" or config.weight_decay or config.clip_norm:
@@ -107,7 +107,6 @@ def jax_peer(config, params):
             return jnp.mean(jnp.exp(a) - a * y)
         return jnp.mean(jnp.maximum(a, 0) - a * y + jnp.log1p(jnp.exp(-jnp.abs(a))))
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
     def train_step(weights, m, v, t, X, y):
         value, grads = jax.value_and_grad(loss_fn)(weights, X, y)
         t = t + 1
@@ -123,6 +122,16 @@ def jax_peer(config, params):
     state["m"] = jax.tree_util.tree_map(jnp.zeros_like, state["weights"])
     state["v"] = jax.tree_util.tree_map(jnp.zeros_like, state["weights"])
     state["t"] = jnp.zeros((), jnp.float32)
+    return train_step, state
+
+
+def jax_peer(config, params):
+    """step(X, y) -> loss float: the same network, loss and Adam update written in JAX, the whole step
+    (forward, backward, update) one jax.jit-compiled function whose weights and moments are donated (updated
+    in place, no copy per step). Adam only (the benchmark's optimizer)."""
+    import jax
+    train_step, state = _jax_adam(config, params)
+    train_step = jax.jit(train_step, donate_argnums=(0, 1, 2, 3))
 
     def step(X, y):
         state["weights"], state["m"], state["v"], state["t"], value = train_step(
@@ -130,6 +139,35 @@ def jax_peer(config, params):
         return float(value)  # waits for the step to finish
 
     return step
+
+
+def jax_epoch_peer(config, params, X, y, batch):
+    """epoch() -> (steps,) losses: JAX's best practice for small models, one jax.jit of a whole epoch,
+    lax.scan over the batches of X and y taken in order (rows a multiple of batch), the weights and
+    moments donated. X and y are put on the device once."""
+    import jax
+    import jax.numpy as jnp
+    if X.shape[0] % batch:
+        raise ValueError("the scanned JAX epoch needs a whole number of batches")
+    train_step, state = _jax_adam(config, params)
+    steps = X.shape[0] // batch
+    Xs = jnp.asarray(X.reshape(steps, batch, *X.shape[1:]))
+    ys = jnp.asarray(y.reshape(steps, batch, *y.shape[1:]))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
+    def train_epoch(weights, m, v, t, Xs, ys):
+        def body(carry, xy):
+            weights, m, v, t, value = train_step(*carry, *xy)
+            return (weights, m, v, t), value
+        (weights, m, v, t), values = jax.lax.scan(body, (weights, m, v, t), (Xs, ys))
+        return weights, m, v, t, values
+
+    def epoch():
+        state["weights"], state["m"], state["v"], state["t"], values = train_epoch(
+            state["weights"], state["m"], state["v"], state["t"], Xs, ys)
+        return np.asarray(values)  # waits for the epoch to finish
+
+    return epoch
 
 
 def torch_params(model):

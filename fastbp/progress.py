@@ -20,6 +20,12 @@ class EpochProgress:
         self.epochs, self.n = epochs, n_samples
         self.bar = None
 
+    def compiling(self):
+        """Said before a first run compiles the kernels (seconds, while nothing else moves)."""
+        if self.bar_wanted or self.lines_wanted:
+            print("fastbp: compiling the kernels for this network (once per machine and version: later runs load "
+                  "them from Numba's cache) ...", file=self.stream, flush=True)
+
     def start_epoch(self, epoch):
         if self.bar_wanted:
             from tqdm.auto import tqdm

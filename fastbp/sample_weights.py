@@ -9,6 +9,7 @@ total (batch_total); hits (accuracy) stay unweighted, as Keras' metrics are unle
 """
 import numpy as np
 
+from .sums import sum_at
 from .validation import _as_numeric_array
 
 
@@ -39,7 +40,7 @@ def check(sample_weight, n_rows, name="sample_weight"):
 
 def row_sum(weights, rows):
     """The weight of the rows `rows`: their count without weights, else their weights' sum."""
-    return float(rows.size) if weights is None else float(np.sum(weights[rows]))
+    return float(rows.size) if weights is None else sum_at(weights, rows)  # the kernels' order (sums.py)
 
 
 def batch_total(weights, rows):

@@ -134,20 +134,46 @@ _active = 0        # how many blas_single_threaded blocks are open, in any threa
 _saved_counts = []
 
 
+_local_setters = None
+_saved_local = []
+
+
+def _openblas_setters():
+    """openblas_set_num_threads_local of each loaded OpenBLAS that has it (0.3.27 on). OpenBLAS (0.3.30 here,
+    pthreads builds) ignores openblas_set_num_threads from any thread but the main one, so a Trainer trained
+    from another thread called a BLAS on all cores beside its own threads; this setter is honoured from any
+    thread. In these builds it is not per thread but process-wide (measured: three threads each setting
+    and restoring it around their calls left a quarter of the calls multithreaded), so it is set and
+    restored under the same process-wide count as the other limits."""
+    global _local_setters
+    if _local_setters is None:
+        import ctypes
+        setters = []
+        for lib in _blas_libraries():
+            setter = getattr(getattr(lib, "dynlib", None), "openblas_set_num_threads_local", None)
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+                setters.append(setter)
+        _local_setters = setters
+    return _local_setters
+
+
 class blas_single_threaded:
-    """Context manager: every loaded BLAS runs on one thread inside, as before outside.
+    """Context manager: every loaded BLAS runs on one thread inside, as before outside, whichever thread
+    enters it.
 
     Nests, and is safe from several threads at once: the first block to open saves the user's thread
     counts and the last one to close restores them."""
 
     def __enter__(self):
-        global _active, _saved_counts
-        libs = _blas_libraries()
+        global _active, _saved_counts, _saved_local
+        libs, setters = _blas_libraries(), _openblas_setters()
         with _lock:
             if _active == 0:
                 _saved_counts = [lib.num_threads for lib in libs]
                 for lib in libs:
                     lib.set_num_threads(1)
+                _saved_local = [setter(1) for setter in setters]
             _active += 1
         return self
 
@@ -156,6 +182,8 @@ class blas_single_threaded:
         with _lock:
             _active -= 1
             if _active == 0:
+                for setter, previous in zip(_openblas_setters(), _saved_local):
+                    setter(previous)
                 for lib, n in zip(_blas_libraries(), _saved_counts):
                     lib.set_num_threads(n)
         return False

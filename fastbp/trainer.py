@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, export, sample_weights, schedules, sources, threads as thread_limits, validation
+from . import checkpoint, distributed, export, loop, sample_weights, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .progress import EpochProgress
@@ -471,6 +471,14 @@ class Trainer:
         progress = EpochProgress(verbose if self._comm.is_root else 0, epochs, n)
         classification = self.config.loss in CLASSIFICATION_LOSSES
         self.stop_training = False
+        chunked = None if stream or not loop.runs_in_chunks(self, train, batch_size) else \
+            loop.ChunkedEpochs(self, train, batch_size)
+        prepare = getattr(self._backend, "prepare", None)
+        if prepare is not None and not stream:  # compiled (or loaded) now, not counted in the first epoch's speed
+            step_rows = min(batch_size, train.n_rows)
+            if self._backend.needs_compiling(step_rows):
+                progress.compiling()
+            prepare(step_rows)
         with self._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
             callback_tools.call(callbacks, "on_train_begin", self)
         with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
@@ -485,9 +493,11 @@ class Trainer:
                         batches = self._stream_batches(X, steps_per_epoch, "stream step")
                     else:
                         order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-                        batches = self._array_batches(train, order, batch_size, parts)
+                        batches = () if chunked else self._array_batches(train, order, batch_size, parts)
                     loss_sum = hits = weight_seen = 0.0  # weight: rows, or their summed sample weights
                     seen = 0
+                    if chunked:  # many steps per compiled call (loop.py)
+                        loss_sum, weight_seen, hits, seen = chunked.epoch(order, progress, interrupts)
                     for source, rows, batch_parts in batches:
                         loss, batch_hits, weight = self._train_rows(source, rows, batch_parts, interrupts)
                         interrupts.deliver()  # a Ctrl-C during the step lands here, after it

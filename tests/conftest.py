@@ -37,6 +37,16 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def kernel_path(request, monkeypatch):
+    """Runs a test on each CPU path a step can take: "serial" (cpu/serial.py, one thread, whatever the
+    work) or "parallel" (cpu/step.py's parallel kernels, whatever the work; on a one-core machine the
+    serial path serves anyway)."""
+    from fastbp.cpu import backend
+    monkeypatch.setattr(backend, "SERIAL_WORK", 2 ** 62 if request.param == "serial" else 0)
+    return request.param
+
+
 def pytest_addoption(parser):
     parser.addoption("--stress", type=int, default=1, metavar="N",
                      help="run every CUDA test N times: the simulator runs a block's threads concurrently, and a "

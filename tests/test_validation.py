@@ -177,18 +177,20 @@ def test_more_hostile_input():
         t.save("/nonexistent-fastbp-dir/model.npz")
 
 
-def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch):
-    """Seen from inside the compiled call: every BLAS library at one thread; around it, the user's setting."""
+def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_path):
+    """Seen from inside the compiled call (either entry point): every BLAS library at one thread; around it,
+    the user's setting."""
     from threadpoolctl import threadpool_limits
-    from fastbp.cpu import step
+    from fastbp.cpu import serial, step
     from fastbp.threads import _blas_libraries
     seen = []
-    compiled = step.run
+    module, name = (serial, "run_steps") if kernel_path == "serial" else (step, "run")
+    compiled = getattr(module, name)
 
     def observed(*args):
         seen.append([lib.num_threads for lib in _blas_libraries()])
         return compiled(*args)
-    monkeypatch.setattr(step, "run", observed)
+    monkeypatch.setattr(module, name, observed)
     t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
     with threadpool_limits(limits=2, user_api="blas"):
         outside = [lib.num_threads for lib in _blas_libraries()]
@@ -197,6 +199,38 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch):
         assert [lib.num_threads for lib in _blas_libraries()] == outside
     assert outside and all(n == 2 for n in outside)  # so that one thread inside means something
     assert len(seen) == 2 and all(n == 1 for counts in seen for n in counts)
+
+
+def test_blas_is_single_threaded_for_calls_from_any_thread():
+    """OpenBLAS ignores its process-wide thread count when set from a thread other than the main one
+    (threads.py): products inside blas_single_threaded, from three threads at once, must still all be the
+    single-threaded product (a multithreaded one rounds differently for this shape)."""
+    import threading
+    from fastbp.cpu import blas
+    from fastbp.threads import blas_single_threaded
+    rng = np.random.default_rng(0)
+    m, n, k = 256, 160, 13
+    A, B = rng.standard_normal(m * k).astype(np.float32), rng.standard_normal(k * n).astype(np.float32)
+
+    def product():
+        C = np.zeros(m * n, np.float32)
+        blas.gemm(blas.NO_TRANS, blas.NO_TRANS, m, n, k, A, k, B, n, C, n)
+        return C
+    with blas_single_threaded():
+        single = product()
+    differing = []
+
+    def calls():
+        with blas_single_threaded():
+            for _ in range(100):
+                if not np.array_equal(product(), single):
+                    differing.append(1)
+    threads = [threading.Thread(target=calls) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not differing
 
 
 def test_poisson_targets_must_be_non_negative():

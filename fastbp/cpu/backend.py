@@ -3,15 +3,17 @@
 Inputs arrive validated and converted by the Trainer (see validation.py); nothing here checks user data.
 """
 import contextlib
+import os
 
 import numba
 import numpy as np
 
 from .. import sample_weights, validation
+from ..sums import sum_first
 from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
-from . import pipeline, step, threading_layer
+from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS, decay_masks
@@ -20,7 +22,11 @@ from .weight_grad import split_batch
 _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 _EMPTY_WEIGHTS = np.zeros(0, np.float64)
+_NO_DECAY_MASK = np.zeros(0, np.bool_)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
+# Below this many multiply-adds per step (batch rows x the network's weights and biases), steps run on one
+# thread with no parallel region (serial.py): measured crossover, see the README's "Small networks".
+SERIAL_WORK = 2 ** 20
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
                                      momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
 
@@ -78,6 +84,10 @@ class CpuBackend:
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
+        # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
+        self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
+        self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
+        self._batch_size = config.batch_size
 
     memory_name = "memory"
 
@@ -111,7 +121,27 @@ class CpuBackend:
             if threads != callers_threads:
                 numba.set_num_threads(callers_threads)
 
+    def takes_serial_path(self, n):
+        """Whether batches of n rows run on one thread with no parallel region (serial.py): below
+        SERIAL_WORK multiply-adds per step, or when the kernels get one thread anyway."""
+        return n * self._macs_per_row < SERIAL_WORK or kernel_threads(self.threads) == 1
+
+    def _serial_for(self, mode, n):
+        """Whether a pass of n rows runs serial.run_steps: a training or gradient pass when its own work is
+        small (takes_serial_path), a forward or loss pass (predict, evaluate) also whenever this network's
+        training steps do, so that a small network compiles that one entry point and never the parallel one
+        (a forward pass of EVAL_CHUNK rows of such a network takes milliseconds on one thread)."""
+        return self.takes_serial_path(n) or (mode <= step.LOSS and self.takes_serial_path(self._batch_size))
+
     def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0, weights=None):
+        if self._serial_for(mode, rows.size):
+            settings = settings or _UNUSED_SETTINGS
+            first_step = settings.step - 1
+            key_base = (dropout_key - first_step) % 2 ** 63  # serial.dropout_key gives back dropout_key
+            out = self._step_outputs
+            self._run_steps(mode, X, labels, targets, weights, rows, rows.size, 1, settings,
+                            np.array([settings.lr]), key_base, first_step, dropout_threshold, out)
+            return float(out[0, 0])
         s = self.state
         weight_total = sample_weights.batch_total(weights, rows)
         ws = self._workspaces.get(rows.size)
@@ -127,13 +157,72 @@ class CpuBackend:
                          settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
+    def _run_steps(self, mode, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
+                   first_step, dropout_threshold, out):
+        """serial.run_steps on this backend's state and the workspace for batch_rows rows; out: (3, >= n_steps)
+        float64 for each step's loss, hits and weight. Returns the steps applied."""
+        s = self.state
+        ws = self._workspaces.get(batch_rows)
+        with blas_single_threaded():
+            return serial.run_steps(mode, X, _EMPTY_LABELS if labels is None else labels,
+                                    _EMPTY_TARGETS if targets is None else targets,
+                                    _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,
+                                    s.dims, s.offsets, self.activation, self.loss, s.params, s.grads, s.moment1,
+                                    s.moment2, settings, lrs, key_base, first_step, dropout_threshold,
+                                    self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
+                                    ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
+
+    def _entry_point(self, n):
+        """The compiled function that steps of n rows run: serial.run_steps or step.run."""
+        return serial.run_steps if self.takes_serial_path(n) else step.run
+
+    def needs_compiling(self, n):
+        """Whether the first step of n rows will compile its entry point: not compiled in this process yet,
+        and not in Numba's on-disk cache (its index file is missing; a cache of another version or machine
+        is not told apart, and then it compiles after all)."""
+        entry = self._entry_point(n)
+        if entry.signatures:
+            return False
+        try:
+            return not os.path.exists(entry._cache._cache_file._index_path)
+        except AttributeError:  # caching off, or another Numba's internals: say nothing
+            return False
+
+    def prepare(self, n):
+        """Compiles, or loads from the cache, the entry point of steps of n rows, by a call on no rows:
+        fit calls it before its first epoch so that compilation is not counted in the epoch's speed."""
+        s, empty_X = self.state, np.zeros((0, int(self.state.dims[0])), np.float32)
+        no_rows = np.zeros(0, np.int64)
+        if self.takes_serial_path(n):
+            self._run_steps(step.STEP, empty_X, None, None, None, no_rows, 0, 0, _UNUSED_SETTINGS, np.zeros(0), 0,
+                            0, 0, np.zeros((3, 0)))
+            return
+        ws = self._workspaces.get(0)
+        with self._kernel_threads() as threads:
+            step.run(step.FORWARD, empty_X, _EMPTY_LABELS, _EMPTY_TARGETS, _EMPTY_WEIGHTS, 1.0, no_rows, s.dims,
+                     s.offsets, self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2, _UNUSED_SETTINGS,
+                     0, 0, ws.acts, ws.scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+
+    def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
+                    dropout_threshold, out):
+        """n_steps training steps in one compiled call (serial.run_steps; only where takes_serial_path(batch_rows)):
+        step s on rows order[s * batch_rows:(s + 1) * batch_rows] of X (N, d0) float32 with labels (N,) int64 or
+        targets (N, d_L) float32 and weights (N,) float64 or None; lrs (n_steps,) float64 each step's learning
+        rate; settings: the first step's OptimizerSettings (its step count and the options); key_base: the
+        dropout key of step count 0. Fills out (3, >= n_steps) float64 with each step's loss, hits and weight;
+        returns the steps applied (fewer than n_steps when a step's loss was not finite: its update is not
+        applied)."""
+        return self._run_steps(step.STEP, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs,
+                               key_base, settings.step - 1, dropout_threshold, out)
+
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0,
                    weights=None):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not
         finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key. weights:
         None, or (N,) float64 sample weights indexed as labels/targets are (the loss is then their
         weighted mean, sample_weights.py)."""
-        if self._decay_mask.size:  # decay_biases=False: the gradient, then the masked update (its own entry)
+        if self._decay_mask.size and not self.takes_serial_path(rows.size):
+            # decay_biases=False: the gradient, then the masked update (its own entry point)
             value = self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold, weights)
             if np.isfinite(value):
                 self.apply_update(settings)
@@ -168,7 +257,7 @@ class CpuBackend:
 
     def last_hits(self, n):
         """Correct predictions (summed per-row accuracy) of the last loss or step call on n rows."""
-        return float(self._workspaces[n].row_hits.sum())
+        return sum_first(self._workspaces[n].row_hits, n)  # in the order serial.run_steps adds them
 
     def last_logits(self, n):
         """(n, d_L) view of the logits the last forward or loss call on n rows left in its workspace."""

@@ -26,7 +26,7 @@ and training steps alike.
 import numpy as np
 from numba import njit
 
-from ._jit import FASTMATH
+from ._jit import ERROR_MODEL, FASTMATH
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import loss_and_delta
@@ -48,11 +48,12 @@ def update(params, grads, moment1, moment2, settings, norm_sums):
     optimizer_update(params, grads, moment1, moment2, settings, scale)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads, moment1,
-        moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums,
-        threads):
-    """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
+               dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+    """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
+    inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
+    mean loss of the batch (0.0 in FORWARD mode)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
@@ -77,19 +78,30 @@ def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, ac
         if l > 0:
             propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
                             dropout_threshold, scratch, threads)
+    return value
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads, moment1,
+        moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums,
+        threads):
+    """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
+    value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
+                       activation, loss, params, grads, dropout_key, dropout_threshold, acts, scratch, partials,
+                       row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums)
     return value
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run_update(params, grads, moment1, moment2, settings, norm_sums):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
     update(params, grads, moment1, moment2, settings, norm_sums)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, decay_mask):
     """run_update with weight decay only where decay_mask (P,) bool is True: Trainer(decay_biases=False)'s
     update, after a GRADIENTS call; its own entry point, compiled only by programs that use it."""
@@ -97,7 +109,7 @@ def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, deca
     optimizer_update_masked(params, grads, moment1, moment2, settings, scale, decay_mask)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
                  moment1, moment2, settings, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss,
                  row_hits, norm_sums, threads):

@@ -66,8 +66,9 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("opt", OPTIMIZERS)
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_several_updates_match_reference(rng, activation, loss, opt):
-    """Five steps on batches of 1, 7 and 130 rows: losses, parameters and their displacement match float64.
+def test_several_updates_match_reference(rng, activation, loss, opt, kernel_path):
+    """Five steps on batches of 1, 7 and 130 rows, on the serial and the parallel path: losses, parameters
+    and their displacement match float64.
 
     The displacement is compared at 1e-3 of its size plus the float32 rounding of the stored parameters
     (2^-24 |p| per step), which no float32 implementation can beat; a wrong update rule is off by O(1)."""
@@ -96,9 +97,10 @@ def test_several_updates_match_reference(rng, activation, loss, opt):
             assert np.abs((p - p0) - (rp - p0)).max() <= 1e-3 * moved + steps * 2.0 ** -24 * np.abs(rp).max()
 
 
-def test_gemm_blocks_compose_the_whole_product(rng):
-    """Every block split (rows, columns, transposes, strided output) reproduces the full product."""
-    m, n, k = 37, 5, 9
+@pytest.mark.parametrize("m, n, k", [(37, 5, 9), (1, 33, 257), (3, 1, 7), (37, 40, 65)])
+def test_gemm_blocks_compose_the_whole_product(rng, m, n, k):
+    """Every block split (rows, columns, transposes, strided output) reproduces the full product: through
+    small_gemm's loops (the first three shapes: SMALL_MACS or one row) and through BLAS (the last)."""
     for ta in (blas.NO_TRANS, blas.TRANS):
         for tb in (blas.NO_TRANS, blas.TRANS):
             A = rng.standard_normal((k, m) if ta == blas.TRANS else (m, k)).astype(np.float32)
@@ -116,6 +118,26 @@ def test_gemm_blocks_compose_the_whole_product(rng):
                                     n + 2, r0, r1, c0, c1)
                 assert rel_error(C[:, :n], expected) < 1e-5
                 assert np.isnan(C[:, n:]).all()
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 32, 9), (33, 1, 1), (9, 3, 33), (3, 257, 1), (40, 40, 40)])
+def test_gemm_into_scales_the_old_result_by_beta_on_both_paths(rng, m, n, k):
+    """C = op(A) op(B) + beta C for beta 0 (C's old contents, NaN here, never read), 1 and 0.5, with strided
+    C rows, every transpose; small_gemm's loops (all but the last shape) and BLAS agree with NumPy."""
+    for ta in (blas.NO_TRANS, blas.TRANS):
+        for tb in (blas.NO_TRANS, blas.TRANS):
+            A = rng.standard_normal((k, m) if ta == blas.TRANS else (m, k)).astype(np.float32)
+            B = rng.standard_normal((n, k) if tb == blas.TRANS else (k, n)).astype(np.float32)
+            product = (A.T if ta == blas.TRANS else A).astype(np.float64) @ (B.T if tb == blas.TRANS else B)
+            for beta in (0.0, 1.0, 0.5):
+                old = np.full((m, n + 1), np.nan, np.float32) if beta == 0 else \
+                    rng.standard_normal((m, n + 1)).astype(np.float32)
+                C = old.copy()
+                blas.gemm_into(ta, tb, m, n, k, A.ravel(), A.shape[1], B.ravel(), B.shape[1], np.float32(beta),
+                               C.ravel(), n + 1)
+                expected = product + (0 if beta == 0 else beta * old[:, :n])
+                assert np.abs(C[:, :n] - expected).max() < 1e-5 * (1 + np.abs(expected).max())
+                np.testing.assert_array_equal(C[:, n], old[:, n])  # the column past each row untouched
 
 
 def test_gemm_refuses_operands_that_do_not_fit():
@@ -253,7 +275,7 @@ def weights_with_zeros(rng, n):
 
 @pytest.mark.parametrize("batch", [1, 3, 33, 257])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_sample_weighted_loss_gradients_and_steps_match_reference(rng, loss, batch):
+def test_sample_weighted_loss_gradients_and_steps_match_reference(rng, loss, batch, kernel_path):
     """The weighted mean loss (sum w_i loss_i / sum w_i) and its gradient, then two whole SGD steps on
     weighted batches (SGD: Adam's first steps, about lr x sign(g), would amplify float32 rounding in
     near-zero gradient entries), against the float64 reference; evaluate's loss is the weighted mean too."""

@@ -1,0 +1,85 @@
+"""Many training steps in one compiled call, on one thread, with no parallel region: small networks.
+
+Where a step is a few microseconds of arithmetic (narrow layers, small batches), what costs is everything
+around it: a call from Python per step (argument unboxing, the guard, the schedule, the settings tuple),
+and a parallel region per kernel whose thread wake-ups and barriers cost more than the work they share.
+run_steps takes a whole chunk of an epoch's steps at once: per step it gathers the batch's rows from the
+epoch's order, runs forward, loss, backward (step.batch_pass with threads = 1: the layer kernels'
+arithmetic, inlined) and the optimizer update, and writes the step's loss, hits and weight into arrays.
+Python runs only between chunks (progress, Ctrl-C, callbacks). The same function serves one step
+(Trainer.step), a chunk of fit's steps, and the forward/loss/gradient passes of predict, evaluate and
+gradients for networks that take this path, so a step gives the same bits whichever of them ran it, and a
+first fit compiles this one non-parallel function instead of the parallel step (seconds instead of ~20 s).
+
+Shapes (N = rows of the data set, b = batch_rows, S = n_steps; see step.py for the rest):
+    order    (S * b,) int64: step s trains on rows order[s * b:(s + 1) * b] of X / labels / targets / weights
+    lrs      (S,) float64: step s's learning rate (a per-step schedule's, evaluated by the caller)
+    key_base int64 in [0, 2^63): step s's dropout key is (key_base + first_step + s) mod 2^63 (Trainer's rule)
+    first_step  steps applied before this call (Adam's bias correction counts from first_step + 1)
+    decay_mask  (P,) bool, or empty: weight decay only where True (Trainer(decay_biases=False))
+    acts, scratch, partials, row_loss, row_hits, norm_sums   step.run's workspace for b rows (threads = 1)
+    step_loss, step_hits, step_weight  (S,) float64 outputs: each step's (weighted) mean loss, summed
+             hits (sums.sum_first of row_hits) and weight (its rows, or its summed sample weights)
+Returns the number of steps applied: S, or the index of the first step whose loss is not finite (its
+update is not applied, its loss is in step_loss). Modes FORWARD, LOSS, GRADIENTS run one pass (S = 1) and
+update nothing.
+"""
+import numpy as np
+from numba import njit
+
+from ..options import OptimizerSettings
+from ..sums import sum_at, sum_first
+from ._jit import ERROR_MODEL, FASTMATH
+from .borrow import borrowed
+from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
+from .step import GRADIENTS, STEP, batch_pass
+
+_LOW63 = np.uint64(2 ** 63 - 1)
+
+
+@njit(cache=True, nogil=True)
+def dropout_key(key_base, step_count):
+    """(key_base + step_count) mod 2^63: Trainer._dropout_key with key_base = dropout seed x its multiplier."""
+    return np.int64((np.uint64(key_base) + np.uint64(step_count)) & _LOW63)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activation, loss, params,
+              grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold, decay_mask, acts,
+              scratch, partials, row_loss, row_hits, norm_sums, step_loss, step_hits, step_weight):
+    if order.size < n_steps * batch_rows or lrs.size < n_steps or step_loss.size < n_steps \
+            or step_hits.size < n_steps or step_weight.size < n_steps:
+        raise IndexError("run_steps: order, lrs or the step outputs are shorter than n_steps")
+    if decay_mask.size and decay_mask.size != params.size:
+        raise IndexError("decay_mask must have one entry per parameter")
+    # Every array below is the caller's for the whole call: views without reference counting (borrow.py).
+    X, labels, targets, weights, order = borrowed(X), borrowed(labels), borrowed(targets), borrowed(weights), \
+        borrowed(order)
+    params, grads, moment1, moment2 = borrowed(params), borrowed(grads), borrowed(moment1), borrowed(moment2)
+    acts, scratch, partials, row_loss, row_hits = borrowed(acts), borrowed(scratch), borrowed(partials), \
+        borrowed(row_loss), borrowed(row_hits)
+    dims, offsets, decay_mask, lrs = borrowed(dims), borrowed(offsets), borrowed(decay_mask), borrowed(lrs)
+    for s in range(n_steps):
+        rows = order[s * batch_rows:(s + 1) * batch_rows]
+        weight = sum_at(weights, rows) if weights.size else np.float64(batch_rows)
+        weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
+        key = dropout_key(key_base, first_step + s)
+        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
+                           activation, loss, params, grads, key, dropout_threshold, acts, scratch, partials, row_loss,
+                           row_hits, 1)
+        step_loss[s] = value
+        step_hits[s] = sum_first(row_hits, batch_rows)
+        step_weight[s] = weight
+        if mode != STEP:
+            return 1
+        if not np.isfinite(value):
+            return s
+        step_settings = OptimizerSettings(settings.kind, lrs[s], settings.beta1, settings.beta2, settings.eps,
+                                          settings.weight_decay, settings.momentum, settings.nesterov,
+                                          first_step + s + 1, settings.alpha, settings.clip_norm)
+        scale = clip_scale(grads, settings.clip_norm, norm_sums)
+        if decay_mask.size:
+            optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)
+        else:
+            optimizer_update(params, grads, moment1, moment2, step_settings, scale)
+    return n_steps

@@ -1,0 +1,204 @@
+"""fit's epochs in compiled chunks (loop.py, cpu/serial.py) against the step-at-a-time loop: the same steps,
+bit for bit, whatever the options, the chunk sizes, a stop by a callback, a non-finite loss or a Ctrl-C."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import loop, schedules
+from fastbp.callbacks import LambdaCallback
+from fastbp.cpu import backend as cpu_backend
+
+
+def data(rng, sizes, n, loss):
+    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    if loss == "cross_entropy":
+        return X, rng.integers(0, sizes[-1], n)
+    if loss == "bce":
+        return X, rng.random((n, sizes[-1]))
+    return X, rng.standard_normal((n, sizes[-1])).astype(np.float32)
+
+
+def fit(chunked, monkeypatch, sizes, X, y, epochs=2, fit_kw=None, **options):
+    """(trainer, history, the most steps one compiled call took) of a fit in chunks or step by step."""
+    calls = []
+    train_steps = cpu_backend.CpuBackend.train_steps
+
+    def counted(self, *args):
+        calls.append(args[6])  # n_steps
+        return train_steps(self, *args)
+    with monkeypatch.context() as m:
+        m.setattr(cpu_backend.CpuBackend, "train_steps", counted)
+        if not chunked:
+            m.setattr(loop, "runs_in_chunks", lambda *a: False)
+        t = fastbp.Trainer(sizes, seed=11, **options)
+        history = t.fit(X, y, epochs=epochs, verbose=0, **(fit_kw or {}))
+    return t, history.history, max(calls, default=0)
+
+
+def assert_same_state(a, b):
+    for name in ("params", "moment1", "moment2"):
+        np.testing.assert_array_equal(getattr(a.state, name), getattr(b.state, name), err_msg=name)
+    assert a.step_count == b.step_count and a.lr == b.lr
+
+
+CASES = {
+    "adam_online": ([8, 32, 1], 1, dict(loss="mse")),
+    "dropout_tail_batch": ([16, 33, 17, 4], 7, dict(loss="mse", dropout=0.3)),
+    "step_schedule_nesterov": ([9, 20, 3], 5, dict(loss="cross_entropy", optimizer="sgd", lr=0.05, momentum=0.9,
+                                                   nesterov=True, schedule=schedules.CosineWarmup(
+                                                       total=60, warmup=7, interval="step"))),
+    "epoch_schedule_rmsprop": ([9, 20, 3], 8, dict(loss="cross_entropy", optimizer="rmsprop", momentum=0.5,
+                                                   schedule=schedules.StepDecay(step_size=1, gamma=0.5))),
+    "adamw_clip_weights_only": ([5, 7, 3], 6, dict(loss="bce", optimizer="adamw", weight_decay=0.3, clip_norm=0.2,
+                                                   decay_biases=False)),
+    "adagrad_poisson": ([4, 6, 2], 3, dict(loss="poisson", optimizer="adagrad", lr=0.01)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fit_in_chunks_is_the_step_loop_bit_for_bit(rng, monkeypatch, case):
+    sizes, batch, options = CASES[case]
+    X, y = data(rng, sizes, 101, options["loss"])
+    if options["loss"] == "poisson":
+        y = np.abs(y)
+    a, ha, most_a = fit(True, monkeypatch, sizes, X, y, batch_size=batch, **options)
+    b, hb, most_b = fit(False, monkeypatch, sizes, X, y, batch_size=batch, **options)
+    assert most_a > 1 and most_b <= 1  # chunks of several steps against one step per call
+    assert_same_state(a, b)
+    assert ha == hb  # losses, accuracies and learning rates, every bit
+
+
+def test_sample_weights_with_zero_rows_in_chunks(rng, monkeypatch):
+    sizes = [6, 12, 3]
+    X, y = data(rng, sizes, 90, "cross_entropy")
+    w = rng.random(90) * 2
+    w[::7] = 0.0
+    w[40:50] = 0.0  # a whole batch of weight 0: loss 0, no gradient
+    runs = [fit(chunked, monkeypatch, sizes, X, y, fit_kw=dict(sample_weight=w), batch_size=10,
+                loss="cross_entropy") for chunked in (True, False)]
+    assert_same_state(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+
+
+def test_chunk_boundaries_change_nothing(rng, monkeypatch):
+    """One step per chunk, or as many as fit chooses: the same bits."""
+    sizes = [8, 16, 2]
+    X, y = data(rng, sizes, 203, "mse")
+    a, ha, _ = fit(True, monkeypatch, sizes, X, y, batch_size=4, loss="mse", dropout=0.2)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "FIRST_CHUNK_STEPS", 1)
+        m.setattr(loop, "CHUNK_SECONDS", 1e-9)
+        b, hb, most = fit(True, monkeypatch, sizes, X, y, batch_size=4, loss="mse", dropout=0.2)
+    assert most == 1
+    assert_same_state(a, b)
+    assert ha == hb
+
+
+def test_a_callback_that_stops_training(rng, monkeypatch):
+    sizes = [8, 16, 2]
+    X, y = data(rng, sizes, 64, "mse")
+
+    def stop_after_first(epoch, logs, trainer):
+        trainer.stop_training = True
+    runs = [fit(chunked, monkeypatch, sizes, X, y, epochs=5, batch_size=4, loss="mse",
+                fit_kw=dict(callbacks=[LambdaCallback(on_epoch_end=stop_after_first)])) for chunked in (True, False)]
+    assert runs[0][0].step_count == runs[1][0].step_count == 16
+    assert_same_state(runs[0][0], runs[1][0])
+
+
+def test_a_non_finite_loss_mid_chunk_keeps_the_steps_before_it(rng, monkeypatch):
+    """Row 37's target makes its batch's loss overflow float32: step 9 of batches of 4 (no shuffling). Both
+    loops raise there, with 9 whole steps applied and the failing one not."""
+    sizes = [3, 5, 1]
+    X, y = data(rng, sizes, 80, "mse")
+    y[37] = 1e30
+    states = []
+    for chunked in (True, False):
+        with pytest.raises(FloatingPointError, match="at step 10"):
+            fit(chunked, monkeypatch, sizes, X, y, batch_size=4, loss="mse", fit_kw=dict(shuffle=False))
+        t = fastbp.Trainer(sizes, seed=11, batch_size=4, loss="mse")
+        with monkeypatch.context() as m:
+            if not chunked:
+                m.setattr(loop, "runs_in_chunks", lambda *a: False)
+            with pytest.raises(FloatingPointError):
+                t.fit(X, y, epochs=1, verbose=0, shuffle=False)
+        assert t.step_count == 9 and np.isfinite(t.state.params).all()
+        states.append(t)
+    assert_same_state(*states)
+
+
+def test_what_takes_chunks():
+    small = fastbp.Trainer([8, 32, 1], batch_size=1)
+    assert small._backend.takes_serial_path(1)
+    wide = fastbp.Trainer([256, 1024, 10], batch_size=512)
+    assert not wide._backend.takes_serial_path(512) or wide._backend.threads == 1 or \
+        fastbp.threads.kernel_threads(None) == 1
+    assert fastbp.Trainer([256, 1024, 10], threads=1)._backend.takes_serial_path(512)
+    # micro-batches, memory-mapped data and MPI keep the step loop
+    X = np.zeros((40, 8), np.float32)
+    t = fastbp.Trainer([8, 4, 1], batch_size=8, micro_batch=3)
+    assert not loop.runs_in_chunks(t, t._source(X, np.zeros(40)), 8)
+    t = fastbp.Trainer([8, 4, 1], batch_size=8)
+    assert loop.runs_in_chunks(t, t._source(X, np.zeros(40)), 8)
+
+
+def test_micro_batches_train_step_by_step_to_the_same_numbers(rng, monkeypatch):
+    sizes = [8, 16, 2]
+    X, y = data(rng, sizes, 60, "mse")
+    whole, _, _ = fit(True, monkeypatch, sizes, X, y, batch_size=12, loss="mse", optimizer="sgd", lr=0.1)
+    micro, _, most = fit(True, monkeypatch, sizes, X, y, batch_size=12, micro_batch=5, loss="mse", optimizer="sgd",
+                         lr=0.1)
+    assert most == 0  # no chunks: each step's micro-batches are summed in Python
+    assert whole.step_count == micro.step_count
+    np.testing.assert_allclose(micro.state.params, whole.state.params, rtol=1e-5, atol=1e-6)
+
+
+CTRL_C_CHILD = textwrap.dedent("""
+    import sys, numpy as np, fastbp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4096, 8)).astype(np.float32)
+    y = rng.standard_normal((4096, 1)).astype(np.float32)
+    t = fastbp.Trainer([8, 32, 1], batch_size=1, seed=5, dropout=0.1)
+    t.fit(X[:64], y[:64], epochs=1, verbose=0)  # compiled (or loaded) before the parent starts counting
+    print("training", flush=True)
+    try:
+        t.fit(X, y, epochs=10 ** 6, verbose=0)
+        print("finished?!")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    # Replay the same number of steps one Trainer.step at a time: the same bits, or the state was torn.
+    steps = t.step_count
+    r = fastbp.Trainer([8, 32, 1], batch_size=1, seed=5, dropout=0.1)
+    r.fit(X[:64], y[:64], epochs=1, verbose=0)
+    while r.step_count < steps:
+        for i in r._rng.permutation(4096):
+            if r.step_count == steps:
+                break
+            r.step(X[i:i + 1], y[i:i + 1])
+    same = all(np.array_equal(getattr(t.state, k), getattr(r.state, k)) for k in ("params", "moment1", "moment2"))
+    print("whole steps" if same else "torn", steps, flush=True)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_mid_chunk_leaves_a_whole_number_of_steps():
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert child.stdout.readline().strip() == "training"
+        import time
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    verdict, steps = out.split()[-3:-1], int(out.split()[-1])
+    assert " ".join(verdict) == "whole steps" and steps > 64 + 100

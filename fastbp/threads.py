@@ -136,6 +136,7 @@ _saved_counts = []
 
 _local_setters = None
 _saved_local = []
+_saved_counts_active = [False]  # whether _saved_counts holds counts to restore when the last block closes
 
 
 def _openblas_setters():
@@ -163,17 +164,31 @@ class blas_single_threaded:
     enters it.
 
     Nests, and is safe from several threads at once: the first block to open saves the user's thread
-    counts and the last one to close restores them."""
+    counts and the last one to close restores them. calling_thread_only=True: only BLAS calls made from
+    the entering thread need to be single-threaded (the serial path calls BLAS from nowhere else); when
+    every loaded BLAS has OpenBLAS's setter, that is all that is set (a few ctypes calls, where
+    threadpoolctl's route costs about 10 us a block)."""
+
+    def __init__(self, calling_thread_only=False):
+        self.calling_thread_only = calling_thread_only
 
     def __enter__(self):
         global _active, _saved_counts, _saved_local
         libs, setters = _blas_libraries(), _openblas_setters()
         with _lock:
-            if _active == 0:
+            # The counts are read before OpenBLAS's setter runs and restored after it is undone: in the
+            # builds seen here both act on the same process-wide number.
+            set_counts = not _saved_counts_active[0] and not (self.calling_thread_only and len(setters) == len(libs))
+            if set_counts:
                 _saved_counts = [lib.num_threads for lib in libs]
+            # Set in every entering thread: where the setter is per thread, each thread needs its own.
+            previous = [setter(1) for setter in setters]
+            if _active == 0:
+                _saved_local = previous
+            if set_counts:
                 for lib in libs:
                     lib.set_num_threads(1)
-                _saved_local = [setter(1) for setter in setters]
+                _saved_counts_active[0] = True
             _active += 1
         return self
 
@@ -182,8 +197,10 @@ class blas_single_threaded:
         with _lock:
             _active -= 1
             if _active == 0:
+                if _saved_counts_active[0]:
+                    for lib, n in zip(_blas_libraries(), _saved_counts):
+                        lib.set_num_threads(n)
+                    _saved_counts_active[0] = False
                 for setter, previous in zip(_openblas_setters(), _saved_local):
                     setter(previous)
-                for lib, n in zip(_blas_libraries(), _saved_counts):
-                    lib.set_num_threads(n)
         return False

@@ -202,3 +202,23 @@ def test_ctrl_c_mid_chunk_leaves_a_whole_number_of_steps():
     assert child.returncode == 0, err
     verdict, steps = out.split()[-3:-1], int(out.split()[-1])
     assert " ".join(verdict) == "whole steps" and steps > 64 + 100
+
+
+def test_a_first_fit_says_it_compiles_and_compiles_before_the_first_epoch(rng, monkeypatch, capsys):
+    """When the step's entry point is neither compiled nor cached, a verbose fit says so before its first
+    epoch, and prepare() compiles it then (not counted in the epoch's samples/s); otherwise not a word."""
+    sizes = [8, 16, 2]
+    X, y = data(rng, sizes, 64, "mse")
+    prepared = []
+    for needs in (True, False):
+        t = fastbp.Trainer(sizes, batch_size=8, seed=0)
+        monkeypatch.setattr(t._backend, "needs_compiling", lambda n: needs)
+        monkeypatch.setattr(t._backend, "prepare", lambda n, real=t._backend.prepare: (prepared.append(n), real(n)))
+        t.fit(X, y, epochs=1, verbose=2)
+        out = capsys.readouterr().out
+        assert ("compiling the kernels" in out) == needs
+        if needs:
+            assert out.index("compiling") < out.index("epoch 1/1")
+    assert prepared == [8, 8]
+    # Really compiled: the entry point a step of 8 rows takes has a signature in this process now.
+    assert not t._backend.needs_compiling(8)

@@ -163,7 +163,7 @@ class CpuBackend:
         float64 for each step's loss, hits and weight. Returns the steps applied."""
         s = self.state
         ws = self._workspaces.get(batch_rows)
-        with blas_single_threaded():
+        with blas_single_threaded(calling_thread_only=True):
             return serial.run_steps(mode, X, _EMPTY_LABELS if labels is None else labels,
                                     _EMPTY_TARGETS if targets is None else targets,
                                     _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,

@@ -47,15 +47,17 @@ def test_loss_gradients_and_predictions(rng, activation, loss, batch):
         assert t.evaluate(X, y)["loss"] == pytest.approx(ref_loss, rel=TOL)
 
 
+# SGD at lr 1e-3: at 1e-2 the 257-wide layer below diverges within five steps for about one input draw in
+# ten (the float64 reference itself reaches 1e40 and more), and a test must not depend on its draw.
 OPTIMIZERS = {
-    "sgd": dict(optimizer="sgd", lr=0.01),
-    "sgd_momentum": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-3),
-    "sgd_nesterov": dict(optimizer="sgd", lr=0.01, momentum=0.8, nesterov=True),
+    "sgd": dict(optimizer="sgd", lr=1e-3),
+    "sgd_momentum": dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-3),
+    "sgd_nesterov": dict(optimizer="sgd", lr=1e-3, momentum=0.8, nesterov=True),
     "adam": dict(optimizer="adam", lr=1e-2),
     "adam_l2": dict(optimizer="adam", lr=1e-2, weight_decay=0.1),
     "adamw": dict(optimizer="adamw", lr=1e-2, weight_decay=0.1),
     "adamw_weights_only": dict(optimizer="adamw", lr=1e-2, weight_decay=0.3, decay_biases=False),
-    "sgd_l2_weights_only": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.5, decay_biases=False),
+    "sgd_l2_weights_only": dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=0.5, decay_biases=False),
     "adam_betas_eps_clip": dict(optimizer="adam", lr=1e-2, betas=(0.8, 0.99), eps=1e-3, clip_norm=0.3),
     "adagrad": dict(optimizer="adagrad", lr=1e-2, weight_decay=1e-3),
     "rmsprop": dict(optimizer="rmsprop", lr=1e-3, alpha=0.9),
@@ -73,8 +75,6 @@ def test_several_updates_match_reference(rng, activation, loss, opt, kernel_path
     The displacement is compared at 1e-3 of its size plus the float32 rounding of the stored parameters
     (2^-24 |p| per step), which no float32 implementation can beat; a wrong update rule is off by O(1)."""
     kw = OPTIMIZERS[opt]
-    if loss == "poisson" and kw["optimizer"] == "sgd":  # exp(z)'s gradient: SGD at 0.01 overshoots to z > 88
-        kw = dict(kw, lr=kw["lr"] / 10)
     sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 1]
     t = perturbed_trainer(rng, sizes, activation, loss, **kw)
     start = as64(t.params)

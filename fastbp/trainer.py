@@ -122,6 +122,7 @@ class Trainer:
         self.threads = thread_limits.check_requested(threads)
         self._guard = CallGuard()
         self.state = NetworkState(self.config.sizes)
+        self._bytes_per_row = batch_bytes(self.state.dims, 1)  # a batch's workspace and copy, per row
         self._rng = np.random.default_rng(self.config.seed)
         self.state.initialize(self.config.activation, self._rng)
         self._dropout_seed = int(self._rng.integers(2 ** 62))
@@ -207,7 +208,7 @@ class Trainer:
         """Rows per compiled call for n rows of one step: micro_batch, or fewer where the memory budget
         requires (said once per Trainer). MemoryError when not even one row's workspace fits."""
         m = n if self.micro_batch is None else min(self.micro_batch, n)
-        need = batch_bytes(self.state.dims, m)
+        need = m * self._bytes_per_row  # batch_bytes(dims, m), which is linear in m
         budget = self.memory_budget
         if budget is None:
             if need <= _ALWAYS_FITS:  # no look at the free memory (a file read) for every small step
@@ -813,6 +814,7 @@ class Trainer:
             state.setdefault(name, None)
         state.setdefault("_said_micro_batch", False)
         self.__dict__.update(state)
+        self._bytes_per_row = batch_bytes(self.state.dims, 1)  # not in pickles from before it
         self._comm = distributed.wrap(state.get("_comm"))
         self._guard = CallGuard()
         s = self.state

@@ -43,6 +43,8 @@ def _as_numeric_array(value, name):
         except (TypeError, ValueError):
             raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not{_STRINGS_HINT}") \
                 from None
+    if arr.dtype.kind in "fiub":  # the common case, decided without issubdtype's class walk (a few us a call)
+        return arr
     if arr.dtype.kind in "US":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}{_STRINGS_HINT}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
@@ -52,15 +54,24 @@ def _as_numeric_array(value, name):
     return arr
 
 
+# Arrays of at most this many elements are checked with isfinite (its temporary is small); larger ones
+# through a float64 sum, which needs none.
+_SMALL_CHECK = 4096
+
+
 def _check_finite(arr, name, first_row=0):
     """ValueError naming the first NaN or infinity; arr's row 0 is row first_row of the caller's data."""
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind != "f":
         return
-    # Fast path: a float64 sum is finite exactly when no element is NaN or infinite (float32 and
-    # float64 data alike cannot overflow it short of 1e300-sized values), and needs no temporary array.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(arr.sum(dtype=np.float64)):
+    if arr.size <= _SMALL_CHECK:  # a step's few rows: two ufunc calls, no errstate block (a few us)
+        if np.isfinite(arr).all():
             return
+    else:
+        # A float64 sum is finite exactly when no element is NaN or infinite (float32 and float64 data
+        # alike cannot overflow it short of 1e300-sized values), and needs no temporary array.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(arr.sum(dtype=np.float64)):
+                return
     if not np.isfinite(arr).all():
         bad = [int(i) for i in np.argwhere(~np.isfinite(arr))[0]]
         bad[0] += first_row

@@ -130,16 +130,28 @@ def build_epochs(workload, peers=SMALL_PEERS):
     return epochs
 
 
+# Each round times a peer's epochs for at least this long (an epoch of online takes milliseconds).
+SECONDS_PER_ROUND = 0.2
+
+
 def run_small(workload, peers=SMALL_PEERS, rounds=5):
-    """{peer: {"epoch_s", "step_us"}}: median epoch time over interleaved rounds."""
+    """{peer: {"epoch_s", "step_us"}}: the median over interleaved rounds of a round's mean epoch time.
+
+    In each round every peer, in turn, waits 0.2 s (the previous peer's idle threads stop spinning), runs
+    one untimed epoch (caches and clock warm again after the pause), then as many timed epochs as take
+    about SECONDS_PER_ROUND."""
     epochs = build_epochs(workload, peers)
     samples = {peer: [] for peer in epochs}
     for _ in range(rounds):
         for peer, epoch in epochs.items():
-            time.sleep(0.2)  # the previous peer's idle threads stop spinning
+            time.sleep(0.2)
             began = time.perf_counter()
             epoch()
-            samples[peer].append(time.perf_counter() - began)
+            count = max(1, round(SECONDS_PER_ROUND / max(time.perf_counter() - began, 1e-6)))
+            began = time.perf_counter()
+            for _ in range(count):
+                epoch()
+            samples[peer].append((time.perf_counter() - began) / count)
     steps = workload["rows"] // workload["batch"]
     return {peer: {"epoch_s": statistics.median(s), "step_us": statistics.median(s) / steps * 1e6}
             for peer, s in samples.items()}

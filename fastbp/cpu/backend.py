@@ -26,7 +26,7 @@ _NO_DECAY_MASK = np.zeros(0, np.bool_)
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
 # Below this many multiply-adds per step (batch rows x the network's weights and biases), steps run on one
 # thread with no parallel region (serial.py): measured crossover, see the README's "Small networks".
-SERIAL_WORK = 3 * 2 ** 20
+SERIAL_WORK = 4 * 2 ** 20
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
                                      momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
 

@@ -40,6 +40,11 @@ def _make_backend(config, state, threads=None, comm=distributed.Single()):
     return CpuBackend(config, state, threads)
 
 
+# Which moment buffer holds squares (never negative) for each optimizer (update_rules.py): Adam's v, Adagrad's
+# sum, RMSprop's running mean; the other buffer, where used, holds signed values (a momentum buffer).
+_SQUARED_MOMENT = {"adam": "moment2", "adamw": "moment2", "adagrad": "moment1", "rmsprop": "moment1"}
+
+
 def _checkpoint_length(meta):
     """The flat buffers' length that a checkpoint's saved config implies (checked before reading them)."""
     try:
@@ -747,7 +752,8 @@ class Trainer:
             checkpoint.write(path, {"params": s.params, "moment1": s.moment1, "moment2": s.moment2},
                              {"config": self.config.to_dict(), "lr": self._lr, "step_count": s.step_count,
                               "epochs_done": self.epochs_done, "rng_state": self._rng.bit_generator.state,
-                              "dropout_seed": self._dropout_seed,
+                              "dropout_seed": self._dropout_seed, "micro_batch": self.micro_batch,
+                              "memory_budget": self.memory_budget,
                               "schedule": None if self.schedule is None else schedules.to_dict(self.schedule)})
 
     @staticmethod
@@ -759,8 +765,13 @@ class Trainer:
             for name, saved in arrays.items():
                 if not np.isfinite(saved).all():
                     raise ValueError(f"{name} holds NaN or infinity")
-            if (arrays["moment2"] < 0).any():
-                raise ValueError("moment2 holds negative values (it is a running mean of squares)")
+            squares = _SQUARED_MOMENT.get(config.optimizer)
+            if squares is not None and (arrays[squares] < 0).any():
+                raise ValueError(f"{squares} holds negative values (for {config.optimizer} it is a sum or running "
+                                 "mean of squared gradients)")
+            for name in ("micro_batch", "memory_budget"):
+                if meta.get(name) is not None:
+                    positive_int(name, meta[name])
             for name in ("step_count", "epochs_done", "dropout_seed"):
                 _counter(meta[name], name)
             meta["schedule"] = None if meta["schedule"] is None else schedules.from_dict(meta["schedule"])
@@ -786,7 +797,10 @@ class Trainer:
             if comm.is_root:
                 loaded = cls._read_checkpoint(path)
         config, arrays, meta = comm.broadcast(loaded)
-        t = cls(**config.to_dict(), comm=comm)
+        # micro_batch and memory_budget decide a step's summation order: a resumed run keeps them (files
+        # from before they were saved have neither).
+        t = cls(**config.to_dict(), comm=comm, micro_batch=meta.get("micro_batch"),
+                memory_budget=meta.get("memory_budget"))
         s = t.state
         for name, saved in arrays.items():
             getattr(s, name)[:] = saved

@@ -238,3 +238,57 @@ def test_save_killed_mid_write_leaves_the_previous_file(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2  # the target and the killed save's orphan
     trained(seed=3).save(target)
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+# ---- every optimizer's checkpoint loads and resumes exactly ----
+
+RESUME_CASES = {
+    "sgd": dict(optimizer="sgd", lr=0.05),
+    "sgd_momentum_nesterov": dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": dict(optimizer="adam"),
+    "adamw_weights_only": dict(optimizer="adamw", weight_decay=0.1, decay_biases=False),
+    "adagrad": dict(optimizer="adagrad", lr=0.05),
+    "rmsprop": dict(optimizer="rmsprop", lr=0.01),
+    "rmsprop_momentum": dict(optimizer="rmsprop", lr=0.01, momentum=0.9),  # its momentum buffer goes negative
+    "adam_clip_dropout": dict(optimizer="adam", clip_norm=0.5, dropout=0.3),
+    "adam_micro_batches": dict(optimizer="adam", micro_batch=7),  # a step summed in micro-batches of 7 rows
+    "sgd_memory_budget": dict(optimizer="sgd", lr=0.05, momentum=0.5, memory_budget=4096),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_every_optimizer_resumes_bitwise_from_its_own_checkpoint(tmp_path, case):
+    """ModelCheckpoint's file loads (whatever the optimizer keeps in its moment buffers) and training resumed
+    from it ends bitwise where the run that never stopped ends, micro_batch and memory_budget included."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((90, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 90)
+    make = lambda: fastbp.Trainer([5, 9, 3], loss="cross_entropy", batch_size=30, seed=1, **RESUME_CASES[case])
+    full = make()
+    full.fit(X, y, epochs=4, verbose=0)
+    part = make()
+    part.fit(X, y, epochs=2, verbose=0, callbacks=[fastbp.callbacks.ModelCheckpoint(tmp_path / "last.npz")])
+    resumed = fastbp.Trainer.load(tmp_path / "last.npz")
+    assert (resumed.micro_batch, resumed.memory_budget) == (part.micro_batch, part.memory_budget)
+    resumed.fit(X, y, epochs=4, initial_epoch=2, verbose=0)
+    for name in ("params", "moment1", "moment2"):
+        assert np.array_equal(getattr(full.state, name), getattr(resumed.state, name)), name
+    assert resumed.step_count == full.step_count
+
+
+def test_a_squared_moment_that_went_negative_is_refused_for_the_optimizer_that_keeps_squares(tmp_path):
+    """The loader checks the buffer each optimizer keeps squares in: moment1 for adagrad and rmsprop,
+    moment2 for adam; a negative momentum buffer (rmsprop's moment2) is fine."""
+    import json
+    for optimizer, squares in (("adagrad", "moment1"), ("rmsprop", "moment1"), ("adam", "moment2")):
+        t = fastbp.Trainer([3, 7, 2], loss="mse", optimizer=optimizer, seed=0)
+        arrays, meta = saved_parts(t)
+        meta["config"] = t.config.to_dict()
+        arrays = dict(arrays, **{squares: -np.ones_like(t.state.params)})
+        write_raw(tmp_path / "neg.npz", arrays, json.dumps(meta))
+        with pytest.raises(ValueError, match=f"{squares} holds negative values"):
+            fastbp.Trainer.load(tmp_path / "neg.npz")
+    t = fastbp.Trainer([3, 7, 2], loss="mse", optimizer="rmsprop", momentum=0.9, seed=0)
+    t.state.moment2[:] = -1.0
+    t.save(tmp_path / "momentum.npz")
+    assert np.array_equal(fastbp.Trainer.load(tmp_path / "momentum.npz").state.moment2, t.state.moment2)

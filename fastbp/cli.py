@@ -3,6 +3,8 @@
 With no data given, train uses a generated 64-feature, 10-class problem (datasets.make_classification).
 """
 import argparse
+import math
+import os
 import sys
 import time
 
@@ -42,16 +44,89 @@ def _train_parser(sub):
     return p
 
 
+class _BadArgument(ValueError):
+    """A command-line argument that cannot work: one line on stderr, exit status 2, nothing trained."""
+
+
+def _input_file(value, option):
+    if not os.path.exists(value):
+        raise _BadArgument(f"{option}: {value} does not exist")
+    if os.path.isdir(value):
+        raise _BadArgument(f"{option}: {value} is a directory, not a file")
+
+
+def _output_file(value, option):
+    """A file train will write at the end: its directory must exist and be writable, and it must not be a
+    directory itself, so the run does not end in an error after all its work."""
+    if os.path.isdir(value):
+        raise _BadArgument(f"{option}: {value} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder):
+        raise _BadArgument(f"{option}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(value) and not os.access(value, os.W_OK)):
+        raise _BadArgument(f"{option}: {value} cannot be written (permission denied)")
+
+
+def _check_arguments(args):
+    """Every argument that would fail later, refused before any data is read or kernel compiled."""
+    if args.epochs < 1:
+        raise _BadArgument(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise _BadArgument(f"--batch-size must be at least 1, got {args.batch_size}")
+    if any(width < 1 for width in args.hidden):
+        raise _BadArgument(f"--hidden widths must be at least 1, got {args.hidden}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise _BadArgument(f"--lr must be a positive number, got {args.lr}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise _BadArgument(f"--dropout must lie in [0, 1), got {args.dropout}")
+    if not 0.0 < args.test_fraction < 1.0:
+        raise _BadArgument(f"--test-fraction must lie strictly between 0 and 1, got {args.test_fraction}")
+    if not 0.0 <= args.validation_split < 1.0:
+        raise _BadArgument(f"--validation-split must lie in [0, 1), got {args.validation_split}")
+    if args.threads is not None and args.threads < 1:
+        raise _BadArgument(f"--threads must be at least 1, got {args.threads}")
+    if args.labels and not (args.data and args.data.endswith(".npy")):
+        raise _BadArgument("--labels goes with --data FILE.npy")
+    if args.data and args.data.endswith(".npy") and not args.labels:
+        raise _BadArgument("--data FILE.npy holds X only: give y with --labels FILE.npy")
+    for value, option in ((args.data, "--data"), (args.labels, "--labels")):
+        if value:
+            _input_file(value, option)
+    for value in args.idx or ():
+        _input_file(value, "--idx")
+    if args.mnist_dir and not os.path.isdir(args.mnist_dir):
+        raise _BadArgument(f"--mnist-dir: {args.mnist_dir} is not a directory")
+    for value, option in ((args.save, "--save"), (args.plot, "--plot")):
+        if value:
+            _output_file(value, option)
+
+
+def _mapped_array(path, option, what):
+    """A .npy file memory-mapped, checked to hold numbers (not a structured or object array)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except ValueError as exc:  # object arrays cannot be mapped (and would need unpickling)
+        raise _BadArgument(f"{option}: {path} cannot be read as an array of numbers ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise _BadArgument(f"{option}: {path} is not a .npy array")
+    if array.dtype.kind not in "biuf":
+        raise _BadArgument(f"{option}: {path} holds dtype {array.dtype}; {what} must be numbers")
+    return array
+
+
 def _load_data(args):
     """(X_train, y_train, X_test, y_test, description)."""
-    if args.labels and not (args.data and args.data.endswith(".npy")):
-        raise ValueError("--labels goes with --data FILE.npy")
     if args.data and args.data.endswith(".npy"):
-        if not args.labels:
-            raise ValueError("--data FILE.npy holds X only: give y with --labels FILE.npy")
-        X, y = np.load(args.data, mmap_mode="r"), np.load(args.labels, mmap_mode="r")
+        X = _mapped_array(args.data, "--data", "X")
+        y = _mapped_array(args.labels, "--labels", "labels")
+        if X.ndim != 2:
+            raise _BadArgument(f"--data: {args.data} has shape {X.shape}; X must be 2-D (rows, features)")
+        if y.ndim not in (1, 2):
+            raise _BadArgument(f"--labels: {args.labels} has shape {y.shape}; y must be 1-D or 2-D")
+        if len(X) < 2:
+            raise _BadArgument(f"--data: {args.data} has {len(X)} rows; training and testing need at least 2")
         if len(X) != len(y):
-            raise ValueError(f"{args.data} has {len(X)} rows but {args.labels} has {len(y)}")
+            raise _BadArgument(f"{args.data} has {len(X)} rows but {args.labels} has {len(y)}")
         # Memory-mapped: the test rows are the file's last ones (a random pick would copy them).
         n_test = _test_rows(args, len(X))
         return (X[:-n_test], y[:-n_test], X[-n_test:], y[-n_test:],
@@ -70,6 +145,8 @@ def _load_data(args):
         X, y = datasets.make_classification(seed=args.seed)
         Xtr, ytr, Xte, yte = X, y, None, None
         name = "generated 64-feature, 10-class problem"
+    if len(Xtr) < (2 if Xte is None else 1) or (Xte is not None and len(Xte) < 1):
+        raise _BadArgument(f"{name} holds too few rows to train and test on ({len(Xtr)} training rows)")
     if Xte is None:
         order = np.random.default_rng(args.seed).permutation(len(Xtr))
         n_test = _test_rows(args, len(Xtr))
@@ -80,9 +157,8 @@ def _load_data(args):
 
 
 def _test_rows(args, n):
-    if not 0.0 < args.test_fraction < 1.0:
-        raise SystemExit("--test-fraction must lie strictly between 0 and 1")
-    return max(1, int(round(args.test_fraction * n)))
+    """Rows held out for testing: at least one, and at least one left to train on (n >= 2)."""
+    return min(n - 1, max(1, int(round(args.test_fraction * n))))
 
 
 def _output_width(loss, y):
@@ -96,6 +172,7 @@ def _output_width(loss, y):
 
 def train(args):
     from .distributed import launched_world
+    from .threads import kernel_threads
     from .trainer import Trainer
     comm = launched_world()  # under mpiexec / srun: data-parallel over the launched ranks
     say = print if comm is None or comm.Get_rank() == 0 else (lambda *a, **k: None)
@@ -104,6 +181,7 @@ def train(args):
             import matplotlib  # noqa: F401
         except ImportError:
             raise ImportError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
+    _check_arguments(args)
     Xtr, ytr, Xte, yte, name = _load_data(args)
     if not isinstance(Xtr, np.memmap):  # images to rows; memory-mapped data stays mapped
         Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
@@ -113,13 +191,24 @@ def train(args):
                       batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads,
                       comm=comm)
     say(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
-    ranks = "" if comm is None else f" on {comm.Get_size()} MPI ranks x {trainer.threads} threads"
+    count = kernel_threads(trainer.threads)
+    threads = f"{count} thread{'s' if count != 1 else ''}"
+    ranks = "" if comm is None else f" on {comm.Get_size()} MPI ranks x {threads}"
     say(f"model: {trainer}{ranks}")
     start = time.perf_counter()
     # Per-epoch "val_" metrics come from a validation split of the training rows; the test set is only
     # evaluated once, at the end, and labelled as such.
-    history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_split=args.validation_split,
-                          verbose=0 if args.quiet else 1)
+    try:
+        history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_split=args.validation_split,
+                              verbose=0 if args.quiet else 1)
+    except KeyboardInterrupt:
+        # fit stops between whole steps (guard.py): the state is that of step_count steps, worth keeping.
+        where = f"interrupted after epoch {trainer.epochs_done}, step {trainer.step_count}"
+        if args.save:
+            trainer.save(args.save)  # rank 0 writes
+            where += f": saved {args.save}"
+        say(f"fastbp: {where}", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - start
     result = trainer.evaluate(Xte, yte)
     summary = f"test loss {result['loss']:.4f}"
@@ -149,6 +238,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.run(args) if hasattr(args, "run") else train(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # OSError: unreadable or missing files
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return 2

@@ -133,3 +133,67 @@ def test_bench_command_runs_and_reports_the_losses_agree(tmp_path):
         assert 0 < r["memory"]["used_bytes"] < 2 ** 30
     # An empty cache compiles (seconds); a warm one loads: far quicker.
     assert workload["first_fit"]["warm_s"] < workload["first_fit"]["cold_s"]
+
+
+def bad_argument_cases(tmp_path):
+    """(arguments, words the one-line message must hold) for every kind of argument train cannot use."""
+    X = np.ones((20, 3), np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", np.zeros(20, np.int64))
+    np.save(tmp_path / "flat.npy", np.ones(20, np.float32))
+    np.save(tmp_path / "empty.npy", np.ones((0, 3), np.float32))
+    np.save(tmp_path / "records.npy", np.zeros(20, dtype=[("a", "f4"), ("b", "i4")]))
+    np.save(tmp_path / "objects.npy", np.array([None] * 20, dtype=object), allow_pickle=True)
+    (tmp_path / "folder").mkdir()
+    data = ["--data", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "y.npy")]
+    return [
+        (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--hidden", "0"], "--hidden"),
+        (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--dropout", "1"], "--dropout"),
+        (["--test-fraction", "1"], "--test-fraction"), (["--validation-split", "1"], "--validation-split"),
+        (["--threads", "0"], "--threads"),
+        (["--data", str(tmp_path / "missing.npz")], "does not exist"),
+        (["--data", str(tmp_path / "folder")], "is a directory"),
+        (["--data", str(tmp_path / "flat.npy"), "--labels", str(tmp_path / "y.npy")], "2-D"),
+        (["--data", str(tmp_path / "records.npy"), "--labels", str(tmp_path / "y.npy")], "must be numbers"),
+        (["--data", str(tmp_path / "objects.npy"), "--labels", str(tmp_path / "y.npy")], "numbers"),
+        (["--data", str(tmp_path / "empty.npy"), "--labels", str(tmp_path / "y.npy")], "rows"),
+        (["--data", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "folder")], "is a directory"),
+        (["--data", str(tmp_path / "X.npy")], "--labels"),
+        (["--labels", str(tmp_path / "y.npy")], "--labels goes with"),
+        (["--idx", str(tmp_path / "a.gz"), str(tmp_path / "b.gz")], "does not exist"),
+        (["--mnist-dir", str(tmp_path / "X.npy")], "not a directory"),
+        (data + ["--save", str(tmp_path / "folder")], "is a directory"),
+        (data + ["--save", str(tmp_path / "nowhere" / "m.npz")], "does not exist"),
+        (data + ["--plot", str(tmp_path / "folder")], "is a directory"),
+    ]
+
+
+def test_every_bad_argument_is_one_line_and_exit_status_2_before_training(tmp_path, capsys):
+    """argparse's convention for arguments it cannot check itself: one line on stderr, status 2, and
+    nothing printed or trained before it (a --save that cannot be written is found before the run)."""
+    for argv, words in bad_argument_cases(tmp_path):
+        assert cli.main(["train", *argv]) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "", (argv, out)
+        assert err.startswith("fastbp: error:") and err.count("\n") == 1 and words in err, (argv, err)
+
+
+def test_ctrl_c_in_train_saves_the_last_whole_step_and_exits_130(tmp_path):
+    """SIGINT mid-run: training stops between steps, --save gets that state, one line says where it
+    stopped, exit status 130 (128 + SIGINT) and no traceback."""
+    import signal
+    path = tmp_path / "interrupted.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", "--epochs", "100000", "--save", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # one line per epoch when the output is not a terminal
+            if line.startswith("epoch 2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted after epoch" in err and f"saved {path}" in err
+    t = fastbp.Trainer.load(path)
+    assert t.epochs_done >= 2 and t.step_count >= t.epochs_done * 113  # 14,400 training rows, batches of 128

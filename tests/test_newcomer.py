@@ -23,12 +23,40 @@ def readme_block(heading):
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
+def readme_blocks():
+    """{heading: source} of every ```python block in the README, under the heading above it."""
+    blocks, heading = {}, None
+    for match in re.finditer(r"^(#+ [^\n]*)$|^```python\n(.*?)^```", README.read_text(), re.S | re.M):
+        if match.group(1):
+            heading = match.group(1)
+        else:
+            blocks[f"{heading} ({len(blocks) + 1})"] = match.group(2)
+    return blocks
+
+
+@pytest.mark.parametrize("heading", list(readme_blocks()))
+def test_every_readme_code_block_runs_as_written_on_its_own(heading, tmp_path, monkeypatch):
+    """Each block in a fresh namespace (nothing defined by another block), in an empty directory."""
+    source = readme_blocks()[heading]
+    if 'device="cuda"' in source:
+        from numba import cuda
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not cuda.is_available():
+            pytest.skip("the GPU example needs an NVIDIA GPU and a CUDA build of PyTorch")
+    for module in re.findall(r"^(?:from|import) (\w+)", source, re.M):
+        pytest.importorskip(module)
+    if "hist.plot" in source:
+        pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(source, f"README.md: {heading}", "exec"), {"__name__": "__readme__"})
+
+
 def test_readme_quickstart_and_training_loop_run_and_learn(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write model.npz, best.npz, last.npz, curves.png
     ns = {}
     exec(readme_block("## Quickstart"), ns)
     assert ns["t"].evaluate(ns["X"][16000:], ns["y"][16000:])["accuracy"] > 0.9
     pytest.importorskip("matplotlib")  # the loop example plots
+    ns = {}
     exec(readme_block("### The training loop"), ns)
     t2 = ns["t2"]
     # The schedule spans the whole run: the rate is positive until the last epoch, including after resuming.

@@ -27,12 +27,15 @@ class EarlyStopping(Callback):
     """Stops when `monitor` has not improved by more than min_delta for `patience` epochs.
 
     restore_best_weights: at the end of training, put back the parameters of the best epoch seen
-    (optimizer state is left as it is, as in Keras)."""
+    (optimizer state is left as it is, as in Keras). verbose=1: a line when it stops training and when
+    it restores weights (Keras's messages; with MPI, rank 0's)."""
 
-    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False):
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False,
+                 verbose=0):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.mode = resolve_mode(mode, monitor)
         self.restore_best_weights = restore_best_weights
+        self.verbose = verbose
         self.best = self.best_epoch = self.best_params = None
         self.wait = 0
         self.stopped_epoch = None
@@ -53,10 +56,18 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             trainer.stop_training = True
+            self._say(trainer, f"Epoch {epoch + 1}: early stopping ({self.monitor} did not improve for "
+                               f"{self.wait} epoch{'s' if self.wait != 1 else ''})")
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self.best_params is not None:
             trainer._set_flat_params(self.best_params)
+            self._say(trainer, f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1} "
+                               f"({self.monitor} {self.best:.4g})")
+
+    def _say(self, trainer, line):
+        if self.verbose and trainer._comm.is_root:
+            print(line, flush=True)
 
 
 class ModelCheckpoint(Callback):

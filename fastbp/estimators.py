@@ -27,6 +27,7 @@ import numbers
 import warnings
 
 import numpy as np
+import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -36,6 +37,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 
 from . import distributed, lbfgs, sources
 from .callbacks import Callback
+from .keywords import suggest_keywords
 from .trainer import Trainer
 
 # scikit-learn's activation names, and fastbp's own.
@@ -52,6 +54,7 @@ def _dtypes(mapped):
 
 
 class _BaseMLP(BaseEstimator):
+    @suggest_keywords
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
@@ -273,7 +276,13 @@ class _BaseMLP(BaseEstimator):
                                 tol=self.tol, objective_scale=self._gradient_scale(), sample_weight=sample_weight)
         self.n_iter_ = int(result.nit)
         self.loss_ = float(result.fun) + self._loss_offset(y, sample_weight)
-        if result.status != 0:
+        if not np.isfinite(result.fun):
+            # The objective overflowed float32 from the start: L-BFGS-B reports no error, and the network is
+            # the untrained one. Said as the stochastic solvers say a diverging loss.
+            warnings.warn(f"fastbp: lbfgs stopped after {result.nit} iteration(s) with a loss of {result.fun}: the "
+                          "loss is not finite in float32 at these parameters (targets or features too large?); "
+                          "scale the data, e.g. with StandardScaler", ConvergenceWarning)
+        elif result.status != 0:
             warnings.warn(f"fastbp: lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
                           f"{result.message}. Increase the number of iterations (max_iter) or the number of "
                           "function evaluations (max_fun), or scale the data", ConvergenceWarning)
@@ -508,10 +517,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if first_call:
                 self._n_labels = y.shape[1]
                 self.classes_ = np.arange(y.shape[1])
+                # A sparse indicator matrix in, sparse predictions out (scikit-learn's LabelBinarizer does so).
+                self._sparse_labels = scipy.sparse.issparse(y)
             elif not self._multilabel or y.shape[1] != self._n_labels:
                 raise ValueError(f"y has {y.shape[1]} labels; this estimator was fitted with "
                                  f"{self._n_labels if self._multilabel else 'single-label targets'}")
-            return np.asarray(y, dtype=np.float32)
+            # (n, labels) float32: the targets the kernels read (a sparse y densified; labels are few).
+            return (y.toarray() if scipy.sparse.issparse(y) else np.asarray(y)).astype(np.float32)
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if first_call:
@@ -574,7 +586,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict(self, X):
         proba = self.predict_proba(X)
         if self._multilabel:
-            return (proba > 0.5).astype(int)  # the indicator matrix, as scikit-learn returns it
+            indicator = (proba > 0.5).astype(int)  # the indicator matrix, as scikit-learn returns it
+            return scipy.sparse.csr_matrix(indicator) if getattr(self, "_sparse_labels", False) else indicator
         if len(self.classes_) == 1:
             return np.full(proba.shape[0], self.classes_[0])
         return self.classes_[proba.argmax(axis=1)]
@@ -599,6 +612,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     or log-rates trained on the Poisson deviance (loss="poisson": predictions exp(output), targets >= 0),
     as scikit-learn's."""
 
+    @suggest_keywords
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,

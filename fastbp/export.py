@@ -25,9 +25,27 @@ ONNX_OPSET = 17
 _ONNX_ACTIVATIONS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
+def _torch():
+    """PyTorch, or an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("exporting to or importing from PyTorch needs PyTorch: pip install 'fastbp[torch]' "
+                          "(or torch itself, e.g. pip install torch)") from None
+    return torch
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("exporting to ONNX needs the onnx package: pip install 'fastbp[onnx]'") from None
+    return onnx
+
+
 def torch_activation(name):
     """The torch.nn module for one of fastbp's activation names."""
-    import torch
+    torch = _torch()
     return {"identity": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh,
             "sigmoid": torch.nn.Sigmoid,
             "leaky_relu": lambda: torch.nn.LeakyReLU(negative_slope=LEAKY_SLOPE)}[name]()
@@ -36,7 +54,7 @@ def torch_activation(name):
 def sequential(params, activation):
     """nn.Sequential holding params [(W (fan_in, fan_out), b (fan_out,)), ...] as float32 Linear layers
     with `activation` between them."""
-    import torch
+    torch = _torch()
     layers = []
     with torch.no_grad():
         for l, (W, b) in enumerate(params):
@@ -55,7 +73,7 @@ def to_torch(trainer):
 
 def _activation_name(module):
     """fastbp's name for a hidden activation module, or ValueError naming what fastbp cannot take."""
-    import torch
+    torch = _torch()
     kinds = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid", torch.nn.Identity: "identity"}
     if isinstance(module, torch.nn.LeakyReLU):
         if module.negative_slope != LEAKY_SLOPE:
@@ -72,7 +90,7 @@ def _activation_name(module):
 def layers_of(model):
     """(params, activation) of a torch Sequential of Linear layers with one kind of activation between them
     and a Linear last; ValueError for anything fastbp's network cannot represent."""
-    import torch
+    torch = _torch()
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(model).__name__}")
     modules = list(model)
@@ -88,8 +106,7 @@ def layers_of(model):
                                  "layers with exactly one activation module between each two")
             if m.bias is None:
                 raise ValueError(f"module {i} is a Linear layer without bias: fastbp's layers all have one")
-            W = m.weight.detach().cpu().to(torch.float32).numpy().T.copy()
-            params.append((W, m.bias.detach().cpu().to(torch.float32).numpy().copy()))
+            params.append((_host_array(m.weight, i, "weight", torch).T.copy(), _host_array(m.bias, i, "bias", torch)))
         elif isinstance(m, torch.nn.Linear):
             raise ValueError(f"modules {i - 1} and {i} are Linear layers with no activation between them")
         else:
@@ -101,6 +118,20 @@ def layers_of(model):
         if W.shape[1] != W_next.shape[0]:
             raise ValueError(f"a Linear layer's {W.shape[1]} outputs feed one taking {W_next.shape[0]} inputs")
     return params, (activations.pop() if activations else "relu")
+
+
+def _host_array(tensor, index, what, torch):
+    """A Linear layer's weight or bias as a float32 NumPy copy; ValueError for values fastbp cannot take
+    (none at all on the meta device, complex numbers, anything PyTorch cannot bring to the CPU)."""
+    if tensor.is_meta:
+        raise ValueError(f"module {index}'s {what} is on the meta device and holds no values: materialize the "
+                         "model first (e.g. model.to_empty(device='cpu'), then load its state dict)")
+    if tensor.is_complex() or not tensor.is_floating_point():
+        raise ValueError(f"module {index}'s {what} has dtype {tensor.dtype}: fastbp takes real floating point")
+    try:
+        return tensor.detach().cpu().to(torch.float32).numpy().copy()
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        raise ValueError(f"module {index}'s {what} cannot be copied to the CPU: {exc}") from None
 
 
 def from_torch(model, **options):
@@ -117,7 +148,7 @@ def from_torch(model, **options):
 
 def onnx_model(params, activation, loss, probabilities=True):
     """The onnx.ModelProto of the network (see the module docstring)."""
-    import onnx
+    onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
     nodes, initializers = [], []
     current = "input"

@@ -10,6 +10,7 @@ from . import callbacks as callback_tools
 from . import checkpoint, distributed, export, loop, sample_weights, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
+from .keywords import suggest_keywords
 from .progress import EpochProgress
 from .cpu.dropout import offset_key, threshold as dropout_threshold
 from .options import CLASSIFICATION_LOSSES, Config, OptimizerSettings, finite_number, float32_number, positive_int
@@ -108,6 +109,7 @@ class Trainer:
     steps: the state is always that of a whole number of steps (`step_count`).
     """
 
+    @suggest_keywords
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, decay_biases=True,
@@ -375,6 +377,7 @@ class Trainer:
                              f"out of {train.n_rows}")
         return train.split(train.n_rows - n_val)  # the last rows, before any shuffling, as Keras does
 
+    @suggest_keywords
     def fit(self, X, y=None, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
             verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None, sample_weight=None):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.

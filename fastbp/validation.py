@@ -8,6 +8,13 @@ import numpy as np
 
 _STRINGS_HINT = ("; for class names (strings) use fastbp.MLPClassifier, which encodes them, or map them to "
                  "integers 0..k-1 yourself")
+_FEATURES_HINT = ("; encode text or categorical columns as numbers first (e.g. scikit-learn's OneHotEncoder or "
+                  "OrdinalEncoder)")
+
+
+def _strings_hint(name):
+    """What to do about strings: in features (X, xb, ...) encode them; in targets they may be class names."""
+    return _FEATURES_HINT if name.startswith(("X", "x")) else _STRINGS_HINT
 
 
 def row_count(X):
@@ -41,12 +48,12 @@ def _as_numeric_array(value, name):
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not{_STRINGS_HINT}") \
-                from None
+            raise TypeError(f"{name} must hold real numbers; it holds Python objects that are not"
+                            f"{_strings_hint(name)}") from None
     if arr.dtype.kind in "fiub":  # the common case, decided without issubdtype's class walk (a few us a call)
         return arr
     if arr.dtype.kind in "US":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}{_STRINGS_HINT}")
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}{_strings_hint(name)}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):

@@ -393,3 +393,30 @@ def test_lbfgs_checks_and_converts_the_data_once(monkeypatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = fastbp.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(5,), max_iter=15, random_state=0).fit(X, y)
     assert clf.n_iter_ > 5 and len(calls) == 1
+
+
+def test_lbfgs_on_targets_beyond_float32s_squares_warns_instead_of_returning_silently():
+    """(1e20)^2 overflows float32 at the initial point: L-BFGS-B stops at once without an error, and the
+    network is the untrained one; that must be said, as the stochastic solvers say a diverging loss."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((50, 3)), rng.random(50) * 1e20
+    with pytest.warns(ConvergenceWarning, match="lbfgs stopped after 0 iteration.*not finite.*scale the data"):
+        model = fastbp.MLPRegressor(solver="lbfgs", random_state=0).fit(X, y)
+    assert model.n_iter_ == 0 and not np.isfinite(model.loss_)
+
+
+def test_a_sparse_multilabel_indicator_y_trains_as_the_dense_one_and_predicts_sparse():
+    import scipy.sparse
+    rng = np.random.default_rng(1)
+    X = rng.random((60, 4))
+    Y = (rng.random((60, 3)) > 0.5).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dense = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, Y)
+        sparse = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(
+            X, scipy.sparse.csr_matrix(Y))
+    predicted = sparse.predict(X)
+    assert scipy.sparse.issparse(predicted)  # as scikit-learn's, trained on a sparse y
+    assert np.array_equal(predicted.toarray(), dense.predict(X))
+    for (W, b), (W2, b2) in zip(zip(dense.coefs_, dense.intercepts_), zip(sparse.coefs_, sparse.intercepts_)):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)

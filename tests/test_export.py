@@ -78,6 +78,8 @@ def test_from_torch_refuses_what_fastbp_cannot_represent():
         (nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2)), "without bias"),
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), "feed one taking 5 inputs"),
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 2)), "Dropout"),
+        (nn.Sequential(nn.Linear(3, 4, dtype=torch.complex64)), "complex64"),
+        (nn.Sequential(nn.Linear(3, 4, device="meta"), nn.ReLU(), nn.Linear(4, 2, device="meta")), "meta device"),
     ]
     for model, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -141,3 +143,14 @@ def test_onnx_export_is_atomic(rng, tmp_path, monkeypatch):
         fastbp.Trainer([7, 2], seed=1).to_onnx(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_without_its_package_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+    t = fastbp.Trainer([3, 4, 2])
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'fastbp\[torch\]'"):
+        t.to_torch()
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastbp\[onnx\]'"):
+        t.to_onnx(tmp_path / "m.onnx")

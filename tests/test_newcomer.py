@@ -153,3 +153,40 @@ def test_help_describes_the_constructor_options_and_step_count_is_public():
     assert t.step_count == 1
     with pytest.raises(AttributeError):
         t.step_count = 5  # read-only: the optimizer's count follows the updates
+
+
+def test_a_misspelt_keyword_names_the_public_class_and_the_keyword_meant():
+    with pytest.raises(TypeError, match=r"^Trainer\(\) got an unexpected keyword argument 'lrate'; did you mean 'lr'"):
+        fastbp.Trainer([2, 3], lrate=0.1)
+    with pytest.raises(TypeError, match=r"Trainer.fit\(\) .* 'epoch'; did you mean 'epochs'"):
+        fastbp.Trainer([2, 3]).fit(np.ones((4, 2)), np.ones((4, 3)), epoch=2)
+    pytest.importorskip("sklearn")
+    with pytest.raises(TypeError, match=r"^MLPClassifier\(\) .* 'hiden_layer_sizes'; did you mean 'hidden_layer_sizes'"):
+        fastbp.MLPClassifier(hiden_layer_sizes=(3,))
+    with pytest.raises(TypeError, match=r"^MLPRegressor\(\) .* 'zzz'; valid keywords: loss, hidden_layer_sizes"):
+        fastbp.MLPRegressor(zzz=1)
+    assert fastbp.MLPRegressor(alpha=0.5).get_params()["alpha"] == 0.5  # the signature scikit-learn reads
+
+
+def test_strings_in_x_get_an_encoding_hint_and_strings_in_y_the_class_label_one():
+    t = fastbp.Trainer([2, 3], loss="cross_entropy")
+    with pytest.raises(TypeError, match="encode text or categorical columns") as info:
+        t.fit(np.array([["a", "b"], ["c", "d"]]), np.array([0, 1]), verbose=0)
+    assert "class names" not in str(info.value)
+    with pytest.raises(TypeError, match="class names"):
+        t.fit(np.ones((2, 2)), np.array(["cat", "dog"]), verbose=0)
+
+
+def test_early_stopping_says_when_it_stops_and_restores_at_verbose_1(capsys):
+    from fastbp.callbacks import EarlyStopping
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 4)), rng.integers(0, 2, 64)
+    t = fastbp.Trainer([4, 8, 2], loss="cross_entropy", seed=0)
+    # min_delta this large: no epoch improves on the first, so it stops after patience epochs
+    stop = EarlyStopping(monitor="loss", patience=2, min_delta=100.0, restore_best_weights=True, verbose=1)
+    t.fit(X, y, epochs=10, verbose=0, callbacks=[stop])
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["Epoch 3: early stopping (loss did not improve for 2 epochs)",
+                   f"Restoring model weights from the end of the best epoch: 1 (loss {stop.best:.4g})"]
+    t.fit(X, y, epochs=10, verbose=0, callbacks=[EarlyStopping(monitor="loss", patience=2, min_delta=100.0)])
+    assert capsys.readouterr().out == ""  # verbose=0, Keras's default: silent

@@ -222,7 +222,11 @@ def callback_fails():
 
 
 def crashed():
-    """Rank 1's program ends with an exception between two fits while rank 0 trains on."""
+    """Rank 1's program ends with an exception between two fits while rank 0 trains on. Each rank's stderr
+    goes to OUT/crashed-stderr-rank{r}.txt, a file of its own: what mpiexec forwards of a rank it is
+    killing depends on timing, what a rank wrote to a file before the abort does not."""
+    errors = os.open(os.path.join(OUT, f"crashed-stderr-rank{rank}.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(errors, 2)
     X, y = problem()
     t = trainer()
     t.fit(X, y, epochs=1, verbose=0)

@@ -348,7 +348,7 @@ class Trainer:
                     self._chunk_rows(n_rows)  # MemoryError before any conversion if one row cannot fit
                 source = self._source(xb, yb, sample_weight=sample_weight)
             try:
-                parts = self._comm.row_parts(source.n_rows, sharded, "step")
+                parts = self._comm.row_parts(source.n_rows, sharded, ("step", sample_weight is not None))
                 rows = np.arange(parts.n_total, dtype=np.int64)
                 return self._train_rows(source, rows, parts, interrupts)[0]
             finally:
@@ -412,15 +412,37 @@ class Trainer:
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
                              initial_epoch, callbacks, sharded, steps_per_epoch, sample_weight)
 
-    def _stream_batches(self, stream, steps, parts_call):
-        """(source, rows, parts) of each batch of a stream, checked as it arrives (a bad one raises naming it
-        before any step on it); with comm, the batch's parts from every rank's own part."""
-        for index, X_batch, y_batch in sources.batches(stream, steps):
+    def _agreed_stream(self, stream, steps, what):
+        """(index, source) of up to `steps` batches of a stream, each checked as it arrives (a bad one raises
+        naming it before any step on it). With comm the ranks agree before every batch, so that each makes
+        the same collective calls: a batch that fails on one rank (bad data, the stream itself raising) fails
+        on every rank, and a stream that ends on some ranks while others still have batches is a ValueError
+        on every rank. what: "batch" or "validation batch", for the messages."""
+        batches = sources.batches(stream, steps)
+        while True:
+            item = source = None
             with self._comm.agreement():
-                try:
-                    source = self._source(X_batch, y_batch, names=(f"X of batch {index}", f"y of batch {index}"))
-                except (ValueError, TypeError) as exc:
-                    raise type(exc)(f"batch {index} of the stream: {exc}") from None
+                item = next(batches, None)
+                if item is not None:
+                    index, X_batch, y_batch = item
+                    try:
+                        source = self._source(X_batch, y_batch, names=(f"X of {what} {index}", f"y of {what} {index}"))
+                    except (ValueError, TypeError) as exc:
+                        raise type(exc)(f"{what} {index} of the stream: {exc}") from None
+            ended = self._comm.allgather(item is None)
+            if any(ended):
+                if not all(ended):
+                    listed = ", ".join(str(r) for r, done in enumerate(ended) if done)
+                    raise ValueError(f"the {what.replace('batch', 'stream')} ended on rank(s) {listed} while the "
+                                     "other ranks still had batches: with comm every rank's stream must give "
+                                     "as many batches (steps_per_epoch)")
+                return
+            yield index, source
+
+    def _stream_batches(self, stream, steps, parts_call):
+        """(source, rows, parts) of each batch of a stream (_agreed_stream); with comm, the batch's parts from
+        every rank's own part."""
+        for _, source in self._agreed_stream(stream, steps, "batch"):
             parts = self._comm.row_parts(source.n_rows, self._comm.size > 1, parts_call)
             yield source, np.arange(parts.n_total, dtype=np.int64), parts
 
@@ -471,8 +493,14 @@ class Trainer:
             callbacks = callback_tools.check(callbacks)
         call = dict(method="fit", epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
                     initial_epoch=int(initial_epoch), validation=val is not None, stream=stream,
-                    steps_per_epoch=steps_per_epoch)
-        parts = None if stream else self._comm.row_parts(train.n_rows, sharded, call)
+                    steps_per_epoch=steps_per_epoch, sample_weight=sample_weight is not None,
+                    validation_stream=val is not None and sources.is_stream(val, None),
+                    validation_weights=getattr(val, "weights", None) is not None)
+        # Every value that decides how many collective calls follow is compared across ranks first (a
+        # stream's rows are agreed batch by batch, _agreed_stream).
+        parts = self._comm.row_parts(0 if stream else train.n_rows, sharded or stream, call)
+        if stream:
+            parts = None
         val_parts = None if val is None or sources.is_stream(val, None) else \
             self._comm.row_parts(val.n_rows, sharded)
         n = None if stream else parts.n_total
@@ -610,10 +638,7 @@ class Trainer:
     def _evaluate_stream(self, stream):
         """Loss and accuracy over every batch of a stream (each rank's own batches, with comm)."""
         sums = np.zeros(4, np.float64)  # loss x rows, correct, rows (the weight), rows
-        for index, X_batch, y_batch in sources.batches(stream):
-            with self._comm.agreement():
-                source = self._source(X_batch, y_batch, names=(f"X of validation batch {index}",
-                                                               f"y of validation batch {index}"))
+        for _, source in self._agreed_stream(stream, None, "validation batch"):
             with self._guard.lock:
                 for chunk in self._chunks(source.n_rows):
                     X, labels, targets, _, rows = source.take(chunk)

@@ -188,6 +188,42 @@ def errors():
     report("errors", {"params": flat(t)}, **seen)
 
 
+def stream(X, y, batches, fail_at=None, size=20):
+    """A generator of `batches` (X, y) batches of `size` rows (this rank's own part); raises RuntimeError
+    instead of yielding batch fail_at."""
+    for b in range(batches):
+        if b == fail_at:
+            raise RuntimeError(f"the stream failed on rank {rank}")
+        yield X[b * size:(b + 1) * size], y[b * size:(b + 1) * size]
+
+
+def disagreements():
+    """Values that decide how many collective calls follow, different on one rank: an error on every rank
+    (never a hang), after which the ranks train on together."""
+    X, y = problem()
+    t = trainer()
+    seen = {}
+    cases = {
+        "steps_per_epoch": lambda: t.fit(stream(X, y, 6), steps_per_epoch=3 if rank == 0 else 4, verbose=0),
+        "stream_ends": lambda: t.fit(stream(X, y, 2 if rank == 1 else 4), steps_per_epoch=4, verbose=0),
+        "stream_raises": lambda: t.fit(stream(X, y, 4, fail_at=2 if rank == 1 else None), steps_per_epoch=4,
+                                       verbose=0),
+        "validation_stream": lambda: t.fit(stream(X, y, 3), steps_per_epoch=3, verbose=0,
+                                           validation_data=list(stream(X, y, 3 if rank == 1 else 2))),
+        "weights": lambda: t.fit(X, y, epochs=1, verbose=0,
+                                 sample_weight=sample_weights() if rank == 0 else None),
+        "step_weights": lambda: t.step(X[:50], y[:50], sample_weight=np.ones(50) if rank == 1 else None),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            seen[name] = None
+        except (ValueError, RuntimeError) as exc:  # the script catches it, and goes on on every rank
+            seen[name] = f"{type(exc).__name__}: {exc}"
+    t.fit(X, y, epochs=1, verbose=0)  # still in step on every rank
+    report("disagreements", {"params": flat(t)}, **seen)
+
+
 def signal_at_step(t, who, at, signum):
     """Makes rank `who` send itself signal signum as the trainer starts its step number `at` (1-based)."""
     compute, calls = t._backend.loss_and_gradients, [0]
@@ -276,6 +312,7 @@ def main():
     sharded()
     api()
     errors()
+    disagreements()
     callback_fails()
 
 

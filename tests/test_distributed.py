@@ -264,6 +264,24 @@ def test_bad_input_or_mismatched_calls_on_one_rank_raise_on_every_rank(main_run)
 
 
 @needs_mpi
+def test_what_decides_the_collective_calls_is_agreed_so_a_difference_on_one_rank_never_hangs(main_run):
+    """Streams with different steps_per_epoch, a stream ending early or raising on one rank, validation
+    streams of different lengths, sample weights on one rank only (fit and step): an error on every rank,
+    caught by the script, after which the ranks train on in step (the main run would time out otherwise)."""
+    out, ranks = main_run
+    found = results(out, "disagreements", ranks)
+    assert_same_on_every_rank(found, "params")
+    for rank, (_, seen) in enumerate(found):
+        assert "the call differs" in seen["steps_per_epoch"] and "'steps_per_epoch': 3" in seen["steps_per_epoch"]
+        assert "the stream ended on rank(s) 1 while the other ranks still had batches" in seen["stream_ends"]
+        assert "the stream failed on rank 1" in seen["stream_raises"]
+        assert seen["stream_raises"].startswith("RuntimeError: " + ("" if rank == 1 else "on rank 1: "))
+        assert "validation stream ended on rank(s) " in seen["validation_stream"]
+        assert "the call differs" in seen["weights"] and "'sample_weight': True" in seen["weights"]
+        assert "the call differs" in seen["step_weights"]
+
+
+@needs_mpi
 def test_a_non_finite_loss_in_one_ranks_part_skips_the_update_on_every_rank(main_run):
     out, ranks = main_run
     for _, seen in results(out, "errors", ranks):

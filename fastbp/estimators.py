@@ -152,6 +152,13 @@ class _BaseMLP(BaseEstimator):
         # scale x the learning rate; Adam is blind to the gradient's scale but for epsilon, which scales too.
         scale = self._gradient_scale()
         options["weight_decay"] = self.alpha / (scale * batch * mean_weight) if stochastic else 0.0
+        if not options["weight_decay"] <= float(np.finfo(np.float32).max):
+            # The penalty per unit of weight: with weights this small it is beyond float32, which the update
+            # computes in. Named as the user set it (alpha, sample_weight), not as the Trainer option it becomes.
+            raise ValueError(f"alpha / (batch_size x the mean sample_weight) = {options['weight_decay']:.3g} is "
+                             "beyond float32's range: with sample_weight this small the penalty (alpha over a "
+                             "batch's summed weights, as scikit-learn takes it) swamps the loss; scale "
+                             "sample_weight up or alpha down")
         if self.solver == "sgd":
             options["lr"] = self.learning_rate_init * scale
         if self.solver in ("adam", "adamw"):
@@ -178,7 +185,7 @@ class _BaseMLP(BaseEstimator):
                              "and need to be preprocessed: X holds values beyond float32's range, which fastbp "
                              "computes in")
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight)) or 1.0
         if first_call:
             # The dtype coefs_, intercepts_ and predictions are given in, as scikit-learn follows the input's.

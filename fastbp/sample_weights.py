@@ -35,6 +35,18 @@ def check(sample_weight, n_rows, name="sample_weight"):
         raise ValueError(f"{name} must be finite and non-negative, found {weights[row]} at row {row}")
     if n_rows and not weights.any():
         raise ValueError(f"{name} is 0 for every row: nothing to learn from")
+    return normalized(weights)
+
+
+def normalized(weights):
+    """weights (float64, not all 0) times the power of two that brings the largest into [0.5, 1), in place.
+
+    Only the weights' ratios matter to a weighted mean, and a power of two changes no ratio (it is exact
+    in floating point), so results are bit for bit those of the weights as given; but no sum of them, and
+    no gradient times a sum (micro-batches, chunks, MPI parts), can now overflow, whatever constant the
+    weights were scaled by (1e-300 to 1e300 alike)."""
+    if weights.size:
+        weights *= 2.0 ** -np.frexp(weights.max())[1]
     return weights
 
 

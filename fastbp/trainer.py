@@ -207,6 +207,8 @@ class Trainer:
             weights = sample_weights.check(sample_weight, validation.row_count(X),
                                            names[0].replace("X", "sample_weight"))
         if sources.wants_on_demand(X, self._available_bytes):
+            if validation.row_count(X) == 0:
+                raise ValueError(f"{names[0]} has no rows")
             return sources.OnDemand(X, y, self.config.loss, self.sizes[0], self.sizes[-1], self._backend.checks,
                                     names, weights)
         return sources.InMemory(*self._checked(X, y, names), weights)
@@ -375,7 +377,12 @@ class Trainer:
         if not 0 < n_val < train.n_rows:
             raise ValueError(f"validation_split={validation_split} leaves no rows for training or validation "
                              f"out of {train.n_rows}")
-        return train.split(train.n_rows - n_val)  # the last rows, before any shuffling, as Keras does
+        training, validation = train.split(train.n_rows - n_val)  # the last rows, before shuffling, as Keras
+        for part, what in ((training, "training rows"), (validation, f"validation rows (the last {n_val})")):
+            if part.weights is not None and not part.weights.any():
+                raise ValueError(f"sample_weight is 0 for every one of the {what} of validation_split="
+                                 f"{validation_split}: their loss would mean nothing")
+        return training, validation
 
     @suggest_keywords
     def fit(self, X, y=None, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
@@ -591,6 +598,8 @@ class Trainer:
             X = sources.Rows(X)
         if on_demand and (not isinstance(X, (np.ndarray, sources.Rows)) or X.ndim != 2):
             raise ValueError(f"X must be a 2-D (n_samples, n_features) array, got shape {getattr(X, 'shape', None)}")
+        if on_demand and X.shape[0] == 0:
+            raise ValueError("X has no rows")  # as features() says of an in-memory X
         with self._guard.lock:  # every chunk from the same parameters
             try:
                 parts = []

@@ -129,3 +129,66 @@ def test_loss_kernel_guards_labels_it_was_not_shown():
         settings = t._optimizer_settings()
         assert np.isnan(t._backend.train_step(X, labels, None, rows, settings))
     assert np.array_equal(t.state.params, before)
+
+
+# ---- sample weights at their edges ----
+
+def weighted_run(scale, micro_batch=None):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((90, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 90)
+    w = rng.random(90) * 3
+    w[::7] = 0.0
+    t = fastbp.Trainer([5, 8, 3], loss="cross_entropy", batch_size=30, seed=0, micro_batch=micro_batch)
+    history = t.fit(X, y, epochs=2, sample_weight=w * scale, validation_split=0.2, verbose=0)
+    return t.state.params.copy(), history.history
+
+
+@pytest.mark.parametrize("micro_batch", [None, 7])
+def test_weights_scaled_by_any_constant_float64_holds_give_the_same_run(micro_batch):
+    """Only the weights' ratios matter: scaled by a power of two the run is bit for bit the same, by any
+    other constant from 1e-300 to 1e300 the same to float rounding; never NaN (micro-batch sums of the
+    weights once overflowed float32)."""
+    params, history = weighted_run(1.0, micro_batch)
+    for scale in (2.0 ** -990, 2.0 ** 1000):
+        scaled, scaled_history = weighted_run(scale, micro_batch)
+        assert np.array_equal(scaled, params) and scaled_history == history
+    for scale in (1e-300, 1e-40, 3.0, 1e40, 1e300):
+        scaled, scaled_history = weighted_run(scale, micro_batch)
+        np.testing.assert_allclose(scaled, params, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scaled_history["val_loss"], history["val_loss"], rtol=1e-6)
+
+
+def test_all_zero_weights_are_refused_in_either_part_of_a_validation_split():
+    X, y = np.ones((50, 3)), np.zeros(50, np.int64)
+    t = fastbp.Trainer([3, 2], loss="cross_entropy")
+    for zero, part in ((slice(40, None), "validation rows"), (slice(None, 40), "training rows")):
+        w = np.ones(50)
+        w[zero] = 0.0
+        with pytest.raises(ValueError, match=f"sample_weight is 0 for every one of the {part}"):
+            t.fit(X, y, sample_weight=w, validation_split=0.2, verbose=0)
+    assert t.step_count == 0
+
+
+def test_zero_row_memory_mapped_or_sparse_x_gets_the_message_of_a_zero_row_array(tmp_path):
+    import scipy.sparse
+    np.save(tmp_path / "empty.npy", np.zeros((0, 5), np.float32))
+    mapped = np.load(tmp_path / "empty.npy", mmap_mode="r")
+    t = fastbp.Trainer([5, 4, 3], loss="cross_entropy")
+    no_labels = np.zeros(0, np.int64)
+    for X in (mapped, scipy.sparse.csr_matrix((0, 5), dtype=np.float32)):
+        for call in (lambda: t.fit(X, no_labels, verbose=0), lambda: t.predict(X), lambda: t.evaluate(X, no_labels),
+                     lambda: t.gradients(X, no_labels), lambda: t.step(X, no_labels)):
+            with pytest.raises(ValueError, match="^X has no rows$"):
+                call()
+
+
+def test_estimators_name_sample_weight_in_their_weight_messages():
+    pytest.importorskip("sklearn")
+    X, y = np.random.default_rng(0).random((40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="sample_weight") as info:
+        fastbp.MLPClassifier(max_iter=2).fit(X, y, sample_weight=-np.ones(40))
+    assert "weight_decay" not in str(info.value)
+    with pytest.raises(ValueError, match="sample_weight this small") as info:
+        fastbp.MLPClassifier(max_iter=2).fit(X, y, sample_weight=np.full(40, 1e-300))
+    assert "weight_decay" not in str(info.value)

@@ -18,6 +18,7 @@ weight of global rows `rows`, their count without weights:
 """
 import concurrent.futures
 import itertools
+import os
 
 import numpy as np
 
@@ -103,6 +104,10 @@ class OnDemand:
         self.y = y if isinstance(y, np.ndarray) else np.asarray(y)
         self.n_rows = X.shape[0]
         self._reader, self._pending = None, []
+        # The files X and y are mapped from, and their sizes now: a file that shrinks while it is mapped
+        # would kill the process with SIGBUS at the first read past its new end (_check_files).
+        self._files = {path: os.path.getsize(path) for path in
+                       {getattr(a, "filename", None) for a in (X, self.y) if isinstance(a, np.memmap)} - {None}}
         if self.y.shape[:1] != (self.n_rows,):
             raise ValueError(f"{names[1]} has {self.y.shape[0] if self.y.ndim else 0} rows but {names[0]} has "
                              f"{self.n_rows} rows")
@@ -120,10 +125,24 @@ class OnDemand:
         row_bytes = max(1, self.X.shape[1] * max(self.X.dtype.itemsize, 4))
         chunk = max(1, CHECK_CHUNK_BYTES // row_bytes)
         for start in range(0, self.n_rows, chunk):
+            self._check_files()
             self._convert(self.X[start:start + chunk], self.y[start:start + chunk], start)
+
+    def _check_files(self):
+        """OSError naming a mapped file that is shorter than when training began (truncated or replaced):
+        a read through its mapping past the new end would be a SIGBUS, not an exception."""
+        for path, size in self._files.items():
+            try:
+                now = os.path.getsize(path)
+            except OSError:
+                now = 0
+            if now < size:
+                raise OSError(f"{path} shrank from {size:,} to {now:,} bytes while fastbp was reading it; "
+                              "training stopped before reading past its end (the last checkpoint is intact)")
 
     def _read(self, rows):
         """(X float32 (k, d0), y) of rows, in batch order (read in file order, converted in the same pass)."""
+        self._check_files()
         order = np.argsort(rows, kind="stable")
         in_file_order = rows[order]
         X = np.empty((rows.size, self.n_features), np.float32)
@@ -158,12 +177,22 @@ class OnDemand:
         with np.errstate(over="ignore", invalid="ignore"):
             finite = np.isfinite(X.sum(dtype=np.float64))
         if not finite:  # NaN, infinity, or beyond float32's range: named as the up-front check names it
-            self.checks.features(self.X[rows], self.n_features, self.names[0])
+            self._name_bad_row(rows)
             raise ValueError(f"{self.names[0]} changed since it was checked: rows of this batch are no longer "
-                             "finite in float32")  # never reached unless the check above disagrees
-        labels, targets = self.checks.targets_for(self.loss, y, rows.size, self.n_outputs, self.names[1])
+                             "finite in float32")  # never reached unless the checks above disagree
+        try:
+            labels, targets = self.checks.targets_for(self.loss, y, rows.size, self.n_outputs, self.names[1])
+        except ValueError:
+            self._name_bad_row(rows)
+            raise
         weights = None if self.weights is None else self.weights[rows]
         return X, labels, targets, weights, np.arange(rows.size, dtype=np.int64)
+
+    def _name_bad_row(self, rows):
+        """Raises the up-front check's ValueError for the first of `rows` that fails it now (the data
+        changed since), naming that row's index in the file, as the up-front check does."""
+        for row in np.sort(rows):
+            self._convert(self.X[row:row + 1], self.y[row:row + 1], int(row))
 
     def close(self):
         """Ends the background reader (fit calls it at its end)."""

@@ -8,6 +8,7 @@ import pytest
 import fastbp
 from fastbp import sources
 from fastbp.callbacks import ModelCheckpoint
+from test_concurrency import run_script
 
 
 def flat(t):
@@ -318,3 +319,38 @@ def test_sample_weights_with_memory_mapped_and_sparse_x(rng, tmp_path):
         assert loss == runs[0][1]
     with pytest.raises(TypeError, match="sample_weight must hold real numbers, got dtype <U3$"):
         fastbp.Trainer([X.shape[1], 3], loss="cross_entropy").step(X, y, sample_weight=["abc"] * 90)
+
+
+def test_a_mapped_file_truncated_during_training_is_an_exception_naming_it_not_a_sigbus(tmp_path):
+    """The file shrinks between two epochs (another program rewrote it): the next read is refused with an
+    OSError naming the file, before any read past its end (which would be a SIGBUS); the checkpoint of the
+    epoch before is intact. In a subprocess: a SIGBUS must fail the test, not kill the test run."""
+    script = f"""
+        import os, numpy as np, fastbp
+        from fastbp.callbacks import LambdaCallback, ModelCheckpoint
+        path = {str(tmp_path / "X.npy")!r}
+        rng = np.random.default_rng(0)
+        np.save(path, rng.standard_normal((4096, 16)).astype(np.float32))
+        X, y = np.load(path, mmap_mode="r"), rng.integers(0, 3, 4096)
+        cut = LambdaCallback(lambda epoch, logs, t: os.truncate(path, 4096) if epoch == 0 else None)
+        t = fastbp.Trainer([16, 32, 3], loss="cross_entropy", batch_size=256, seed=0)
+        try:
+            t.fit(X, y, epochs=3, verbose=0, callbacks=[ModelCheckpoint({str(tmp_path / "last.npz")!r}), cut])
+        except OSError as exc:
+            print("OSError:", exc)
+        print("resumable after epoch", fastbp.Trainer.load({str(tmp_path / "last.npz")!r}).epochs_done)
+    """
+    out = run_script(script)
+    assert f"OSError: {tmp_path / 'X.npy'} shrank from" in out and "to 4,096 bytes" in out
+    assert "resumable after epoch 1" in out
+
+
+def test_a_row_that_went_bad_during_training_is_named_by_its_row_in_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "X.npy", rng.standard_normal((600, 4)).astype(np.float32))
+    X = np.load(tmp_path / "X.npy", mmap_mode="r+")
+    y = rng.integers(0, 2, 600)
+    t = fastbp.Trainer([4, 8, 2], loss="cross_entropy", batch_size=100, seed=0)
+    spoil = fastbp.callbacks.LambdaCallback(lambda epoch, logs, t: X.__setitem__((437, 2), np.nan))
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at index \(437, 2\)\)"):
+        t.fit(X, y, epochs=2, verbose=0, callbacks=[spoil])

@@ -713,8 +713,10 @@ class Trainer:
                 parts = self._comm.row_parts(source.n_rows, sharded, ("gradients", bool(training)))
                 rows = np.arange(parts.n_total, dtype=np.int64)
                 local, _, first = parts.mine(rows)
-                loss, _, _ = self._summed_gradients(source, local, first, self._chunk_rows(local.size),
-                                                    dropout_threshold)
+                chunk = self._chunk_rows(local.size)
+                if isinstance(source, sources.OnDemand):  # a file is read a piece at a time, never copied whole
+                    chunk = min(chunk, EVAL_CHUNK)
+                loss, _, _ = self._summed_gradients(source, local, first, chunk, dropout_threshold)
             finally:
                 self._backend.release_data()
             if not np.isfinite(loss):

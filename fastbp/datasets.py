@@ -71,10 +71,15 @@ def _find(directory, stem):
 
 
 def load_mnist_dir(directory):
-    """(X_train, y_train, X_test, y_test) from a directory holding MNIST's four IDX files (raw or .gz)."""
+    """(X_train, y_train, X_test, y_test) from a directory holding MNIST's IDX files (raw or .gz). The test
+    pair is (None, None) when its two files are not there (a directory with the training files only):
+    callers then hold out some training rows."""
     train = load_idx(_find(directory, "train-images-idx3-ubyte"), _find(directory, "train-labels-idx1-ubyte"))
-    test = load_idx(_find(directory, "t10k-images-idx3-ubyte"), _find(directory, "t10k-labels-idx1-ubyte"))
-    return train + test
+    try:
+        images, labels = _find(directory, "t10k-images-idx3-ubyte"), _find(directory, "t10k-labels-idx1-ubyte")
+    except FileNotFoundError:
+        return train + (None, None)
+    return train + load_idx(images, labels)
 
 
 def load_npz(path):

@@ -197,3 +197,16 @@ def test_ctrl_c_in_train_saves_the_last_whole_step_and_exits_130(tmp_path):
     assert "Traceback" not in err and "interrupted after epoch" in err and f"saved {path}" in err
     t = fastbp.Trainer.load(path)
     assert t.epochs_done >= 2 and t.step_count >= t.epochs_done * 113  # 14,400 training rows, batches of 128
+
+
+def test_an_mnist_directory_with_the_training_files_only_trains_on_a_held_out_split(tmp_path, capsys):
+    """As ../shared/data/mnist is: no t10k files. The loader says so with a None test pair, and the command
+    line holds out --test-fraction of the training rows instead of failing."""
+    X, y = datasets.make_classification(n_samples=300, n_features=784, n_classes=10, seed=1)
+    images = np.clip(X * 40 + 128, 0, 255).astype(np.uint8).reshape(300, 28, 28)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y.astype(np.uint8), compress=True)
+    Xtr, ytr, Xte, yte = datasets.load_mnist_dir(tmp_path)
+    assert Xtr.shape == (300, 784) and Xte is None and yte is None
+    assert cli.main(["--mnist-dir", str(tmp_path), "--epochs", "1", "--quiet", "--hidden", "16"]) == 0
+    assert "240 train rows, 60 test rows" in capsys.readouterr().out

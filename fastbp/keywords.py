@@ -15,7 +15,8 @@ def suggest_keywords(method):
     parameters = inspect.signature(method).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return method  # takes any keyword: nothing to check
-    valid = [name for name, p in parameters.items() if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    valid = [name for name, p in parameters.items()
+             if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
     @functools.wraps(method)
     def checked(self, *args, **kwargs):

@@ -20,7 +20,8 @@ def load(args):
     if args.mnist_dir:
         Xtr, ytr, Xte, yte = datasets.load_mnist_dir(args.mnist_dir)
         if Xte is None:  # the training files only: the last 10,000 of their rows are the test set
-            return Xtr[:-10000], ytr[:-10000], Xtr[-10000:], ytr[-10000:], "MNIST (training files; test: their last 10,000 rows)"
+            return (Xtr[:-10000], ytr[:-10000], Xtr[-10000:], ytr[-10000:],
+                    "MNIST (training files; test: their last 10,000 rows)")
         return Xtr, ytr, Xte, yte, "MNIST"
     try:
         from sklearn.datasets import load_digits

@@ -48,7 +48,8 @@ def main():
         work = batch * sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
         rows.append((work, sizes, batch, serial, parallel))
     cpu_backend.SERIAL_WORK = saved
-    print(f"{'work (MACs)':>12} {'sizes':<22} {'batch':>5} {'serial us':>10} {'parallel us':>12} {'parallel/serial':>16}")
+    print(f"{'work (MACs)':>12} {'sizes':<22} {'batch':>5} {'serial us':>10} {'parallel us':>12} "
+          f"{'parallel/serial':>16}")
     for work, sizes, batch, serial, parallel in sorted(rows):
         print(f"{work:12,d} {str(sizes):<22} {batch:5d} {serial * 1e6:10.1f} {parallel * 1e6:12.1f} "
               f"{parallel / serial:16.2f}")

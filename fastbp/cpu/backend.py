@@ -164,7 +164,7 @@ class CpuBackend:
         s = self.state
         ws = self._workspaces.get(batch_rows)
         with blas_single_threaded(calling_thread_only=True):
-            return serial.run_steps(mode, X, _EMPTY_LABELS if labels is None else labels,
+            return self._serial_entry()(mode, X, _EMPTY_LABELS if labels is None else labels,
                                     _EMPTY_TARGETS if targets is None else targets,
                                     _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,
                                     s.dims, s.offsets, self.activation, self.loss, s.params, s.grads, s.moment1,
@@ -172,9 +172,13 @@ class CpuBackend:
                                     self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
 
+    def _serial_entry(self):
+        """This network's variant of serial.run_steps: with weight decay on every parameter or masked."""
+        return serial.run_steps_masked if self._decay_mask.size else serial.run_steps
+
     def _entry_point(self, n):
-        """The compiled function that steps of n rows run: serial.run_steps or step.run."""
-        return serial.run_steps if self.takes_serial_path(n) else step.run
+        """The compiled function that steps of n rows run: a serial.run_steps variant or step.run."""
+        return self._serial_entry() if self.takes_serial_path(n) else step.run
 
     def needs_compiling(self, n):
         """Whether the first step of n rows will compile its entry point: not compiled in this process yet,

@@ -35,7 +35,7 @@ def check(sample_weight, n_rows, name="sample_weight"):
         raise ValueError(f"{name} must be finite and non-negative, found {weights[row]} at row {row}")
     if n_rows and not weights.any():
         raise ValueError(f"{name} is 0 for every row: nothing to learn from")
-    return normalized(weights)
+    return weights
 
 
 def normalized(weights):
@@ -44,7 +44,11 @@ def normalized(weights):
     Only the weights' ratios matter to a weighted mean, and a power of two changes no ratio (it is exact
     in floating point), so results are bit for bit those of the weights as given; but no sum of them, and
     no gradient times a sum (micro-batches, chunks, MPI parts), can now overflow, whatever constant the
-    weights were scaled by (1e-300 to 1e300 alike)."""
+    weights were scaled by (1e-300 to 1e300 alike).
+
+    In one process only: MPI ranks holding their own rows would each find their own power of two, and
+    their weights would no longer be in proportion across ranks (agreeing on one would need a collective
+    call where a rank's checks may already have failed)."""
     if weights.size:
         weights *= 2.0 ** -np.frexp(weights.max())[1]
     return weights

@@ -206,6 +206,8 @@ class Trainer:
         if sample_weight is not None:
             weights = sample_weights.check(sample_weight, validation.row_count(X),
                                            names[0].replace("X", "sample_weight"))
+            if self._comm.size == 1:
+                sample_weights.normalized(weights)
         if sources.wants_on_demand(X, self._available_bytes):
             if validation.row_count(X) == 0:
                 raise ValueError(f"{names[0]} has no rows")

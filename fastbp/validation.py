@@ -13,8 +13,9 @@ _FEATURES_HINT = ("; encode text or categorical columns as numbers first (e.g. s
 
 
 def _strings_hint(name):
-    """What to do about strings: in features (X, xb, ...) encode them; in targets they may be class names."""
-    return _FEATURES_HINT if name.startswith(("X", "x")) else _STRINGS_HINT
+    """What to do about strings: in features (X, "validation X", "X of batch 3", xb) encode them; in
+    targets they may be class names."""
+    return _FEATURES_HINT if "X" in name.split() or name.startswith("x") else _STRINGS_HINT
 
 
 def row_count(X):

@@ -173,6 +173,8 @@ def test_strings_in_x_get_an_encoding_hint_and_strings_in_y_the_class_label_one(
     with pytest.raises(TypeError, match="encode text or categorical columns") as info:
         t.fit(np.array([["a", "b"], ["c", "d"]]), np.array([0, 1]), verbose=0)
     assert "class names" not in str(info.value)
+    with pytest.raises(TypeError, match="validation X .*encode text or categorical columns"):
+        t.fit(np.ones((2, 2)), np.array([0, 1]), validation_data=(np.array([["a", "b"]]), np.array([0])), verbose=0)
     with pytest.raises(TypeError, match="class names"):
         t.fit(np.ones((2, 2)), np.array(["cat", "dog"]), verbose=0)
 

@@ -139,14 +139,27 @@ class _BaseMLP(BaseEstimator):
     def _batch_size(self, n):
         return min(200, n) if self.batch_size == "auto" else int(min(self.batch_size, n))
 
-    def _new_trainer(self, n_features, n_outputs, n_samples, mean_weight=1.0):
-        hidden = self._check_params()
-        batch = self._batch_size(n_samples)
-        seed = int(check_random_state(self.random_state).randint(2 ** 31 - 1))
+    def _initial_params(self, random_state, sizes):
+        """scikit-learn's initial network (its _initialize and _init_coef): layer by layer, W (fan_in,
+        fan_out) then b (fan_out,), each uniform in +-sqrt(6 / (fan_in + fan_out)) (2 instead of 6 with the
+        logistic activation), drawn in float64 from random_state in that order. With comm, rank 0's draw
+        (with random_state=None each rank's global generator draws its own)."""
+        factor = 2.0 if _ACTIVATIONS[self.activation] == "sigmoid" else 6.0
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W = random_state.uniform(-bound, bound, (fan_in, fan_out))
+            params.append((W, random_state.uniform(-bound, bound, fan_out)))
+        return distributed.wrap(self.comm).broadcast(params)
+
+    def _new_trainer(self, sizes, batch, mean_weight=1.0):
+        """A Trainer of scikit-learn's model and optimizer for layer sizes `sizes` and `batch` rows a step.
+        Its weights are set by the caller: the Trainer's own initialization and row order (its seed) are
+        not used, so that every draw comes from the estimator's random_state, in scikit-learn's order."""
         stochastic = self.solver != "lbfgs"  # lbfgs: the Trainer's kernels give loss and gradient only
-        options = dict(sizes=[n_features, *hidden, n_outputs], activation=_ACTIVATIONS[self.activation],
-                       loss=self._loss, optimizer=self.solver if stochastic else "sgd", lr=self.learning_rate_init,
-                       batch_size=batch, seed=seed, decay_biases=False)
+        options = dict(sizes=sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss,
+                       optimizer=self.solver if stochastic else "sgd", lr=self.learning_rate_init,
+                       batch_size=batch, seed=0, decay_biases=False)
         # scikit-learn's gradient is scale x fastbp's (_gradient_scale), so with the penalty it is
         # scale x (fastbp's gradient + alpha / (scale batch) W): SGD (momentum included) on it is SGD with
         # scale x the learning rate; Adam is blind to the gradient's scale but for epsilon, which scales too.
@@ -162,7 +175,7 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "sgd":
             options["lr"] = self.learning_rate_init * scale
         if self.solver in ("adam", "adamw"):
-            options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon / scale)
+            options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon / scale, eps_hat=True)
         elif self.solver == "sgd":
             options.update(momentum=self.momentum, nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         elif self.solver == "rmsprop":
@@ -186,22 +199,34 @@ class _BaseMLP(BaseEstimator):
                              "computes in")
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight)) or 1.0
         if first_call:
             # The dtype coefs_, intercepts_ and predictions are given in, as scikit-learn follows the input's.
             self._dtype = np.float32 if X.dtype == np.float32 else np.float64
         y = self._encode_targets(y, first_call, classes, warm_start=not (first_call or incremental))
         if mapped is not None:
             X = mapped  # checked in place above; fastbp reads it batch by batch (np.asarray dropped the memmap)
-        if first_call:
-            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0], mean_weight)
-        elif not incremental:
-            # A warm start: the fitted weights under a new optimizer with today's parameters (learning rate,
-            # solver, alpha, ...), as scikit-learn makes a new optimizer for every fit.
-            fitted = self.trainer_.params
-            self.trainer_ = self._new_trainer(X.shape[1], self._n_trainer_outputs(), X.shape[0], mean_weight)
-            self.trainer_.set_params(fitted)
-        if self.solver == "lbfgs":
+        hidden = self._check_params()
+        # scikit-learn's generator for this call, drawn from in its order: the initial network (a new one),
+        # the early-stopping split, each epoch's shuffle. An integer random_state starts it afresh on every
+        # call (fit, and each partial_fit), as scikit-learn's does.
+        random_state = check_random_state(self.random_state)
+        initial = self._initial_params(random_state, [X.shape[1], *hidden, self._n_trainer_outputs()]) \
+            if first_call else None
+        stochastic = self.solver != "lbfgs"
+        validation = None
+        if stochastic and self.early_stopping and not incremental:
+            X, y, sample_weight, validation = self._validation_split(X, y, sample_weight, random_state)
+        batch = self._batch_size(X.shape[0])
+        if stochastic and self.batch_size != "auto" and self.batch_size > X.shape[0]:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+        mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight)) or 1.0
+        if first_call or not incremental:
+            # A new network, or a warm start: the fitted weights under a new optimizer with today's
+            # parameters (learning rate, solver, alpha, ...), as scikit-learn makes a new optimizer every fit.
+            weights = initial if first_call else self.trainer_.params
+            self.trainer_ = self._new_trainer([X.shape[1], *hidden, self._n_trainer_outputs()], batch, mean_weight)
+            self.trainer_.set_params(weights)
+        if not stochastic:
             return self._fit_lbfgs(X, y, sample_weight)
         if first_call or not hasattr(self, "loss_curve_"):
             self.loss_curve_ = []
@@ -218,11 +243,10 @@ class _BaseMLP(BaseEstimator):
         epochs = 1 if incremental else self.max_iter
         record = _Record()
         callbacks = []
-        if self.early_stopping and not incremental:
-            X, y, sample_weight, validation = self._validation_split(X, y, sample_weight)
+        if validation is not None:
             callbacks.append(_ValidationScore(self._validation_score, *validation))
         callbacks.insert(0, _ScikitLearnLoss(self._loss_scale(), self._loss_offset(y, sample_weight), self.alpha,
-                                             X.shape[0], self._batch_size(X.shape[0]), mean_weight))
+                                             X.shape[0], batch, mean_weight))
         if self.verbose:
             callbacks.append(_Progress(self.early_stopping and not incremental))
         stopper = None
@@ -232,7 +256,8 @@ class _BaseMLP(BaseEstimator):
         callbacks.append(record)  # last: an epoch is recorded once every callback has seen it
         diverged = None
         try:
-            self.trainer_.fit(X, y, epochs=epochs, batch_size=self._batch_size(X.shape[0]), shuffle=self.shuffle,
+            self.trainer_.fit(X, y, epochs=epochs, batch_size=batch,
+                              shuffle=_ScikitLearnOrder(random_state, batch) if self.shuffle else False,
                               verbose=0, callbacks=callbacks, sample_weight=sample_weight)
         except FloatingPointError as exc:
             # As scikit-learn, a diverging loss is recorded (NaN), not raised; fastbp stops there, with the
@@ -261,15 +286,15 @@ class _BaseMLP(BaseEstimator):
                           ConvergenceWarning)
         return self
 
-    def _validation_split(self, X, y, sample_weight=None):
+    def _validation_split(self, X, y, sample_weight, random_state):
         """(X_train, y_train, sample_weight_train, (X_val, y_val, sample_weight_val)): scikit-learn's
-        early-stopping split, validation_fraction of the rows drawn with the estimator's random state,
+        early-stopping split (train_test_split), validation_fraction of the rows drawn from random_state,
         stratified by class for single-label classifiers (train_test_split's own errors for classes too
         small to split). With comm, rank 0's draw. The weights are None without sample_weight."""
         from sklearn.model_selection import train_test_split
         stratify = self._stratify(y) if isinstance(self, ClassifierMixin) else None
         train, val = distributed.wrap(self.comm).broadcast(train_test_split(
-            np.arange(X.shape[0]), random_state=check_random_state(self.random_state),
+            np.arange(X.shape[0]), random_state=random_state,
             test_size=self.validation_fraction, stratify=stratify))
         if val.size < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
@@ -446,6 +471,31 @@ class _ScikitLearnLoss(Callback):
         logs["loss"] = logs["loss"] * self.scale + self.offset + penalty
 
 
+class _ScikitLearnOrder:
+    """scikit-learn's batches for fit(shuffle=...) (row_order.py): every epoch, the last epoch's order (at
+    first 0..n-1) shuffled by sklearn.utils.shuffle with random_state, as its _fit_stochastic does, cut
+    into batches of batch_size rows. Each batch's rows are then given in increasing order: the same rows
+    as scikit-learn's batch, summed in an order that does not depend on the draw (whole-batch steps are
+    bitwise those of an unshuffled run, as they are in exact arithmetic), and read forward through a
+    memory-mapped file."""
+
+    def __init__(self, random_state, batch_size):
+        self.random_state, self.batch_size = random_state, batch_size
+        self.rows = None
+
+    def __call__(self, n):
+        from sklearn.utils import shuffle
+        if self.rows is None or self.rows.size != n:
+            self.rows = np.arange(n, dtype=np.int64)
+        self.rows = shuffle(self.rows, random_state=self.random_state)
+        order = self.rows.copy()
+        whole = n - n % self.batch_size
+        if self.batch_size > 1:
+            order[:whole].reshape(-1, self.batch_size).sort(axis=1)
+            order[whole:].sort()
+        return order
+
+
 class _Record(Callback):
     """Every finished epoch's logs, kept even when a later epoch raises."""
 
@@ -501,13 +551,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return 1 if len(self.classes_) <= 2 else len(self.classes_)
 
     def _stratify(self, y):
-        """What the early-stopping split stratifies on: the one-hot rows scikit-learn's LabelBinarizer makes
-        of the labels (one boolean column for one or two classes), so its messages match too."""
-        if self._multilabel:
+        """What the early-stopping split stratifies on, as scikit-learn's own split: the boolean column its
+        LabelBinarizer makes of two classes (or one); nothing for three classes or more, whose binarized
+        targets have a column per class (scikit-learn stratifies only single-output targets), nor for
+        multi-label targets."""
+        if self._multilabel or len(self.classes_) > 2:
             return None
-        if len(self.classes_) <= 2:
-            return (np.asarray(y) == 1)[:, None]
-        return np.eye(len(self.classes_), dtype=bool)[np.asarray(y, dtype=np.int64)]
+        return (np.asarray(y) == 1)[:, None]  # bool, as scikit-learn's (its messages name the class 'True')
 
     def _gradient_scale(self):
         """scikit-learn's loss (and its gradient) over fastbp's: its multi-label loss sums over the labels,

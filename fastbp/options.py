@@ -84,6 +84,7 @@ class Config:
     nesterov: bool = False
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: Optional[float] = None
+    eps_hat: bool = False
     alpha: float = 0.99
     clip_norm: Optional[float] = None
     dropout: float = 0.0
@@ -127,6 +128,10 @@ class Config:
         object.__setattr__(self, "betas", betas)
         eps = DEFAULT_EPS.get(self.optimizer, 1e-8) if self.eps is None else self.eps
         object.__setattr__(self, "eps", float32_number("eps", eps, low=0.0, low_inclusive=False))
+        if not isinstance(self.eps_hat, bool):
+            raise TypeError(f"eps_hat must be True or False, got {self.eps_hat!r}")
+        if self.eps_hat and self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"eps_hat applies to optimizer='adam' or 'adamw', not {self.optimizer!r}")
         object.__setattr__(self, "alpha", finite_number("alpha", self.alpha, low=0.0, high=1.0))
         if self.clip_norm is not None:
             object.__setattr__(self, "clip_norm", float32_number("clip_norm", self.clip_norm, low=0.0,
@@ -169,9 +174,11 @@ class OptimizerSettings(NamedTuple):
     step: int
     alpha: float
     clip_norm: float  # 0: no clipping
+    eps_hat: bool  # Adam's eps added before the bias correction of sqrt(v) (Config.eps_hat)
 
     @classmethod
     def for_step(cls, config, lr, step):
         return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
                    eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
-                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0)
+                   nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0,
+                   eps_hat=config.eps_hat)

@@ -151,11 +151,13 @@ def output_transform(logits, loss):
 class Optimizer:
     """Adam (L2 weight_decay), AdamW (decoupled weight_decay), SGD with optional (Nesterov) momentum,
     Adagrad and RMSprop (optional momentum); clip_norm: gradient clipping by global norm first;
-    decay_biases=False: weight_decay applies to the weights W only, the biases b are not decayed."""
+    decay_biases=False: weight_decay applies to the weights W only, the biases b are not decayed;
+    eps_hat=True: Adam's eps added to sqrt(v) before the bias corrections (Keras, scikit-learn), not to
+    sqrt(v_hat) after them (PyTorch)."""
 
     def __init__(self, params, kind="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None, decay_biases=True):
-        self.kind, self.lr, self.betas, self.eps = kind, lr, betas, eps
+                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None, decay_biases=True, eps_hat=False):
+        self.kind, self.lr, self.betas, self.eps, self.eps_hat = kind, lr, betas, eps, eps_hat
         self.decay_biases = decay_biases
         self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
         self.alpha, self.clip_norm = alpha, clip_norm
@@ -208,6 +210,9 @@ class Optimizer:
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * g * g
+            if self.eps_hat:  # Kingma and Ba's algorithm as written out at the end of their section 2
+                p -= self.lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + self.eps)
+                continue
             m_hat = m / (1 - b1 ** t)
             v_hat = v / (1 - b2 ** t)
             p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, export, loop, sample_weights, schedules, sources, threads as thread_limits, validation
+from . import checkpoint, distributed, export, loop, row_order, sample_weights, schedules, sources, threads as thread_limits, validation
 from .guard import CallGuard, whole_steps
 from .history import History
 from .keywords import suggest_keywords
@@ -85,6 +85,9 @@ class Trainer:
                      torch.optim applies it to every parameter it is given)
         momentum, nesterov       SGD (and RMSprop) momentum
         betas, eps   Adam/AdamW moment decays and epsilon (eps default 1e-8; Adagrad 1e-10)
+        eps_hat      Adam/AdamW: False (default) adds eps to sqrt(v) after its bias correction, as PyTorch;
+                     True before it, as Keras and scikit-learn (Kingma and Ba's "epsilon hat"):
+                     p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
         alpha        RMSprop's smoothing constant (default 0.99)
         clip_norm    clip the global gradient norm to this value (default None: no clipping)
         dropout      rate on every hidden layer during training, in [0, 1 - 2^-24] (default 0)
@@ -112,8 +115,8 @@ class Trainer:
     @suggest_keywords
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
-                 betas=(0.9, 0.999), eps=None, alpha=0.99, clip_norm=None, dropout=0.0, decay_biases=True,
-                 schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None):
+                 betas=(0.9, 0.999), eps=None, eps_hat=False, alpha=0.99, clip_norm=None, dropout=0.0,
+                 decay_biases=True, schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None):
         self._comm = distributed.wrap(comm)
         self.micro_batch = None if micro_batch is None else positive_int("micro_batch", micro_batch)
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
@@ -121,7 +124,7 @@ class Trainer:
         self._grad_total = None
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
-                             momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, alpha=alpha,
+                             momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, eps_hat=eps_hat, alpha=alpha,
                              clip_norm=clip_norm, dropout=dropout, decay_biases=decay_biases)
         if schedule is not None and not isinstance(schedule, schedules.Schedule):
             raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
@@ -401,8 +404,10 @@ class Trainer:
         iterable starts over every epoch, a generator goes on where it stopped). validation_data may be
         such a stream too. A bad batch raises naming it, before it touches the parameters.
 
-        The last batch of an epoch may be shorter. validation_split holds out the last fraction of the rows
-        (before shuffling). sample_weight (arrays only): one weight >= 0 per row of X; each batch's loss is
+        The last batch of an epoch may be shorter. shuffle: True (a fresh permutation of the rows every
+        epoch, from the Trainer's seed), False (in order), or a function order(n) returning each epoch's
+        order of the n rows, each once (row_order.py). validation_split holds out the last fraction of the
+        rows (before shuffling). sample_weight (arrays only): one weight >= 0 per row of X; each batch's loss is
         then the weighted mean sum w_i loss_i / sum w_i (sample_weights.py), and validation_data may be a
         triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). Returns a
         History with per-epoch "loss" and, for classification, "accuracy"
@@ -500,7 +505,8 @@ class Trainer:
                     or not 0 <= initial_epoch < epochs:
                 raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
             callbacks = callback_tools.check(callbacks)
-        call = dict(method="fit", epochs=epochs, batch_size=batch_size, shuffle=bool(shuffle),
+            shuffle_kind = row_order.check_shuffle(shuffle)
+        call = dict(method="fit", epochs=epochs, batch_size=batch_size, shuffle=shuffle_kind,
                     initial_epoch=int(initial_epoch), validation=val is not None, stream=stream,
                     steps_per_epoch=steps_per_epoch, sample_weight=sample_weight is not None,
                     validation_stream=val is not None and sources.is_stream(val, None),
@@ -538,7 +544,7 @@ class Trainer:
                     if stream:
                         batches = self._stream_batches(X, steps_per_epoch, "stream step")
                     else:
-                        order = self._rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+                        order = row_order.epoch_order(shuffle, self._rng, n, self._comm)
                         batches = () if chunked else self._array_batches(train, order, batch_size, parts)
                     loss_sum = hits = weight_seen = 0.0  # weight: rows, or their summed sample weights
                     seen = 0

@@ -5,6 +5,9 @@ numba.cuda.jit(device=True) into the GPU kernel (cuda/optimizers.py). PyTorch's 
 with g the (clipped) gradient and t the step count folded into step_size and inv_sqrt_bc2:
     sgd:     g += wd p;  buf = mu buf + g;  g = g + mu buf (nesterov) or buf;  p -= lr g
     adam:    g += wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= step_size m / (sqrt(v) inv_sqrt_bc2 + eps)
+             (with eps_hat, Kingma and Ba's epsilon hat as Keras and scikit-learn add it, to sqrt(v) before the
+             bias correction: p -= lr sqrt(bc2) / bc1 m / (sqrt(v) + eps), which is the line above with
+             eps x inv_sqrt_bc2 for eps; scalars() passes that)
     adamw:   p *= decay (= 1 - lr wd), then adam without the wd p term
     adagrad: g += wd p;  s += g^2;  p -= lr g / (sqrt(s) + eps)
     rmsprop: g += wd p;  v = alpha v + (1-alpha) g^2;  u = g / (sqrt(v) + eps);  buf = mu buf + u (mu > 0);
@@ -51,9 +54,10 @@ def scalars(settings):
     """update()'s hyperparameters from an options.OptimizerSettings, in update()'s order after m2: each
     computed in float64, then rounded to float32 (float32(1) - float32(0.999) is off by 1.3e-5)."""
     f = np.float32
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - settings.beta2 ** settings.step)
+    eps = settings.eps * inv_sqrt_bc2 if settings.eps_hat else settings.eps
     return (f(settings.lr), f(settings.weight_decay), f(settings.momentum), bool(settings.nesterov),
             f(settings.beta1), f(settings.beta2), f(1.0 - settings.beta1), f(1.0 - settings.beta2),
-            f(settings.alpha), f(1.0 - settings.alpha), f(settings.eps),
-            f(settings.lr / (1.0 - settings.beta1 ** settings.step)),
-            f(1.0 / math.sqrt(1.0 - settings.beta2 ** settings.step)),
+            f(settings.alpha), f(1.0 - settings.alpha), f(eps),
+            f(settings.lr / (1.0 - settings.beta1 ** settings.step)), f(inv_sqrt_bc2),
             f(1.0 - settings.lr * settings.weight_decay))

@@ -98,3 +98,24 @@ def test_sgd_and_adam_first_steps_by_hand():
         opt.step([(q, np.zeros(0))], [(g, np.zeros(0))])
     # buf1 = g, buf2 = 0.9 g + g
     assert q == pytest.approx(1.0 - 0.1 * g - 0.1 * 1.9 * g)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 0.3])
+def test_adam_eps_hat_takes_scikit_learns_adam_steps(eps):
+    """eps_hat=True is the Adam of Kingma and Ba's algorithm as Keras and scikit-learn write it; checked
+    against scikit-learn's own AdamOptimizer over several steps, with an eps large enough to matter, and
+    against PyTorch's convention (eps_hat=False), which differs by eps x (1/sqrt(1 - b2^t) - 1)."""
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(6)
+    q, r = p.copy(), p.copy()
+    ours = reference.Optimizer([(q, np.zeros(0))], kind="adam", lr=0.05, eps=eps, eps_hat=True)
+    torch_like = reference.Optimizer([(r, np.zeros(0))], kind="adam", lr=0.05, eps=eps)
+    theirs = AdamOptimizer([p], learning_rate_init=0.05, epsilon=eps)
+    for _ in range(5):
+        g = 0.1 * rng.standard_normal(6)
+        ours.step([(q, np.zeros(0))], [(g, np.zeros(0))])
+        torch_like.step([(r, np.zeros(0))], [(g, np.zeros(0))])
+        theirs.update_params([p], [g])
+        np.testing.assert_allclose(q, p, rtol=1e-12, atol=1e-14)
+    assert np.abs(r - p).max() > (1e-3 if eps == 0.3 else 0.0)

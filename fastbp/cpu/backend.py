@@ -28,7 +28,8 @@ _NO_DECAY_MASK = np.zeros(0, np.bool_)
 # thread with no parallel region (serial.py): measured crossover, see the README's "Small networks".
 SERIAL_WORK = 4 * 2 ** 20
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
-                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0)
+                                     momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
+                                     eps_hat=False)
 
 
 class Workspace:

@@ -85,7 +85,8 @@ def _run_steps_for(masked_decay):
                 return s
             step_settings = OptimizerSettings(settings.kind, lrs[s], settings.beta1, settings.beta2, settings.eps,
                                               settings.weight_decay, settings.momentum, settings.nesterov,
-                                              first_step + s + 1, settings.alpha, settings.clip_norm)
+                                              first_step + s + 1, settings.alpha, settings.clip_norm,
+                                              settings.eps_hat)
             scale = clip_scale(grads, settings.clip_norm, norm_sums)
             if masked_decay:
                 optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)

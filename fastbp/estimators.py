@@ -427,16 +427,23 @@ class _ScikitLearnStopping(Callback):
             self.no_improvement = self.no_improvement + 1 if not loss <= self.best_loss - est.tol else 0
             self.best_loss = min(self.best_loss, loss)
         if self.sgd and est.learning_rate == "invscaling":
-            trainer.lr = trainer.config.lr / (self.samples + 1) ** est.power_t
+            self._set_rate(trainer, trainer.config.lr / (self.samples + 1) ** est.power_t)
         if self.no_improvement > est.n_iter_no_change:
             if self.sgd and est.learning_rate == "adaptive" and trainer.lr > 1e-6:
-                trainer.lr = trainer.lr / 5.0
+                self._set_rate(trainer, trainer.lr / 5.0)
                 self.no_improvement = 0
                 if est.verbose:
                     print(f"Setting learning rate to {trainer.lr:f}")
             else:
                 trainer.stop_training = True
                 self.stopped = True
+
+    def _set_rate(self, trainer, lr):
+        """A new SGD learning rate, its momentum carried over as scikit-learn's velocity (lr x buffer)."""
+        old = trainer.lr
+        trainer.lr = lr
+        if self.est.momentum > 0 and trainer.lr != old:
+            trainer._scale_moment1(old / trainer.lr)
 
     def on_train_end(self, trainer):
         if self.est.early_stopping and self.best_params is not None:

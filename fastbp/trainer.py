@@ -756,6 +756,15 @@ class Trainer:
             self._backend.pull()
             return self.state.params.copy()
 
+    def _scale_moment1(self, factor):
+        """moment1 x factor (float32). For SGD with momentum, buffer x old lr / new lr at a change of the
+        learning rate keeps lr x buffer, the velocity in parameter units, as scikit-learn's and Keras' SGD
+        (v = mu v - lr g; PyTorch's buffer of gradients makes a new rate apply to past steps too)."""
+        with self._guard.lock, whole_steps():
+            self._backend.pull()
+            self.state.moment1 *= np.float32(factor)
+            self._backend.push()
+
     def _set_flat_params(self, flat):
         with self._guard.lock, whole_steps():
             self._backend.pull()

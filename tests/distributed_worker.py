@@ -142,8 +142,16 @@ def api():
                         comm=comm).fit(X, y)
     unseeded = trainer(seed=None)  # each rank draws its own seed: rank 0's weights and RNG must win
     unseeded.fit(X, y, epochs=1, verbose=0)
+    # random_state=None: each rank's global generator draws its own initial weights and shuffles (seeded
+    # differently here); rank 0's must win.
+    np.random.seed(100 + rank)
+    unseeded_clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, batch_size=40, comm=comm).fit(X, y)
+    # A shuffle function giving each rank its own order: rank 0's is used on every rank.
+    ordered = trainer()
+    ordered.fit(X, y, epochs=2, verbose=0, shuffle=lambda n: np.random.default_rng(rank).permutation(n))
     report("api", {"grad0": grads[0][0], "probabilities": probabilities, "after_step": flat(t),
-                   "after_sharded_step": flat(t2), "clf_coef": clf.coefs_[0], "unseeded": flat(unseeded)},
+                   "after_sharded_step": flat(t2), "clf_coef": clf.coefs_[0], "unseeded": flat(unseeded),
+                   "unseeded_clf_coef": unseeded_clf.coefs_[0], "ordered": flat(ordered)},
            loss=loss, scores=scores, step_loss=step_loss, sharded_step_loss=sharded_step_loss,
            clf_score=clf.score(X, y))
 
@@ -172,6 +180,10 @@ def errors():
         trainer(lr=0.01 if rank == 0 else 0.02)
     except ValueError as exc:
         seen["options"] = str(exc)
+    try:  # a shuffle function whose order is wrong on rank 1 only
+        t.fit(X, y, epochs=1, verbose=0, shuffle=lambda n: np.arange(n) // (2 if rank == 1 else 1))
+    except ValueError as exc:
+        seen["order"] = str(exc)
     # Targets that overflow the squared error in rows 40-49 of the first (unshuffled) batch: only the last
     # rank's part of the batch holds them, yet every rank must skip the update and raise.
     targets = np.zeros((len(X), 3), np.float32)

@@ -227,7 +227,8 @@ def test_sharded_data_trains_the_model_of_the_shards_concatenated(main_run):
 def test_evaluate_gradients_predict_step_and_estimator_with_comm(main_run):
     out, ranks = main_run
     found = results(out, "api", ranks)
-    for key in ("grad0", "probabilities", "after_step", "after_sharded_step", "clf_coef", "unseeded"):
+    for key in ("grad0", "probabilities", "after_step", "after_sharded_step", "clf_coef", "unseeded",
+                "unseeded_clf_coef", "ordered"):
         assert_same_on_every_rank(found, key)
     arrays, values = found[0]
     X, y = problem()
@@ -242,6 +243,9 @@ def test_evaluate_gradients_predict_step_and_estimator_with_comm(main_run):
     np.testing.assert_allclose(values["step_loss"], t.step(X[:41], y[:41]), rtol=1e-6)
     assert_close_to(arrays["after_step"], flat(t), 1e-6)
     assert_close_to(arrays["after_sharded_step"], flat(t), 1e-6)  # the same batch, given in shards
+    ordered = single_process()
+    ordered.fit(X, y, epochs=2, verbose=0, shuffle=lambda n: np.random.default_rng(0).permutation(n))
+    assert_close_to(arrays["ordered"], flat(ordered), 1e-5)  # rank 0's order
     pytest.importorskip("sklearn")
     from fastbp import MLPClassifier
     with pytest.warns(Warning):
@@ -261,6 +265,8 @@ def test_bad_input_or_mismatched_calls_on_one_rank_raise_on_every_rank(main_run)
         assert "the call differs (rank 0: {'batch_size': 32}; rank 1: {'batch_size': 16}" in seen["batch_size"]
         assert "the row counts differ (rank 0: 257, rank 1: 100" in seen["rows"]
         assert "lr differ between ranks" in seen["options"]
+        assert "must hold every row 0..256 exactly once" in seen["order"]
+        assert seen["order"].startswith("on rank 1: ") == (rank != 1)
 
 
 @needs_mpi

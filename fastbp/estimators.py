@@ -480,7 +480,8 @@ class _ScikitLearnLoss(Callback):
 
 class _ScikitLearnOrder:
     """scikit-learn's batches for fit(shuffle=...) (row_order.py): every epoch, the last epoch's order (at
-    first 0..n-1) shuffled by sklearn.utils.shuffle with random_state, as its _fit_stochastic does, cut
+    first 0..n-1) shuffled with random_state as its _fit_stochastic does (sklearn.utils.shuffle, whose
+    draw is random_state.shuffle(0..n-1); called directly, without its 0.1 ms of argument checks), cut
     into batches of batch_size rows. Each batch's rows are then given in increasing order: the same rows
     as scikit-learn's batch, summed in an order that does not depend on the draw (whole-batch steps are
     bitwise those of an unshuffled run, as they are in exact arithmetic), and read forward through a
@@ -491,10 +492,11 @@ class _ScikitLearnOrder:
         self.rows = None
 
     def __call__(self, n):
-        from sklearn.utils import shuffle
         if self.rows is None or self.rows.size != n:
             self.rows = np.arange(n, dtype=np.int64)
-        self.rows = shuffle(self.rows, random_state=self.random_state)
+        permutation = np.arange(n)
+        self.random_state.shuffle(permutation)
+        self.rows = self.rows[permutation]
         order = self.rows.copy()
         whole = n - n % self.batch_size
         if self.batch_size > 1:

@@ -3,6 +3,16 @@
 They take scikit-learn's MLP parameters and conventions (sklearn.neural_network), so they drop into a
 Pipeline, GridSearchCV or cross_val_score. Needs scikit-learn (pip install 'fastbp[sklearn]').
 
+scikit-learn's twin: for the same random_state they make scikit-learn's run, in float32. One generator,
+check_random_state(random_state) afresh on every fit and partial_fit call as scikit-learn's, draws in
+its order: the initial network (_initial_params: each layer's W, then b, uniform in +-sqrt(6 / (fan_in +
+fan_out)), 2 for 'logistic'; lbfgs starts there too), the early-stopping split (train_test_split,
+stratified for one- or two-class targets only), and each epoch's shuffle of the last epoch's order,
+cut into scikit-learn's batches (_ScikitLearnOrder, through Trainer.fit's shuffle function). Adam is
+scikit-learn's (eps_hat: epsilon before the bias correction) and so is SGD's momentum across a change
+of learning rate (adaptive, invscaling: _ScikitLearnStopping keeps lr x buffer). What differs is float32
+rounding, and each batch's rows summed in increasing order.
+
 Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's conventions:
 - alpha is scikit-learn's L2 penalty on the weights (not the biases): with solver='lbfgs' exactly
   (alpha / (2 n_samples) x the squared weights, n_samples the sample weights' sum when given, lbfgs.py);

@@ -26,9 +26,9 @@ Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's convention
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
   has not improved by tol for n_iter_no_change epochs, as in scikit-learn.
 
-Memory-mapped X (np.load(path, mmap_mode="r")) is checked in place and read batch by batch, except
-with early_stopping, whose random validation split copies the rows. Sparse X (CSR, CSC) is read batch by
-batch too, its rows densified per batch only (sources.Rows).
+Memory-mapped X (np.load(path, mmap_mode="r")) is checked in place and read batch by batch, early
+stopping's validation split included (sources.RowSubset: no copy of the rows). Sparse X (CSR, CSC) is
+read batch by batch too, its rows densified per batch only (sources.Rows).
 
 comm (fastbp's own): an mpi4py communicator for data-parallel training (see Trainer); every rank calls
 fit with the same X and y, and gets the same fitted model.
@@ -310,7 +310,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
                              "dataset.")
         part = (lambda rows: None) if sample_weight is None else (lambda rows: sample_weight[rows])
-        return X[train], y[train], part(train), (X[val], y[val], part(val))
+        if isinstance(X, np.memmap) or sources.is_sparse(X):
+            # Rows of X read when a batch needs them, not copied (X may be larger than memory).
+            rows = lambda which: sources.RowSubset(X, which)  # noqa: E731
+        else:
+            rows = lambda which: X[which]  # noqa: E731
+        return rows(train), y[train], part(train), (rows(val), y[val], part(val))
 
     def _fit_lbfgs(self, X, y, sample_weight=None):
         """solver='lbfgs': full-batch L-BFGS (lbfgs.py) on scikit-learn's objective."""

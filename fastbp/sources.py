@@ -9,8 +9,9 @@ weight of global rows `rows`, their count without weights:
 - InMemory: the whole data set checked and converted once (validation.py); take() passes the arrays as
   they are and the kernels gather the rows. The default for data that fits.
 - OnDemand: an array that should not be copied whole: np.memmap / np.load(..., mmap_mode="r") of any real
-  dtype, a SciPy sparse matrix (its rows densified per batch, never the whole matrix), or one whose
-  float32 copy would not fit in memory. Checked before training in chunks of
+  dtype, a SciPy sparse matrix (its rows densified per batch, never the whole matrix), some rows of
+  either (RowSubset: the estimators' early-stopping split), or one whose float32 copy would not fit in
+  memory. Checked before training in chunks of
   CHECK_CHUNK_BYTES (an error names the first bad row); take() reads and converts only the batch's rows,
   in batch order, so memory does not grow with the number of rows.
 - batches(): a stream of (X_batch, y_batch) pairs (a generator, a list, a DataLoader-like iterable),
@@ -63,7 +64,7 @@ def wants_on_demand(X, available_bytes):
     matrix, or an array whose float32 copy would take more than half the memory available. available_bytes:
     a number, None (unknown), or a function returning one (called only for copies over
     ALWAYS_CONVERTED_BYTES)."""
-    if isinstance(X, np.memmap) or is_sparse(X):
+    if isinstance(X, (np.memmap, RowSubset)) or is_sparse(X):
         return True
     need = validation.conversion_bytes(X)
     if need <= ALWAYS_CONVERTED_BYTES:
@@ -85,6 +86,37 @@ class Rows:
         return self.matrix[rows].toarray()
 
 
+class RowSubset:
+    """Rows `rows` (an index array, in its order) of a memory-mapped array or a sparse matrix, read only
+    when asked for: subset[index] (a slice or an index array) gives just those rows as an array, read in
+    file order; shape, ndim and dtype as the 2-D array's. What the estimators' early-stopping split trains
+    and validates on instead of copying the rows (scikit-learn's train_test_split copies them).
+    filename: the mapped file, or None."""
+
+    def __init__(self, X, rows):
+        self.whole = X
+        self._read = Rows(X) if is_sparse(X) else X
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.shape, self.ndim, self.dtype = (self.rows.size, X.shape[1]), 2, self._read.dtype
+        self.filename = getattr(X, "filename", None)
+
+    # Rows read per piece: a piece's temporary copy stays small whatever the number of rows asked for.
+    PIECE_ROWS = 4096
+
+    def __getitem__(self, index):
+        wanted = self.rows[index]
+        order = np.argsort(wanted, kind="stable")
+        block = np.empty((wanted.size, self.shape[1]), self.dtype)
+        for start in range(0, wanted.size, self.PIECE_ROWS):
+            piece = order[start:start + self.PIECE_ROWS]
+            block[piece] = self._read[wanted[piece]]
+        return block
+
+    def subset(self, index):
+        """Rows index (a slice or an index array) of this subset, as a RowSubset."""
+        return RowSubset(self.whole, self.rows[index])
+
+
 class OnDemand:
     """A (n, d0) array of real numbers and its labels or targets, read per batch (see the module's docstring).
 
@@ -96,7 +128,7 @@ class OnDemand:
         self.checks, self.names = checks, names
         if is_sparse(X):
             X = Rows(X)
-        if not isinstance(X, (np.ndarray, Rows)) or X.ndim != 2:
+        if not isinstance(X, (np.ndarray, Rows, RowSubset)) or X.ndim != 2:
             raise ValueError(f"{names[0]} must be a 2-D (n_samples, n_features) array, got "
                              f"{type(X).__name__} of shape {getattr(X, 'shape', None)}")
         self.X = X
@@ -107,7 +139,8 @@ class OnDemand:
         # The files X and y are mapped from, and their sizes now: a file that shrinks while it is mapped
         # would kill the process with SIGBUS at the first read past its new end (_check_files).
         self._files = {path: os.path.getsize(path) for path in
-                       {getattr(a, "filename", None) for a in (X, self.y) if isinstance(a, np.memmap)} - {None}}
+                       {getattr(a, "filename", None) for a in (X, self.y)
+                        if isinstance(a, (np.memmap, RowSubset))} - {None}}
         if self.y.shape[:1] != (self.n_rows,):
             raise ValueError(f"{names[1]} has {self.y.shape[0] if self.y.ndim else 0} rows but {names[0]} has "
                              f"{self.n_rows} rows")
@@ -209,7 +242,10 @@ class OnDemand:
         """This source as rows `rows` (a slice) of an already checked one."""
         self.__dict__.update(whole.__dict__)
         self._reader, self._pending = None, []
-        self.X = Rows(whole.X.matrix[rows]) if isinstance(whole.X, Rows) else whole.X[rows]
+        if isinstance(whole.X, Rows):
+            self.X = Rows(whole.X.matrix[rows])
+        else:
+            self.X = whole.X.subset(rows) if isinstance(whole.X, RowSubset) else whole.X[rows]
         self.y = whole.y[rows]
         self.weights = None if whole.weights is None else whole.weights[rows]
         self.n_rows = self.X.shape[0]

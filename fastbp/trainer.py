@@ -604,7 +604,7 @@ class Trainer:
             X = self._backend.checks.features(X, self.sizes[0])
         elif sources.is_sparse(X):
             X = sources.Rows(X)
-        if on_demand and (not isinstance(X, (np.ndarray, sources.Rows)) or X.ndim != 2):
+        if on_demand and (not isinstance(X, (np.ndarray, sources.Rows, sources.RowSubset)) or X.ndim != 2):
             raise ValueError(f"X must be a 2-D (n_samples, n_features) array, got shape {getattr(X, 'shape', None)}")
         if on_demand and X.shape[0] == 0:
             raise ValueError("X has no rows")  # as features() says of an in-memory X

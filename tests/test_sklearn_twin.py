@@ -195,3 +195,33 @@ def test_a_batch_size_beyond_the_rows_warns_and_is_clipped_as_scikit_learn():
     kind, X, y = PROBLEMS["iris"]
     with pytest.warns(UserWarning, match="larger than sample size. It is going to be clipped"):
         fastbp.MLPClassifier(hidden_layer_sizes=(4,), batch_size=1000, max_iter=1).fit(X, y)
+
+
+def test_early_stopping_on_a_memory_mapped_X_reads_its_rows_without_copying_them(tmp_path, monkeypatch):
+    """The split's training and validation rows are read from the file batch by batch (a copy of the
+    training rows would take 58 MB here; NumPy's allocations are what tracemalloc sees). The up-front
+    checks read 4 MB at a time here (64 MB by default, as large as this file)."""
+    import tracemalloc
+    from fastbp import sources
+    monkeypatch.setattr(sources, "CHECK_CHUNK_BYTES", 4 * 2 ** 20)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 400))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    np.save(tmp_path / "X.npy", X)
+    del X
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    model = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, early_stopping=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(mapped[:500], y[:500])  # the kernels loaded (their Python objects) before measuring
+        tracemalloc.start()
+        try:
+            model.fit(mapped, y)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 25 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MB: the split copied the rows"
+    in_memory = fit_both("classifier", np.asarray(mapped), y, hidden_layer_sizes=(8,), max_iter=2,
+                         early_stopping=True, random_state=0)[0]
+    np.testing.assert_allclose(model.loss_curve_, in_memory.loss_curve_, rtol=1e-6)
+    assert model.validation_scores_ == in_memory.validation_scores_

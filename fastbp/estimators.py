@@ -20,7 +20,8 @@ Differences from scikit-learn's own MLP, where fastbp keeps PyTorch's convention
   x the mean sample weight) (scikit-learn divides by each batch's rows, or its sample weights' sum: the two
   differ on a last, shorter batch, and by how far a batch's weights stray from the mean);
 - sample_weight (fit, partial_fit): the weighted mean loss in fastbp's kernels (sample_weights.py), as
-  scikit-learn's; loss_curve_ averages the batches' losses by their weights (scikit-learn: by their rows);
+  scikit-learn's; loss_curve_ averages the batches' losses by their rows, as scikit-learn's (the Poisson
+  deviance's constant terms excepted: averaged over all rows by their weights, not batch by batch);
 - solver is 'lbfgs', 'adam' or 'sgd' (plus fastbp's 'adamw', 'adagrad', 'rmsprop'). 'lbfgs' is full-batch
   L-BFGS through SciPy with fastbp's compiled loss and gradient (max_iter, max_fun, tol as in scikit-learn);
 - convergence: training stops when the training loss (or, with early_stopping, the validation score)
@@ -256,7 +257,7 @@ class _BaseMLP(BaseEstimator):
         if validation is not None:
             callbacks.append(_ValidationScore(self._validation_score, *validation))
         callbacks.insert(0, _ScikitLearnLoss(self._loss_scale(), self._loss_offset(y, sample_weight), self.alpha,
-                                             X.shape[0], batch, mean_weight))
+                                             None if sample_weight is None else float(np.sum(sample_weight))))
         if self.verbose:
             callbacks.append(_Progress(self.early_stopping and not incremental))
         stopper = None
@@ -276,6 +277,8 @@ class _BaseMLP(BaseEstimator):
             record.logs.append({"loss": np.nan, "val_score": np.nan})
             if stopper is not None:
                 stopper.on_train_end(self.trainer_)
+        finally:
+            self.trainer_._step_log = None  # _ScikitLearnLoss's, also when fit raised before its end
         losses = [logs["loss"] for logs in record.logs]
         self.loss_curve_.extend(losses)
         self.loss_ = self.loss_curve_[-1]
@@ -466,16 +469,17 @@ class _ScikitLearnStopping(Callback):
 
 
 class _ScikitLearnLoss(Callback):
-    """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): scale x
-    fastbp's mean loss, plus the terms without a gradient fastbp leaves out (offset), plus the penalty
-    each batch adds, alpha / (2 batch rows) x the squared weights, averaged over the epoch's rows:
-    alpha / 2 x the squared weights x batches / n_samples (/ the mean sample weight: scikit-learn divides
-    by a batch's weights' sum rather than its rows). scikit-learn takes each batch's weights before its
-    update; this takes the mean of the epoch's first and last."""
+    """logs["loss"] as scikit-learn reports it (first of the callbacks: the others see it so): the mean
+    over the epoch's batches, weighted by their rows, of each batch's loss, which is scale x fastbp's
+    (the weighted mean over its rows with sample weights), plus the terms without a gradient fastbp
+    leaves out (offset), plus alpha / 2 x the squared weights / the batch's rows (or weights' sum).
+    The batches' losses, rows and weights come from the Trainer's step log; scikit-learn takes each
+    batch's squared weights before its update, this the mean of the epoch's first and last.
+    weight_total: the training rows' summed sample weights (None without), to undo the power of two
+    the Trainer scales the weights by (sample_weights.normalized)."""
 
-    def __init__(self, scale, offset, alpha, n_samples, batch_size, mean_weight=1.0):
-        self.scale, self.offset, self.alpha = scale, offset, alpha
-        self.batches_per_row = -(-n_samples // batch_size) / (n_samples * mean_weight)
+    def __init__(self, scale, offset, alpha, weight_total=None):
+        self.scale, self.offset, self.alpha, self.weight_total = scale, offset, alpha, weight_total
         self.squares_before = None
 
     def _squares(self, trainer):
@@ -483,14 +487,23 @@ class _ScikitLearnLoss(Callback):
 
     def on_train_begin(self, trainer):
         self.squares_before = self._squares(trainer) if self.alpha else 0.0
+        trainer._step_log = []
 
     def on_epoch_end(self, epoch, logs, trainer):
-        penalty = 0.0
+        losses, rows, weights = (np.array(column, np.float64) for column in zip(*trainer._step_log))
+        trainer._step_log.clear()
+        n = rows.sum()
+        logs["loss"] = float(np.dot(losses, rows)) / n * self.scale + self.offset
         if self.alpha:
+            if self.weight_total is not None:
+                weights = weights * (self.weight_total / weights.sum())  # the weights as the user gave them
             squares = self._squares(trainer)
-            penalty = 0.25 * self.alpha * (self.squares_before + squares) * self.batches_per_row
+            rows_per_weight = float(np.sum(rows / np.where(weights > 0, weights, rows))) / n
+            logs["loss"] += 0.25 * self.alpha * (self.squares_before + squares) * rows_per_weight
             self.squares_before = squares
-        logs["loss"] = logs["loss"] * self.scale + self.offset + penalty
+
+    def on_train_end(self, trainer):
+        trainer._step_log = None
 
 
 class _ScikitLearnOrder:

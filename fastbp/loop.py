@@ -84,6 +84,8 @@ class ChunkedEpochs:
                 loss_sum += loss * weight
                 weight_seen += weight
                 hits += step_hit if classification else 0.0
+                if t._step_log is not None:
+                    t._step_log.append((loss, rows, weight))
             seen += done * rows
             step += done
             if done < n_steps:

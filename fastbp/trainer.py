@@ -122,6 +122,9 @@ class Trainer:
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
         self._said_micro_batch = False
         self._grad_total = None
+        # None, or a list to which fit appends (loss, rows, weight) of each step: what the estimators
+        # need to report an epoch's loss as scikit-learn averages it (by rows, not by sample weights).
+        self._step_log = None
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, eps_hat=eps_hat, alpha=alpha,
@@ -552,6 +555,8 @@ class Trainer:
                         loss_sum, weight_seen, hits, seen = chunked.epoch(order, progress, interrupts)
                     for source, rows, batch_parts in batches:
                         loss, batch_hits, weight = self._train_rows(source, rows, batch_parts, interrupts)
+                        if self._step_log is not None:
+                            self._step_log.append((loss, rows.size, weight))
                         interrupts.deliver()  # a Ctrl-C during the step lands here, after it
                         loss_sum += loss * weight
                         weight_seen += weight
@@ -876,11 +881,11 @@ class Trainer:
             state["state"] = copy.deepcopy(self.state)  # a snapshot, not the arrays the next step changes
         del state["_backend"], state["_guard"]  # workspaces, compiled-code handles and locks: rebuilt on load
         state["_comm"] = None  # a communicator does not travel: the copy trains in one process
-        state["_grad_total"] = None  # scratch
+        state["_grad_total"] = state["_step_log"] = None  # scratch
         return state
 
     def __setstate__(self, state):
-        for name in ("threads", "micro_batch", "memory_budget", "_grad_total"):  # pickles from before these
+        for name in ("threads", "micro_batch", "memory_budget", "_grad_total", "_step_log"):  # older pickles
             state.setdefault(name, None)
         state.setdefault("_said_micro_batch", False)
         self.__dict__.update(state)

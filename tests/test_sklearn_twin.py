@@ -137,6 +137,23 @@ def test_loss_curves_follow_scikit_learns_for_ten_epochs(name, solver, early_sto
     assert ours.score(X, y) == pytest.approx(theirs.score(X, y), abs=0.02)
 
 
+@pytest.mark.parametrize("early_stopping", [False, True], ids=["training-loss", "early-stopping"])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("name", ["iris", "diabetes"])
+def test_loss_curves_with_sample_weights_follow_scikit_learns(name, solver, early_stopping):
+    """Each batch's loss the weighted mean of its rows', the epoch's the mean of its batches' weighted by
+    their rows, as scikit-learn reports it; weights of 0 among them."""
+    kind, X, y = PROBLEMS[name]
+    w = np.random.default_rng(1).random(len(y)) * 3
+    w[::7] = 0.0
+    ours, theirs = fit_both(kind, X, y, fit=lambda model, X, y: model.fit(X, y, sample_weight=w),
+                            hidden_layer_sizes=(32,), solver=solver, max_iter=10, random_state=0,
+                            early_stopping=early_stopping, batch_size=32, learning_rate_init=0.01)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=LOSS_CURVE_RTOL)
+    if early_stopping:
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, atol=0.02)
+
+
 @pytest.mark.parametrize("params", [
     dict(solver="adam"),
     dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05),

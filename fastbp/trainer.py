@@ -286,14 +286,17 @@ class Trainer:
         loss, hits, weight).
 
         This process computes rows local_rows of source (an MPI rank's part of the batch; all of it in one
-        process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient times its
-        weight (its rows, or summed sample weights) and the chunks added in order; with comm the ranks'
-        sums are then added up, and the sum divided by the batch's weight. Dropout masks are those of batch
-        positions first, first + 1, ... (dropout.offset_key), however the batch is cut. A Ctrl-C held back
-        on any rank is requested on every rank (interrupts.request), so that all stop after this same step."""
+        process), `chunk` rows per compiled call (micro-batches), each chunk's mean gradient times its share
+        of this rank's weight (its rows, or summed sample weights) and the chunks added in order; with comm
+        each rank's mean is then scaled by its share of the batch's weight and the ranks' parts added up.
+        Shares are at most 1, so no weight, however large (any float64), overflows float32 on the way.
+        Dropout masks are those of batch positions first, first + 1, ... (dropout.offset_key), however the
+        batch is cut. A Ctrl-C held back on any rank is requested on every rank (interrupts.request), so
+        that all stop after this same step."""
         classification = self.config.loss in CLASSIFICATION_LOSSES
         key = self._dropout_key()
-        loss = hits = batch_weight = 0.0
+        loss = hits = 0.0
+        rank_weight = source.row_weight(local_rows) if local_rows.size else 0.0
         total = None  # the running sum, when there is more than one chunk
         grads = self._backend.grads_to_host() if local_rows.size == 0 else None
         for start in range(0, local_rows.size, chunk):
@@ -301,13 +304,12 @@ class Trainer:
             X, labels, targets, weights, kernel_rows = source.take(rows)
             chunk_loss = self._backend.loss_and_gradients(X, labels, targets, kernel_rows,
                                                           offset_key(key, first + start), dropout_threshold, weights)
-            weight = source.row_weight(rows)
-            batch_weight += weight
+            share = source.row_weight(rows) / rank_weight if rank_weight > 0 else 0.0
             with np.errstate(invalid="ignore", over="ignore"):
-                loss += chunk_loss * weight
+                loss += chunk_loss * share
             hits += self._backend.last_hits(rows.size) if classification else 0.0
             grads = self._backend.grads_to_host()
-            grads *= np.float32(weight)
+            grads *= np.float32(share)
             if local_rows.size > chunk:
                 if total is None:
                     total = self._gradient_total()
@@ -318,16 +320,19 @@ class Trainer:
             grads[:] = 0.0
         if total is not None:
             grads[:] = total
-        totals = np.array([loss, hits, batch_weight, interrupts is not None and interrupts.pending()], np.float64)
-        self._comm.sum_(totals)
-        self._comm.sum_(grads)
-        scale = 1.0 / totals[2] if totals[2] > 0 else 0.0  # all-zero weights: loss 0, no gradient
-        grads *= np.float32(scale)
+        # Every rank's (mean loss, hits, weight, Ctrl-C pending), added up in rank order on every rank.
+        reports = self._comm.allgather((loss, hits, rank_weight, interrupts is not None and interrupts.pending()))
+        batch_weight = sum(report[2] for report in reports)
+        shares = [report[2] / batch_weight if batch_weight > 0 else 0.0 for report in reports]  # all 0: no gradient
+        if self._comm.size > 1:
+            grads *= np.float32(shares[self._comm.rank])
+            self._comm.sum_(grads)
         self._backend.grads_from_host()
-        if totals[3] and interrupts is not None:
+        if any(report[3] for report in reports) and interrupts is not None:
             interrupts.request()
-        with np.errstate(invalid="ignore"):
-            return float(totals[0] * scale), float(totals[1]), float(totals[2])
+        with np.errstate(invalid="ignore", over="ignore"):
+            loss = sum(report[0] * share for report, share in zip(reports, shares))
+        return float(loss), float(sum(report[1] for report in reports)), float(batch_weight)
 
     def _gradient_total(self):
         """The host buffer micro-batches' gradients are added up in (made on first use)."""

@@ -19,7 +19,7 @@ def kernels():
     from numba import types
     from fastbp.cuda import device_data, fused_mlp, gemm, reduce
     from fastbp.cuda.gather import gather_input
-    from fastbp.cuda.loss_delta import loss_and_delta
+    from fastbp.cuda.loss_delta import clear_weightless_rows, loss_and_delta
     from fastbp.cuda.optimizers import optimizer_update
     from fastbp.cuda.weight_grad import sum_partials
     i8, f4, f8, b1 = types.int64, types.float32, types.float64, types.boolean
@@ -36,6 +36,7 @@ def kernels():
         ("first_bad_value", device_data._first_bad_value.py_func, (v4, f8, f8, vi8), {}),
         ("first_bad_label", device_data._first_bad_label.py_func, (vi8, i8, vi8), {}),
         ("loss_and_delta", loss_and_delta.py_func, (v4, i8, i8, vi8, v4, v8, b1, f8, vi8, i8, v8, v8, b1), {}),
+        ("clear_weightless_rows", clear_weightless_rows.py_func, (v4, vi8, v4, vi8, vi8, i8, i8, v8, vi8), {}),
         ("sums", reduce.make_sums(256).py_func, (v8, v8, v8, b1), {"shared": True}),
         ("gather_input", gather_input.py_func, (v4, i8, vi8, v4), {}),
         ("optimizer_update", optimizer_update.py_func,

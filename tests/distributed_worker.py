@@ -103,7 +103,10 @@ def micro_and_stream():
                 yield X[mine], y[mine]
     streamed = trainer(dropout=0.2)
     streamed.fit(my_parts(), epochs=2, steps_per_epoch=5, verbose=0)
-    report("micro_and_stream", {"micro": flat(t), "stream": flat(streamed)})
+    # Weights near float64's top in micro-batches: each chunk's sum is far beyond float32's range.
+    heavy = trainer(micro_batch=7)
+    heavy.fit(X, y, epochs=2, verbose=0, sample_weight=sample_weights() * 1e300)
+    report("micro_and_stream", {"micro": flat(t), "stream": flat(streamed), "heavy": flat(heavy)})
 
 
 def sharded():

@@ -175,6 +175,10 @@ def test_micro_batches_and_streams_with_comm(main_run):
     streamed = single_process(dropout=0.2)
     streamed.fit([(X[s:s + 50], y[s:s + 50]) for s in range(0, 250, 50)], epochs=2, verbose=0)
     assert_close_to(found[0][0]["stream"], flat(streamed), 1e-5)
+    assert_same_on_every_rank(found, "heavy")
+    weighted = single_process()
+    weighted.fit(X, y, epochs=2, verbose=0, sample_weight=sample_weights())
+    assert_close_to(found[0][0]["heavy"], flat(weighted), 1e-5)
 
 
 @needs_mpi

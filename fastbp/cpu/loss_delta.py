@@ -96,10 +96,32 @@ def delta_scale(loss, weight_total, m):
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def weighted_row_loss_and_delta(z, d, src, m, labels, targets, weights, loss, scale, want_delta):
     """row_loss_and_delta for a row of sample weight w = weights[src] (1 when weights is empty): (w x loss,
-    hits), the delta scaled by w x scale (float64 scale from delta_scale)."""
+    hits), the delta scaled by w x scale (float64 scale from delta_scale). A row of weight 0 counts for
+    nothing whatever its values: loss 0 and a zero delta, not 0 x an infinite loss (its hits still count,
+    as accuracy is unweighted)."""
     w = weights[src] if weights.size else 1.0
+    if w == 0.0:
+        acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(0.0), False)
+        if want_delta:
+            for j in range(m):
+                d[j] = np.float32(0.0)
+        return 0.0, hits
     acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(w * scale), want_delta)
     return acc * w, hits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def clear_weightless_rows(acts, act_off, dims, rows, weights):
+    """Zeros, in every input and hidden activation block of acts (laid out by activation_offsets for at
+    least rows.size rows), the rows i whose sample weight weights[rows[i]] is 0; the ones columns stay.
+    Called between the loss and the backward pass: such a row's delta is 0, but its activations may not
+    be finite (inputs or weights that overflow float32), and 0 x inf in the weight gradient is NaN."""
+    for i in range(rows.size):
+        if weights[rows[i]] == 0.0:
+            for l in range(dims.size - 1):
+                start = act_off[l] + i * (dims[l] + 1)
+                for j in range(dims[l]):
+                    acts[start + j] = np.float32(0.0)
 
 
 @njit(cache=True, nogil=True)

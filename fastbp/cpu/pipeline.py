@@ -31,7 +31,7 @@ from .blas import NO_TRANS, TRANS, gemm, gemm_into, part
 from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block
 from .denormals import flush_denormals, restore
-from .loss_delta import delta_scale, mean_loss, weighted_row_loss_and_delta
+from .loss_delta import clear_weightless_rows, delta_scale, mean_loss, weighted_row_loss_and_delta
 from .weight_grad import add_partials
 
 MAX_WIDTH = 128
@@ -101,6 +101,8 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
                 z = logits[i * m:(i + 1) * m]
                 row_loss[t0 + i], row_hits[t0 + i] = weighted_row_loss_and_delta(z, z, rows[t0 + i], m, labels,
                                                                                  targets, weights, loss, scale, True)
+            if weights.size:
+                clear_weightless_rows(acts, act_off, dims, rows[t0:t0 + count], weights)
             # (3, 4) backward: the tile's share of [dW; db] into this thread's accumulator, then its delta.
             for l in range(n_layers - 1, -1, -1):
                 fan_in, fan_out = dims[l], dims[l + 1]

@@ -29,7 +29,7 @@ from numba import njit
 from ._jit import ERROR_MODEL, FASTMATH
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
-from .loss_delta import loss_and_delta
+from .loss_delta import clear_weightless_rows, loss_and_delta
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .pipeline import pipeline_gradients
 from .weight_grad import weight_gradient
@@ -67,6 +67,8 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
                            row_hits, want_delta)
     if not want_delta:
         return value
+    if weights.size:
+        clear_weightless_rows(acts, act_off, dims, rows, weights)
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = dims[l], dims[l + 1]
         a_prev = acts[act_off[l]:act_off[l + 1]]

@@ -29,7 +29,7 @@ from ..workspaces import WorkspaceCache, available_host_bytes
 from . import device_data, fused_mlp, gemm, reduce
 from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
 from .gather import gather_input
-from .loss_delta import loss_and_delta
+from .loss_delta import clear_weightless_rows, loss_and_delta
 from .optimizers import optimizer_update, scalars
 from .weight_grad import WeightGradient
 
@@ -212,6 +212,9 @@ class CudaBackend:
                 loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
                                                               d_targets, *weighting, d_rows, self.loss, ws.row_loss,
                                                               ws.row_hits, mode == MODE_TRAIN)
+        if mode == MODE_TRAIN and weights is not None:
+            clear_weightless_rows[self._blocks(n), self.threads](ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off,
+                                                                 self._d_dims, n_layers, n, d_weights, d_rows)
         if mode != MODE_LOGITS:
             self._sums[1, self.threads](ws.row_loss, ws.row_hits, ws.sums, False)
         return ws

@@ -85,10 +85,38 @@ def delta_scale(loss, weight_total, m):
 @cuda.jit(device=True, inline=True)
 def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weighted, src, loss, scale, want_delta):
     """row_loss_and_delta for a row of sample weight w (weights[src], or 1 unless weighted): (w x loss,
-    hits), the delta scaled by w x scale (float64, from delta_scale)."""
+    hits), the delta scaled by w x scale (float64, from delta_scale). A row of weight 0: loss 0 and a zero
+    delta whatever its values (the CPU kernel's rule, cpu/loss_delta.py)."""
     w = weights[src] if weighted else 1.0
+    if w == 0.0:
+        acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(0.0), False)
+        if want_delta:
+            for j in range(m):
+                logits[base + j] = float32(0.0)
+        return 0.0, hits
     acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(w * scale), want_delta)
     return acc * w, hits
+
+
+@cuda.jit
+def clear_weightless_rows(acts, act_off, deltas, delta_off, dims, n_layers, n, weights, rows):
+    """One thread per batch row i of sample weight weights[rows[i]] = 0: zeros its row in every input and
+    hidden activation block (acts, (n, d_l + 1) blocks at act_off[l]; the ones columns stay) and in every
+    hidden delta block of the fused path (deltas, (n, d_l) at delta_off[l], where not empty). Launched
+    after the loss, before the weight gradients: the row's delta is 0, but its activations (and, through
+    act'(a), the fused path's deltas) may not be finite, and 0 x inf in a gradient is NaN."""
+    i = cuda.grid(1)
+    if i >= n or weights[rows[i]] != 0.0:
+        return
+    for l in range(n_layers):
+        d = dims[l]
+        start = act_off[l] + i * (d + 1)
+        for j in range(d):
+            acts[start + j] = float32(0.0)
+        if delta_off[l + 1] > delta_off[l]:
+            start = delta_off[l] + i * d
+            for j in range(d):
+                deltas[start + j] = float32(0.0)
 
 
 @cuda.jit

@@ -299,6 +299,39 @@ def test_sample_weighted_loss_gradients_and_steps_match_reference(rng, loss, bat
         assert rel_error(W, rW) < TOL and rel_error(b, rb) < TOL
 
 
+@pytest.mark.parametrize("n, options", [(40, {}), (40, {"micro_batch": 16}), (600, {})],
+                         ids=["batch", "micro-batches", "pipeline-tiles"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, loss, n, options, kernel_path):
+    """Rows of weight 0 whose inputs (and targets) are at float32's edge, so that their forward pass
+    overflows: the loss, gradients, steps and evaluate are bit for bit those with harmless values in
+    those rows (before: 0 x inf = NaN, and every step of the batch was refused). 600 rows of a narrow
+    network take the per-thread pipeline on the parallel path."""
+    out = 3 if loss == "cross_entropy" else 2
+    X = rng.standard_normal((n, 6))
+    y = make_targets(rng, loss, n, out)
+    w = rng.random(n) * 2
+    w[[3, 17]] = 0.0
+    hostile_X, hostile_y = X.copy(), np.array(y, copy=True)
+    hostile_X[3] = 3e38
+    hostile_X[17, 0] = -3e38
+    if loss in ("mse", "poisson"):
+        hostile_y[17] = 3e38
+    harmless_X = X.copy()
+    harmless_X[[3, 17]] = 0.0
+    runs = []
+    for data in ((hostile_X, hostile_y), (harmless_X, y)):
+        t = fastbp.Trainer([6, 9, 7, out], activation="relu", loss=loss, optimizer="adam", lr=1e-2, seed=2,
+                           **options)
+        value, grads = t.gradients(*data, sample_weight=w)
+        steps = [t.step(*data, sample_weight=w) for _ in range(3)]
+        runs.append((value, grads, steps, t.params, t.evaluate(*data, sample_weight=w)["loss"]))
+    (v1, g1, s1, p1, e1), (v2, g2, s2, p2, e2) = runs
+    assert np.isfinite(v1) and v1 == v2 and s1 == s2 and e1 == e2
+    for (a, b), (c, d) in zip(g1 + p1, g2 + p2):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+
+
 def test_sample_weights_are_checked_and_unit_weights_change_nothing(rng):
     t = perturbed_trainer(rng, [4, 5, 3], "relu", "cross_entropy")
     X, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)

@@ -98,6 +98,30 @@ def test_sample_weights_match_cpu(rng, fused, loss):
                                                                         rel=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
+def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused):
+    """A weight-0 row whose inputs overflow a ReLU network's activations (and whose target overflows the
+    squared error): gradients and steps equal to those with harmless values in that row, on both GPU
+    paths (clear_weightless_rows; tests/cpu has the CPU backend's)."""
+    X, y = rng.standard_normal((13, 5)), rng.standard_normal((13, 2))
+    w = rng.random(13) + 0.5
+    w[4] = 0.0
+    hostile_X, hostile_y = X.copy(), y.copy()
+    hostile_X[4] = 3e38
+    hostile_y[4] = 3e38
+    harmless_X = X.copy()
+    harmless_X[4] = 0.0
+    runs = []
+    for data in ((hostile_X, hostile_y), (harmless_X, y)):
+        _, gpu = pair([5, 9, 7, 2], fused=fused, activation="relu", loss="mse", optimizer="adam", lr=1e-2)
+        value, grads = gpu.gradients(*data, sample_weight=w)
+        runs.append((value, grads, gpu.step(*data, sample_weight=w), gpu.params))
+    (v1, g1, s1, p1), (v2, g2, s2, p2) = runs
+    assert np.isfinite(v1) and v1 == v2 and s1 == s2
+    for (a, b), (c, d) in zip(g1 + p1, g2 + p2):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+
+
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     dict(optimizer="adamw", lr=1e-2, weight_decay=0.1, clip_norm=0.1),

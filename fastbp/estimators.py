@@ -481,11 +481,18 @@ class _ScikitLearnLoss(Callback):
     def __init__(self, scale, offset, alpha, weight_total=None):
         self.scale, self.offset, self.alpha, self.weight_total = scale, offset, alpha, weight_total
         self.squares_before = None
+        self.weights = []
 
     def _squares(self, trainer):
-        return sum(float(np.dot(W.ravel().astype(np.float64), W.ravel())) for W, _ in trainer.params)
+        """The sum of the squared weights (not biases), in float64, read in place: trainer.params would copy
+        every array, at a cost comparable to a small network's whole epoch."""
+        with trainer._guard.lock:
+            trainer._backend.pull()
+            return sum(float(np.dot(W64, W64)) for W64 in (W.astype(np.float64) for W in self.weights))
 
     def on_train_begin(self, trainer):
+        state = trainer.state
+        self.weights = [W.reshape(-1) for W, _ in state.layer_views(state.params)]  # views of the flat buffer
         self.squares_before = self._squares(trainer) if self.alpha else 0.0
         trainer._step_log = []
 

@@ -314,8 +314,10 @@ class _BaseMLP(BaseEstimator):
                              "dataset.")
         part = (lambda rows: None) if sample_weight is None else (lambda rows: sample_weight[rows])
         if isinstance(X, np.memmap) or sources.is_sparse(X):
-            # Rows of X read when a batch needs them, not copied (X may be larger than memory).
-            rows = lambda which: sources.RowSubset(X, which)  # noqa: E731
+            # Rows of X read when a batch needs them, not copied (X may be larger than memory); a sparse X
+            # as CSR once for both parts.
+            whole = sources.Rows(X) if sources.is_sparse(X) else X
+            rows = lambda which: sources.RowSubset(whole, which)  # noqa: E731
         else:
             rows = lambda which: X[which]  # noqa: E731
         return rows(train), y[train], part(train), (rows(val), y[val], part(val))

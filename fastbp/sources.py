@@ -87,7 +87,8 @@ class Rows:
 
 
 class RowSubset:
-    """Rows `rows` (an index array, in its order) of a memory-mapped array or a sparse matrix, read only
+    """Rows `rows` (an index array, in its order) of a memory-mapped array or a sparse matrix (or its Rows:
+    subsets of one CSC matrix then share its one CSR copy), read only
     when asked for: subset[index] (a slice or an index array) gives just those rows as an array, read in
     file order; shape, ndim and dtype as the 2-D array's. What the estimators' early-stopping split trains
     and validates on instead of copying the rows (scikit-learn's train_test_split copies them).

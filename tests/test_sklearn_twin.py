@@ -202,7 +202,7 @@ def test_sparse_and_memory_mapped_X_train_as_the_dense_array(tmp_path):
     np.save(tmp_path / "X.npy", X)
     params = dict(hidden_layer_sizes=(16,), max_iter=5, random_state=4, batch_size=25, early_stopping=True)
     theirs = fit_both(kind, X, y, **params)[1]
-    for form in (scipy.sparse.csr_matrix(X), np.load(tmp_path / "X.npy", mmap_mode="r")):
+    for form in (scipy.sparse.csr_matrix(X), scipy.sparse.csc_matrix(X), np.load(tmp_path / "X.npy", mmap_mode="r")):
         ours = fit_both(kind, form, y, **params)[0]
         np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=LOSS_CURVE_RTOL)
         assert ours.validation_scores_ == theirs.validation_scores_

@@ -313,6 +313,11 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
                              "dataset.")
         part = (lambda rows: None) if sample_weight is None else (lambda rows: sample_weight[rows])
+        for which, what in ((train, "training"), (val, "validation")):
+            if sample_weight is not None and not sample_weight[which].any():
+                raise ValueError(f"sample_weight is 0 for every one of the {which.size} {what} rows of early "
+                                 f"stopping's split (validation_fraction={self.validation_fraction}): their "
+                                 f"{'loss' if what == 'training' else 'score'} would mean nothing")
         if isinstance(X, np.memmap) or sources.is_sparse(X):
             # Rows of X read when a batch needs them, not copied (X may be larger than memory); a sparse X
             # as CSR once for both parts.

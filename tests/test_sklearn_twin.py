@@ -242,3 +242,21 @@ def test_early_stopping_on_a_memory_mapped_X_reads_its_rows_without_copying_them
                          early_stopping=True, random_state=0)[0]
     np.testing.assert_allclose(model.loss_curve_, in_memory.loss_curve_, rtol=1e-6)
     assert model.validation_scores_ == in_memory.validation_scores_
+
+
+@pytest.mark.parametrize("part", ["training", "validation"])
+def test_early_stopping_refuses_a_split_part_whose_weights_are_all_zero(part):
+    """Before any step, naming sample_weight (scikit-learn raises from its scorer after the first epoch)."""
+    kind, X, y = PROBLEMS["breast_cancer"]
+    split = fastbp.MLPClassifier(hidden_layer_sizes=(4,), early_stopping=True, random_state=0, max_iter=1)
+    # The validation rows the twin split draws: the rows whose weight moves validation_scores_.
+    from sklearn.model_selection import train_test_split
+    generator = np.random.RandomState(0)
+    generator.uniform(size=X.shape[1] * 4 + 4 + 4 + 1)  # the initial network's draws come first
+    train, val = train_test_split(np.arange(len(y)), random_state=generator, test_size=0.1,
+                                  stratify=(y == 1)[:, None])
+    w = np.ones(len(y))
+    w[val if part == "validation" else train] = 0.0
+    with pytest.raises(ValueError, match=f"sample_weight is 0 for every one of the {{}} {part} rows".format(
+            val.size if part == "validation" else train.size)):
+        split.fit(X, y, sample_weight=w)

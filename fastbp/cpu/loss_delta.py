@@ -100,17 +100,18 @@ def weighted_row_loss_and_delta(z, d, src, m, labels, targets, weights, loss, sc
     nothing whatever its values: loss 0 and a zero delta, not 0 x an infinite loss (its hits still count,
     as accuracy is unweighted)."""
     w = weights[src] if weights.size else 1.0
+    # One inlined copy of the per-row math (each copy is compile time), its delta skipped for a weight of 0.
+    acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(w * scale),
+                                   want_delta and w != 0.0)
     if w == 0.0:
-        acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(0.0), False)
         if want_delta:
             for j in range(m):
                 d[j] = np.float32(0.0)
         return 0.0, hits
-    acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(w * scale), want_delta)
     return acc * w, hits
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)  # no prange inside: called, not inlined (inlining costs compile time)
 def clear_weightless_rows(acts, act_off, dims, rows, weights):
     """Zeros, in every input and hidden activation block of acts (laid out by activation_offsets for at
     least rows.size rows), the rows i whose sample weight weights[rows[i]] is 0; the ones columns stay.

@@ -88,13 +88,13 @@ def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weigh
     hits), the delta scaled by w x scale (float64, from delta_scale). A row of weight 0: loss 0 and a zero
     delta whatever its values (the CPU kernel's rule, cpu/loss_delta.py)."""
     w = weights[src] if weighted else 1.0
+    acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(w * scale),
+                                   want_delta and w != 0.0)
     if w == 0.0:
-        acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(0.0), False)
         if want_delta:
             for j in range(m):
                 logits[base + j] = float32(0.0)
         return 0.0, hits
-    acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(w * scale), want_delta)
     return acc * w, hits
 
 

@@ -246,6 +246,7 @@ RESUME_CASES = {
     "sgd": dict(optimizer="sgd", lr=0.05),
     "sgd_momentum_nesterov": dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam": dict(optimizer="adam"),
+    "adam_eps_hat": dict(optimizer="adam", eps=1e-2, eps_hat=True),  # kept in the checkpoint's config
     "adamw_weights_only": dict(optimizer="adamw", weight_decay=0.1, decay_biases=False),
     "adagrad": dict(optimizer="adagrad", lr=0.05),
     "rmsprop": dict(optimizer="rmsprop", lr=0.01),

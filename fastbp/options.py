@@ -5,9 +5,15 @@ Kernels receive small integer codes (not strings) so one compiled function serve
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
-ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
+import numpy as np
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4, "elu": 5, "softplus": 6,
+               "gelu": 7, "gelu_tanh": 8, "silu": 9}
+# Activations whose derivative is not a function of their output (GELU and SiLU are not monotonic): the
+# kernels store act'(Z) beside A in the forward pass (cpu/dense_forward.py's slope blocks).
+SLOPE_ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
 LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2, "poisson": 3}
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the ones with an accuracy
 OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2, "adagrad": 3, "rmsprop": 4}
@@ -59,6 +65,18 @@ def float32_number(name, value, low=None, low_inclusive=True, high=None, high_in
     return value
 
 
+def _activation_choice(activation, n_hidden):
+    """One activation name, or a list/tuple of one per hidden layer (returned as a tuple)."""
+    if isinstance(activation, str):
+        return _choice("activation", activation, ACTIVATIONS)
+    if not isinstance(activation, (list, tuple)):
+        raise TypeError(f"activation must be a name or a list of one name per hidden layer, got {activation!r}")
+    if len(activation) != n_hidden:
+        raise ValueError(f"activation lists {len(activation)} names, but the network has {n_hidden} hidden "
+                         f"layer{'s' if n_hidden != 1 else ''} (one name each)")
+    return tuple(_choice("activation", a, ACTIVATIONS) for a in activation)
+
+
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -72,7 +90,7 @@ def positive_int(name, value):
 class Config:
     """Everything that defines a Trainer; validated on construction, saved in checkpoints as JSON."""
     sizes: Tuple[int, ...]
-    activation: str = "relu"
+    activation: Union[str, Tuple[str, ...]] = "relu"  # one name, or one per hidden layer
     loss: str = "mse"
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -97,7 +115,7 @@ class Config:
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output width, got {list(sizes)!r}")
         object.__setattr__(self, "sizes", tuple(positive_int("every entry of sizes", s) for s in sizes))
-        _choice("activation", self.activation, ACTIVATIONS)
+        object.__setattr__(self, "activation", _activation_choice(self.activation, len(self.sizes) - 2))
         _choice("loss", self.loss, LOSSES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
@@ -147,10 +165,24 @@ class Config:
     def n_layers(self):
         return len(self.sizes) - 1
 
+    @property
+    def hidden_activations(self):
+        """The activation of each hidden layer: a tuple of len(sizes) - 2 names."""
+        if isinstance(self.activation, str):
+            return (self.activation,) * (len(self.sizes) - 2)
+        return self.activation
+
+    def activation_codes(self):
+        """(L,) int64 for the kernels: entry l is the activation applied to layer l's output (the last,
+        the output layer's, is identity: its activation lives in the loss)."""
+        return np.array([ACTIVATIONS[a] for a in self.hidden_activations] + [ACTIVATIONS["identity"]], np.int64)
+
     def to_dict(self):
         d = asdict(self)
         d["sizes"] = list(self.sizes)
         d["betas"] = list(self.betas)
+        if not isinstance(self.activation, str):
+            d["activation"] = list(self.activation)
         return d
 
     @classmethod

@@ -15,12 +15,25 @@ Conventions (shared with the compiled backends):
     BP3  db_l    = sum over rows of delta_l
     BP4  dW_l    = A_{l-1}^T @ delta_l
 """
+import math
+
 import numpy as np
 
 from .options import LEAKY_SLOPE
 
 
-# ---- activations, each with its derivative written in terms of its output A = act(Z) ----
+# ---- activations and their derivatives, both as functions of the pre-activation Z ----
+
+_GELU_TANH_K = np.sqrt(2 / np.pi)  # PyTorch's GELU(approximate="tanh"): 0.5 z (1 + tanh(k (z + c z^3)))
+_GELU_TANH_C = 0.044715
+_SOFTPLUS_THRESHOLD = 20.0  # PyTorch's Softplus(beta=1, threshold=20): linear above it
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _phi(z):
+    """The standard normal CDF, elementwise in z's dtype."""
+    return (0.5 * (1 + _erf(z / np.sqrt(2)))).astype(z.dtype)
+
 
 def activate(name, z):
     if name == "identity":
@@ -33,22 +46,55 @@ def activate(name, z):
         return np.tanh(z)
     if name == "sigmoid":
         return sigmoid(z)
+    if name == "elu":  # alpha = 1
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+    if name == "softplus":
+        return np.where(z > _SOFTPLUS_THRESHOLD, z, np.log1p(np.exp(np.minimum(z, _SOFTPLUS_THRESHOLD))))
+    if name == "gelu":  # PyTorch's exact GELU: z Phi(z)
+        return z * _phi(z)
+    if name == "gelu_tanh":
+        return 0.5 * z * (1 + np.tanh(_GELU_TANH_K * (z + _GELU_TANH_C * z ** 3)))
+    if name == "silu":
+        return z * sigmoid(z)
     raise ValueError(f"unknown activation {name!r}")
 
 
-def activation_derivative(name, a):
-    """act'(Z) from A = act(Z); every supported activation allows this, so Z need not be kept."""
+def activation_derivative(name, z):
+    """act'(Z). (The kernels compute it from the output A where the activation allows, and store it in the
+    forward pass for gelu, gelu_tanh and silu, whose A does not determine Z.)"""
     if name == "identity":
-        return np.ones_like(a)
+        return np.ones_like(z)
     if name == "relu":
-        return (a > 0).astype(a.dtype)
+        return (z > 0).astype(z.dtype)
     if name == "leaky_relu":
-        return np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype)
+        return np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype)
     if name == "tanh":
-        return 1 - a * a
+        return 1 - np.tanh(z) ** 2
     if name == "sigmoid":
-        return a * (1 - a)
+        s = sigmoid(z)
+        return s * (1 - s)
+    if name == "elu":
+        return np.where(z > 0, 1.0, np.exp(np.minimum(z, 0)))
+    if name == "softplus":
+        return np.where(z > _SOFTPLUS_THRESHOLD, 1.0, sigmoid(z))
+    if name == "gelu":
+        return _phi(z) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    if name == "gelu_tanh":
+        t = np.tanh(_GELU_TANH_K * (z + _GELU_TANH_C * z ** 3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_TANH_K * (1 + 3 * _GELU_TANH_C * z * z)
+    if name == "silu":
+        s = sigmoid(z)
+        return s * (1 + z * (1 - s))
     raise ValueError(f"unknown activation {name!r}")
+
+
+def hidden_activations(activation, n_hidden):
+    """One name per hidden layer, from one name or a list of them."""
+    if isinstance(activation, str):
+        return [activation] * n_hidden
+    if len(activation) != n_hidden:
+        raise ValueError(f"{len(activation)} activations for {n_hidden} hidden layers")
+    return list(activation)
 
 
 def sigmoid(z):
@@ -67,11 +113,12 @@ def softmax(z):
 def forward(params, X, activation, masks=None, rate=0.0):
     """Returns (activations, logits): activations[0] is X, activations[l] the output of hidden layer l.
 
-    masks: optional 0/1 arrays, one per hidden layer, for inverted dropout at `rate`: hidden layer l then
-    outputs act(Z_l) * masks[l] / (1 - rate)."""
+    activation: one name, or one per hidden layer. masks: optional 0/1 arrays, one per hidden layer, for
+    inverted dropout at `rate`: hidden layer l then outputs act(Z_l) * masks[l] / (1 - rate)."""
+    names = hidden_activations(activation, len(params) - 1)
     acts = [X]
     for l, (W, b) in enumerate(params[:-1]):
-        a = activate(activation, acts[-1] @ W + b)
+        a = activate(names[l], acts[-1] @ W + b)
         acts.append(a if masks is None else a * masks[l] / (1 - rate))
     W, b = params[-1]
     return acts, acts[-1] @ W + b
@@ -112,19 +159,19 @@ def loss_and_output_delta(logits, y, loss, weights=None):
 def backward(params, acts, delta, activation, masks=None, rate=0.0):
     """BP2-BP4: gradients [(dW, db), ...] given the activations and the output delta.
 
-    With dropout masks, the gradient reaching hidden layer l passes the mask and 1 / (1 - rate), and
-    act' is taken at the undropped activation."""
+    With dropout masks, the gradient reaching hidden layer l passes the mask and 1 / (1 - rate).
+    act'(Z) is taken at Z recomputed from the layer's input (acts[l - 1] @ W + b)."""
+    names = hidden_activations(activation, len(params) - 1)
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
         W, _ = params[l]
         grads[l] = (acts[l].T @ delta, delta.sum(axis=0))                               # BP4, BP3
         if l > 0:
             delta = delta @ W.T
-            a = acts[l]
             if masks is not None:
                 delta = delta * masks[l - 1] / (1 - rate)
-                a = a * (1 - rate)  # kept units: the undropped activation; dropped ones pass nothing
-            delta = delta * activation_derivative(activation, a)                      # BP2
+            W_prev, b_prev = params[l - 1]
+            delta = delta * activation_derivative(names[l - 1], acts[l - 1] @ W_prev + b_prev)  # BP2
     return grads
 
 

@@ -13,6 +13,9 @@ import numpy as np
 
 from .options import LEAKY_SLOPE
 
+# Activations that pass about half of their input's variance, as ReLU does: He initialization suits them.
+RELU_LIKE = ("relu", "elu", "softplus", "gelu", "gelu_tanh", "silu")
+
 
 def layer_offsets(sizes):
     """Start of each layer's (fan_in + 1, fan_out) block in the flat buffer, plus the total length."""
@@ -57,17 +60,19 @@ class NetworkState:
             views.append((block[:-1], block[-1]))
         return views
 
-    def initialize(self, activation, rng):
-        """He-uniform for layers followed by a ReLU-like activation, Glorot-uniform otherwise; zero biases.
+    def initialize(self, hidden_activations, rng):
+        """He-uniform for layers followed by a ReLU-like activation (relu, elu, softplus, gelu, gelu_tanh, silu;
+        leaky_relu with its slope's gain), Glorot-uniform otherwise; zero biases. hidden_activations: one
+        name per hidden layer.
 
         Draws in float64 from a PCG64 generator, then rounds, so a seed gives the same network everywhere.
         """
         for l, (W, b) in enumerate(self.layer_views(self.params)):
             fan_in, fan_out = W.shape
-            is_hidden = l < self.n_layers - 1
-            if is_hidden and activation == "relu":
+            activation = hidden_activations[l] if l < self.n_layers - 1 else "identity"
+            if activation in RELU_LIKE:
                 limit = np.sqrt(6.0 / fan_in)
-            elif is_hidden and activation == "leaky_relu":
+            elif activation == "leaky_relu":
                 limit = np.sqrt(6.0 / ((1 + LEAKY_SLOPE ** 2) * fan_in))
             else:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))

@@ -137,7 +137,7 @@ class Trainer:
         self.state = NetworkState(self.config.sizes)
         self._bytes_per_row = batch_bytes(self.state.dims, 1)  # a batch's workspace and copy, per row
         self._rng = np.random.default_rng(self.config.seed)
-        self.state.initialize(self.config.activation, self._rng)
+        self.state.initialize(self.config.hidden_activations, self._rng)
         self._dropout_seed = int(self._rng.integers(2 ** 62))
         if self._comm.size > 1:
             self._share_initial_state()

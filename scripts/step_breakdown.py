@@ -59,6 +59,7 @@ def breakdown(sizes, batch, loss):
     act, lossc = ACTIVATIONS["relu"], LOSSES[loss]
     dims, offsets, L = s.dims, s.offsets, len(sizes) - 1
     act_off = activation_offsets(dims, batch)
+    no_slopes = np.zeros(0, np.float32)  # relu keeps no slope blocks
     settings = trainer._optimizer_settings()
     out = []
     with backend._kernel_threads() as threads:
@@ -72,7 +73,8 @@ def breakdown(sizes, batch, loss):
         for l in range(L):
             ld = sizes[l + 1] + (1 if l < L - 1 else 0)
             fn = (lambda l=l, ld=ld: dense_layer(acts(l), block(s.params, l), batch, sizes[l], sizes[l + 1],
-                                                 acts(l + 1), ld, act if l < L - 1 else 0, l, 0, 0, threads))
+                                                 acts(l + 1), ld, no_slopes, act if l < L - 1 else 0, l, 0, 0,
+                                                 threads))
             out.append((f"forward {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         logits = acts(L)
         # The loss overwrites the logits with the delta: time it on a fresh copy of the logits each call.
@@ -95,8 +97,8 @@ def breakdown(sizes, batch, loss):
             out.append((f"dW {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
             if l > 0:
                 fn = (lambda l=l, ld_delta=ld_delta: propagate_delta(
-                    acts(l + 1), ld_delta, block(s.params, l), acts(l), batch, sizes[l], sizes[l + 1], act, l - 1,
-                    0, 0, ws.scratch, threads))
+                    acts(l + 1), ld_delta, block(s.params, l), acts(l), no_slopes, batch, sizes[l], sizes[l + 1],
+                    act, l - 1, 0, 0, ws.scratch, threads))
                 out.append((f"delta {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         out.append(("optimizer", median_time(lambda: optimizer_update(s.params, s.grads, s.moment1, s.moment2,
                                                                      settings, np.float32(1.0))), 0))

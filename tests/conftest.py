@@ -10,7 +10,18 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid"]
+# The activations whose derivative the kernels take from A (elu, softplus) or store in the forward pass
+# (gelu, gelu_tanh, silu); "mixed" stands for one activation per hidden layer (per_layer below).
+NEW_ACTIVATIONS = ["elu", "softplus", "gelu", "gelu_tanh", "silu", "mixed"]
+ALL_ACTIVATIONS = ACTIVATIONS + NEW_ACTIVATIONS
+_MIXED = ["gelu", "relu", "silu", "tanh", "elu", "softplus", "gelu_tanh", "sigmoid", "leaky_relu", "identity"]
 LOSSES = ["mse", "cross_entropy", "bce", "poisson"]
+
+
+def per_layer(activation, sizes):
+    """The Trainer's activation argument for a test's activation name: "mixed" becomes a list of different
+    activations, one per hidden layer of sizes (a slope-storing one first)."""
+    return _MIXED[:len(sizes) - 2] if activation == "mixed" else activation
 
 
 def rel_error(actual, expected):

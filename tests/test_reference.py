@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastbp import reference
-from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error
+from conftest import ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error
 
 
 def random_params(rng, sizes, scale=0.5):
@@ -20,9 +20,10 @@ def sample_weights(rng, n):
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_gradients_match_finite_differences(rng, activation, loss, weighted):
     sizes, n = [4, 5, 3, 3], 6
+    activation = per_layer(activation, sizes)
     params = random_params(rng, sizes)
     X = rng.standard_normal((n, sizes[0]))
     y = make_targets(rng, loss, n, sizes[-1])

@@ -10,7 +10,7 @@ from fastbp import datasets, reference, schedules
 from fastbp.callbacks import Callback, EarlyStopping, LambdaCallback, ModelCheckpoint
 from fastbp.cpu import dropout
 from fastbp.progress import EpochProgress
-from conftest import ACTIVATIONS, rel_error
+from conftest import ALL_ACTIVATIONS, per_layer, rel_error
 
 
 def problem(n=400, seed=0):
@@ -19,9 +19,10 @@ def problem(n=400, seed=0):
 
 # ---- dropout ----
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_dropout_gradients_match_reference_with_the_same_masks(rng, activation):
     sizes, n, rate = [7, 33, 17, 3], 130, 0.3
+    activation = per_layer(activation, sizes)
     t = fastbp.Trainer(sizes, activation=activation, loss="cross_entropy", dropout=rate, seed=3)
     X, y = rng.standard_normal((n, 7)), rng.integers(0, 3, n)
     key, threshold = t._dropout_key(), t._dropout_threshold

@@ -13,8 +13,9 @@ FASTMATH = {"contract", "reassoc", "nsz"}
 ERROR_MODEL = "numpy"
 
 # Module-level ints are compile-time constants inside @njit code.
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID = (ACTIVATIONS[k] for k in
-                                             ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU, GELU_TANH, SILU = (
+    ACTIVATIONS[k] for k in ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus", "gelu",
+                             "gelu_tanh", "silu"))
 MSE, CROSS_ENTROPY, BCE, POISSON = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson"))
 SGD, ADAM, ADAMW, ADAGRAD, RMSPROP = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
 SLOPE = LEAKY_SLOPE

@@ -10,11 +10,12 @@ import numpy as np
 
 from .. import sample_weights, validation
 from ..sums import sum_first
-from ..options import ACTIVATIONS, LOSSES, OptimizerSettings
+from ..options import LOSSES, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
+from .activations import slope_offsets
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS, decay_masks
 from .weight_grad import split_batch
@@ -36,9 +37,10 @@ class Workspace:
     """Scratch memory for batches of n rows: activations (overwritten by the deltas in the backward
     pass), per-thread tiles for delta propagation, per-row losses."""
 
-    def __init__(self, dims, n):
+    def __init__(self, dims, activations, n):
         act_off = activation_offsets(dims, n)
-        self.acts = np.zeros(int(act_off[-1]), np.float32)
+        # The activation blocks, then the slope blocks of the activations that store act'(Z) (activations.py).
+        self.acts = np.zeros(int(slope_offsets(dims, activations, n, act_off[-1])[-1]), np.float32)
         # The ones column of each layer input carries the bias through the product; the products
         # write only the columns before it, so it is set once here.
         for l in range(dims.size - 1):
@@ -57,7 +59,7 @@ class Workspace:
         self.tiles, self.weights_t = np.zeros(1, np.float32), np.zeros(1, np.float32)
         if pipeline.fits(dims, n, 1):
             self.weights_t = np.zeros(int(sum((dims[:-1] + 1) * dims[1:])), np.float32)
-            per_thread = pipeline.tile_floats(dims)
+            per_thread = pipeline.tile_floats(dims, activations)
             self.tiles = np.zeros(max_threads * per_thread, np.float32)
             tile_off = activation_offsets(dims, pipeline.TILE_ROWS)
             for t in range(max_threads):
@@ -69,7 +71,7 @@ class Workspace:
         self.row_loss = np.zeros(n, np.float64)
         self.row_hits = np.zeros(n, np.float64)
         self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
-        self.logits_start = int(act_off[-2])
+        self.logits = slice(int(act_off[-2]), int(act_off[-1]))
 
 
 class CpuBackend:
@@ -80,9 +82,9 @@ class CpuBackend:
         self.state = state
         self.threads = threads
         numba.get_num_threads()  # loads the threading layer now, so that threadpoolctl can see and limit it
-        self.activation = ACTIVATIONS[config.activation]
+        self.activations = config.activation_codes()
         self.loss = LOSSES[config.loss]
-        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, n))
+        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
         # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
@@ -154,7 +156,7 @@ class CpuBackend:
             return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
                          _EMPTY_TARGETS if targets is None else targets,
                          _EMPTY_WEIGHTS if weights is None else weights, weight_total, rows, s.dims, s.offsets,
-                         self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2,
+                         self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2,
                          settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
@@ -168,7 +170,7 @@ class CpuBackend:
             return self._serial_entry()(mode, X, _EMPTY_LABELS if labels is None else labels,
                                     _EMPTY_TARGETS if targets is None else targets,
                                     _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,
-                                    s.dims, s.offsets, self.activation, self.loss, s.params, s.grads, s.moment1,
+                                    s.dims, s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1,
                                     s.moment2, settings, lrs, key_base, first_step, dropout_threshold,
                                     self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
@@ -205,7 +207,7 @@ class CpuBackend:
         ws = self._workspaces.get(0)
         with self._kernel_threads() as threads:
             step.run(step.FORWARD, empty_X, _EMPTY_LABELS, _EMPTY_TARGETS, _EMPTY_WEIGHTS, 1.0, no_rows, s.dims,
-                     s.offsets, self.activation, self.loss, s.params, s.grads, s.moment1, s.moment2, _UNUSED_SETTINGS,
+                     s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2, _UNUSED_SETTINGS,
                      0, 0, ws.acts, ws.scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
@@ -267,7 +269,7 @@ class CpuBackend:
     def last_logits(self, n):
         """(n, d_L) view of the logits the last forward or loss call on n rows left in its workspace."""
         ws = self._workspaces[n]
-        return ws.acts[ws.logits_start:].reshape(n, self.state.sizes[-1])
+        return ws.acts[ws.logits].reshape(n, self.state.sizes[-1])
 
     def logits(self, X, rows):
         """(n, d_L) float32 copy of the output layer's pre-activation values for X[rows]."""

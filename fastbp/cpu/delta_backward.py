@@ -6,8 +6,10 @@ Shapes (n = batch rows, fan_in/fan_out of the layer the delta comes back through
     acts     (n, fan_in + 1) float32: on entry A_prev = act(Z_prev) with its ones column; on exit
              columns [:fan_in] hold delta_prev. A_prev has no further use once its delta exists (dW of
              this layer was computed before), so the delta takes its place and needs no memory of its own.
+    slopes   (n, fan_in) float32: act'(Z_prev) stored by the forward pass, for the slope-storing activations
+             (activations.py); else unused
     scratch  (threads * TILE_ROWS * fan_in,) float32: each thread's tile of delta @ W^T
-act'(Z_prev) is computed from A_prev (relu: A > 0; leaky: 1 or slope; tanh: 1 - A^2; sigmoid: A(1 - A)).
+act'(Z_prev) is computed from A_prev (activations.multiply_by_derivative) or read from slopes.
 With dropout the stored activations are D = A * mask / (1 - rate): a dropped unit passes no gradient,
 a kept one passes it times 1 / (1 - rate), with act' evaluated at A = D (1 - rate).
 Each thread takes a block of rows, tile by tile: the product for the tile lands in its scratch (in
@@ -16,7 +18,8 @@ cache) and the epilogue multiplies it by act'(A_prev) while writing it over A_pr
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
+from ._jit import FASTMATH
+from .activations import KNOWN, multiply_by_derivative, stores_slope
 from .blas import NO_TRANS, TRANS, gemm, part
 from .denormals import flush_denormals, restore
 from .dropout import keeps
@@ -41,33 +44,27 @@ def undo_dropout(acts, tile, rows, width, row0, layer, key, threshold):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def multiply_derivative_into(acts, tile, rows, width, activation):
-    """acts[i, :width] <- tile[i, :] * act'(acts[i, :width]) for the tile's rows; acts row stride width + 1."""
+def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
+    """acts[i, :width] <- tile[i, :] * act'(Z[i, :]) for the tile's rows; acts row stride width + 1, tile and
+    slopes (the stored act', read for slope-storing activations only) row stride width."""
     for i in range(rows):
         a = acts[i * (width + 1):i * (width + 1) + width]
         d = tile[i * width:(i + 1) * width]
-        if activation == RELU:
+        if stores_slope(activation):
+            slope = slopes[i * width:(i + 1) * width]
             for j in range(width):
-                a[j] = d[j] if a[j] > 0 else np.float32(0.0)
-        elif activation == LEAKY_RELU:
-            for j in range(width):
-                a[j] = d[j] if a[j] > 0 else d[j] * np.float32(SLOPE)
-        elif activation == TANH:
-            for j in range(width):
-                a[j] = d[j] * (np.float32(1.0) - a[j] * a[j])
-        elif activation == SIGMOID:
-            for j in range(width):
-                a[j] = d[j] * (a[j] * (np.float32(1.0) - a[j]))
+                a[j] = d[j] * slope[j]
         else:
-            for j in range(width):
-                a[j] = d[j]
+            multiply_by_derivative(a, d, activation)
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation, layer, dropout_key,
+def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, activation, layer, dropout_key,
                     dropout_threshold, scratch, threads):
-    if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
+    if activation not in KNOWN:
         raise ValueError("unknown activation code")
+    if stores_slope(activation) and slopes.size < n * fan_in:
+        raise IndexError("no slope block for a slope-storing activation")
     if scratch.size < min(threads, n) * TILE_ROWS * fan_in:
         raise IndexError("scratch too small for the delta tiles")
     parts = min(threads, n)
@@ -82,5 +79,5 @@ def propagate_delta(delta, ld_delta, block, acts, n, fan_in, fan_out, activation
                  tile, fan_in)
             if dropout_threshold > 0:
                 undo_dropout(acts[t0 * (fan_in + 1):], tile, rows, fan_in, t0, layer, dropout_key, dropout_threshold)
-            multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation)
+            multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation, slopes[t0 * fan_in:])
         restore(fp_state)

@@ -5,14 +5,17 @@ Shapes (n = batch rows, d_l = sizes[l], L = number of layers):
              l < L: (n, d_l + 1) row-major, last column all ones (the bias input of layer l + 1);
              l = L: (n, d_L) logits.
     params   flat float32; layer l's block at offsets[l] is (d_l + 1, d_{l+1}): rows W, last row b.
+    slopes   layer l's act'(Z_l), (n, d_{l+1}) row-major, in the acts workspace at slope_off[l]
+             (activations.slope_offsets): only for the activations whose derivative A does not give.
+    activations  (L,) int64 codes: entry l is applied to layer l's output (the last is IDENTITY).
 Z_l = [A_{l-1}, 1] @ [W_l; b_l] is one SGEMM (the bias rides along) written straight into A_l's block.
 Each thread computes one block of Z_l and applies the activation to it while it is still in cache.
-Only A_l is kept: each activation's derivative is a function of its output.
 """
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SLOPE, TANH
+from ._jit import FASTMATH, IDENTITY
+from .activations import KNOWN, activate_row, activate_with_slope, stores_slope
 from .blas import NO_TRANS, gemm_block, part, split_rows
 from .denormals import flush_denormals, restore
 from .dropout import keeps
@@ -42,28 +45,16 @@ def gather_input(X, rows, a0):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def activate_block(z, ld, r0, r1, c0, c1, activation):
-    """In place on z (rows, ld) row-major: z[r0:r1, c0:c1] <- act(z[r0:r1, c0:c1])."""
-    for i in range(r0, r1):
-        row = z[i * ld + c0:i * ld + c1]
-        if activation == RELU:
-            for j in range(row.size):
-                row[j] = max(row[j], np.float32(0.0))
-        elif activation == LEAKY_RELU:
-            for j in range(row.size):
-                v = row[j]
-                row[j] = v if v > 0 else np.float32(SLOPE) * v
-        elif activation == TANH:
-            for j in range(row.size):
-                row[j] = np.tanh(row[j])
-        elif activation == SIGMOID:
-            for j in range(row.size):
-                v = row[j]
-                if v >= 0:
-                    row[j] = np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
-                else:
-                    e = np.exp(v)
-                    row[j] = e / (np.float32(1.0) + e)
+def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
+    """In place on z (rows, ld) row-major: z[r0:r1, c0:c1] <- act(z[r0:r1, c0:c1]); for a slope-storing
+    activation also slopes[r0:r1, c0:c1] (row stride ld_slope) <- act'(z[r0:r1, c0:c1])."""
+    if stores_slope(activation):
+        for i in range(r0, r1):
+            for j in range(c0, c1):
+                z[i * ld + j], slopes[i * ld_slope + j] = activate_with_slope(z[i * ld + j], activation)
+    else:
+        for i in range(r0, r1):
+            activate_row(z[i * ld + c0:i * ld + c1], activation)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -78,13 +69,16 @@ def drop_block(z, ld, r0, r1, c0, c1, layer, key, threshold, inv_keep, row0):
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer, dropout_key, dropout_threshold,
-                threads):
-    """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1).
+def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, slopes, activation, layer, dropout_key,
+                dropout_threshold, threads):
+    """z[:, :fan_out] (row stride ld_out) <- act([a_prev, 1] @ block); a_prev: (n, fan_in + 1); slopes:
+    (n, fan_out) for a slope-storing activation, else unused.
 
     With dropout_threshold > 0 the activations then go through inverted dropout (hidden layers only)."""
-    if activation not in (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID):
+    if activation not in KNOWN:
         raise ValueError("unknown activation code")
+    if stores_slope(activation) and slopes.size < n * fan_out:
+        raise IndexError("no slope block for a slope-storing activation")
     parts, by_rows = split_rows(n, fan_out, threads)
     for p in prange(parts):
         fp_state = flush_denormals()
@@ -96,7 +90,7 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer,
         gemm_block(NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, a_prev, fan_in + 1, block, fan_out, z, ld_out,
                    r0, r1, c0, c1)
         if activation != IDENTITY:
-            activate_block(z, ld_out, r0, r1, c0, c1, activation)
+            activate_block(z, ld_out, r0, r1, c0, c1, activation, slopes, fan_out)
         if dropout_threshold > 0:
             drop_block(z, ld_out, r0, r1, c0, c1, layer, dropout_key, dropout_threshold,
                        np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold)), 0)
@@ -104,7 +98,8 @@ def dense_layer(a_prev, block, n, fan_in, fan_out, z, ld_out, activation, layer,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def dense_forward(params, offsets, dims, acts, act_off, n, activation, dropout_key, dropout_threshold, threads):
+def dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, dropout_key, dropout_threshold,
+                  threads):
     """All layers forward; acts block 0 must already hold [X, 1]. Leaves the logits in block L.
 
     The output layer is linear (its activation lives in the loss) and never dropped out."""
@@ -114,5 +109,5 @@ def dense_forward(params, offsets, dims, acts, act_off, n, activation, dropout_k
         is_output = l == n_layers - 1
         dense_layer(acts[act_off[l]:act_off[l + 1]], params[offsets[l]:offsets[l + 1]], n, fan_in, fan_out,
                     acts[act_off[l + 1]:act_off[l + 2]], fan_out if is_output else fan_out + 1,
-                    IDENTITY if is_output else activation, l, dropout_key,
+                    acts[slope_off[l]:slope_off[l + 1]], IDENTITY if is_output else activations[l], l, dropout_key,
                     0 if is_output else dropout_threshold, threads)

@@ -112,17 +112,22 @@ def weighted_row_loss_and_delta(z, d, src, m, labels, targets, weights, loss, sc
 
 
 @njit(cache=True, nogil=True)  # no prange inside: called, not inlined (inlining costs compile time)
-def clear_weightless_rows(acts, act_off, dims, rows, weights):
-    """Zeros, in every input and hidden activation block of acts (laid out by activation_offsets for at
-    least rows.size rows), the rows i whose sample weight weights[rows[i]] is 0; the ones columns stay.
-    Called between the loss and the backward pass: such a row's delta is 0, but its activations may not
-    be finite (inputs or weights that overflow float32), and 0 x inf in the weight gradient is NaN."""
+def clear_weightless_rows(acts, act_off, slope_off, dims, rows, weights):
+    """Zeros, in every input and hidden activation block and every slope block of acts (laid out by
+    activation_offsets and slope_offsets for at least rows.size rows), the rows i whose sample weight
+    weights[rows[i]] is 0; the ones columns stay. Called between the loss and the backward pass: such a
+    row's delta is 0, but its activations may not be finite (inputs or weights that overflow float32),
+    and 0 x inf in the weight gradient is NaN."""
     for i in range(rows.size):
         if weights[rows[i]] == 0.0:
             for l in range(dims.size - 1):
                 start = act_off[l] + i * (dims[l] + 1)
                 for j in range(dims[l]):
                     acts[start + j] = np.float32(0.0)
+                if slope_off[l + 1] > slope_off[l]:  # layer l's act'(Z), (rows, dims[l + 1])
+                    start = slope_off[l] + i * dims[l + 1]
+                    for j in range(dims[l + 1]):
+                        acts[start + j] = np.float32(0.0)
 
 
 @njit(cache=True, nogil=True)

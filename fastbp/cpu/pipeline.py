@@ -14,9 +14,10 @@ Shapes (n = batch rows, L layers, dims (L + 1,), P = parameters):
     weights_t  (P,) float32 scratch: layer l's W^T (dims[l + 1], dims[l]) row-major at offsets[l], so that
                delta propagation is a plain product (NN: 167 GFLOP/s on one core for a 128-row tile of a
                64-wide layer, against 124 for the same product with W transposed inside BLAS)
-    tiles      (threads * tile_floats(dims),) float32: per thread, one tile of activation blocks laid out
-               as activation_offsets(dims, TILE_ROWS) (ones columns set by the caller), then one
-               TILE_ROWS x max-width scratch tile for delta @ W^T
+    tiles      (threads * tile_floats(dims, activations),) float32: per thread, one tile of activation blocks
+               laid out as activation_offsets(dims, TILE_ROWS) (ones columns set by the caller), the tile's
+               slope blocks (activations.slope_offsets), then one TILE_ROWS x max-width scratch tile for
+               delta @ W^T
     partials   ((threads - 1) * P,) float32: the other threads' accumulators
     row_loss, row_hits (n,) float64
 Each tile's rows are batch rows t0 .. t0 + rows - 1: dropout masks and loss rows use those indices, so
@@ -28,6 +29,7 @@ from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY
 from .blas import NO_TRANS, TRANS, gemm, gemm_into, part
+from .activations import slope_offsets
 from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block
 from .denormals import flush_denormals, restore
@@ -44,22 +46,24 @@ def fits(dims, n, threads):
     return max(int(d) for d in dims) <= MAX_WIDTH and n >= 2 * TILE_ROWS * threads
 
 
-def tile_floats(dims):
-    """Floats of one thread's tile workspace: every layer's activation block, then the scratch tile."""
-    dims = [int(d) for d in dims]
-    return TILE_ROWS * (sum(d + 1 for d in dims[:-1]) + dims[-1] + max(dims))
+def tile_floats(dims, activations):
+    """Floats of one thread's tile workspace: every layer's activation block, the slope blocks, then the
+    scratch tile."""
+    act_off = activation_offsets(dims, TILE_ROWS)
+    return int(slope_offsets(dims, activations, TILE_ROWS, act_off[-1])[-1]) + TILE_ROWS * int(max(dims))
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
-                       dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
+def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
+                       grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
     """Returns the batch's mean loss; fills grads with its gradient."""
     n = rows.size
     n_layers = dims.size - 1
     d0, m = dims[0], dims[-1]
     size = grads.size
     act_off = activation_offsets(dims, TILE_ROWS)
-    per_thread = act_off[-1] + TILE_ROWS * dims.max()
+    slope_off = slope_offsets(dims, activations, TILE_ROWS, act_off[-1])
+    per_thread = slope_off[-1] + TILE_ROWS * dims.max()
     if tiles.size < threads * per_thread or partials.size < (threads - 1) * size or weights_t.size < size:
         raise IndexError("pipeline workspace too small")
     for l in range(1, n_layers):  # W^T of the layers a delta goes back through
@@ -72,7 +76,7 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
     for p in prange(threads):
         fp_state = flush_denormals()
         acts = tiles[p * per_thread:(p + 1) * per_thread]
-        scratch = acts[act_off[-1]:]
+        scratch = acts[slope_off[-1]:]
         grad = grads if p == 0 else partials[(p - 1) * size:p * size]
         r0, r1 = part(n, threads, p)
         if r1 == r0:
@@ -91,8 +95,8 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
                 z = acts[act_off[l + 1]:]
                 gemm(NO_TRANS, NO_TRANS, count, fan_out, fan_in + 1, acts[act_off[l]:], fan_in + 1,
                      params[offsets[l]:offsets[l + 1]], fan_out, z, ld_out)
-                if hidden and activation != IDENTITY:
-                    activate_block(z, ld_out, 0, count, 0, fan_out, activation)
+                if hidden and activations[l] != IDENTITY:
+                    activate_block(z, ld_out, 0, count, 0, fan_out, activations[l], acts[slope_off[l]:], fan_out)
                 if hidden and dropout_threshold > 0:
                     drop_block(z, ld_out, 0, count, 0, fan_out, l, dropout_key, dropout_threshold, inv_keep, t0)
             # (2) loss and output delta, written over the logits.
@@ -102,7 +106,7 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
                 row_loss[t0 + i], row_hits[t0 + i] = weighted_row_loss_and_delta(z, z, rows[t0 + i], m, labels,
                                                                                  targets, weights, loss, scale, True)
             if weights.size:
-                clear_weightless_rows(acts, act_off, dims, rows[t0:t0 + count], weights)
+                clear_weightless_rows(acts, act_off, slope_off, dims, rows[t0:t0 + count], weights)
             # (3, 4) backward: the tile's share of [dW; db] into this thread's accumulator, then its delta.
             for l in range(n_layers - 1, -1, -1):
                 fan_in, fan_out = dims[l], dims[l + 1]
@@ -116,7 +120,8 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
                          weights_t[offsets[l]:offsets[l + 1]], fan_in, scratch, fan_in)
                     if dropout_threshold > 0:
                         undo_dropout(a_prev, scratch, count, fan_in, t0, l - 1, dropout_key, dropout_threshold)
-                    multiply_derivative_into(a_prev, scratch, count, fan_in, activation)
+                    multiply_derivative_into(a_prev, scratch, count, fan_in, activations[l - 1],
+                                             acts[slope_off[l - 1]:])
         restore(fp_state)
     add_partials(grads, partials, size, threads - 1)  # in thread order
     return mean_loss(row_loss, n, weight_total, m, loss)

@@ -52,7 +52,7 @@ def _run_steps_for(masked_decay):
     A Trainer uses one variant for all of its passes (CpuBackend._serial_entry)."""
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-    def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activation, loss,
+    def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
                   params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold, decay_mask,
                   acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss, step_hits, step_weight):
         if order.size < n_steps * batch_rows or lrs.size < n_steps or step_loss.size < n_steps \
@@ -68,13 +68,14 @@ def _run_steps_for(masked_decay):
         acts, scratch, partials, row_loss, row_hits = borrowed(acts), borrowed(scratch), borrowed(partials), \
             borrowed(row_loss), borrowed(row_hits)
         dims, offsets, decay_mask, lrs = borrowed(dims), borrowed(offsets), borrowed(decay_mask), borrowed(lrs)
+        activations = borrowed(activations)
         for s in range(n_steps):
             rows = order[s * batch_rows:(s + 1) * batch_rows]
             weight = sum_at(weights, rows) if weights.size else np.float64(batch_rows)
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
             value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activation, loss, params, grads, key, dropout_threshold, acts, scratch, partials,
+                               activations, loss, params, grads, key, dropout_threshold, acts, scratch, partials,
                                row_loss, row_hits, 1)
             step_loss[s] = value
             step_hits[s] = sum_first(row_hits, batch_rows)

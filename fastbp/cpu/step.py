@@ -9,7 +9,9 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
              skips its update
     dims     (L + 1,) int64 layer widths; offsets (L + 1,) int64 block starts in the flat buffers
     params, grads, moment1, moment2   flat float32 buffers (state.py)
-    acts     flat float32 workspace of activation_offsets(dims, n)[-1] elements; the backward pass
+    activations  (L,) int64 activation codes, one per layer's output (dense_forward.py)
+    acts     flat float32 workspace: the activation blocks (activation_offsets(dims, n)), then the slope
+             blocks (activations.slope_offsets), slope_offsets(...)[-1] elements in all; the backward pass
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
     scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
     partials float32 per-thread partial weight gradients (see weight_grad.py)
@@ -28,6 +30,7 @@ from numba import njit
 
 from ._jit import ERROR_MODEL, FASTMATH
 from .delta_backward import propagate_delta
+from .activations import slope_offsets
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import clear_weightless_rows, loss_and_delta
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
@@ -49,16 +52,20 @@ def update(params, grads, moment1, moment2, settings, norm_sums):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
-               dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
+               grads, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
     mean loss of the batch (0.0 in FORWARD mode)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
+    slope_off = slope_offsets(dims, activations, n, act_off[-1])
+    if acts.size < slope_off[-1]:
+        raise IndexError("acts workspace too small for the batch")
     gather_input(X, rows, acts[:act_off[1]])
-    dense_forward(params, offsets, dims, acts, act_off, n, activation, dropout_key, dropout_threshold, threads)
+    dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, dropout_key, dropout_threshold,
+                  threads)
     if mode == FORWARD:
         return 0.0
     logits = acts[act_off[-2]:act_off[-1]]
@@ -68,7 +75,7 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
     if not want_delta:
         return value
     if weights.size:
-        clear_weightless_rows(acts, act_off, dims, rows, weights)
+        clear_weightless_rows(acts, act_off, slope_off, dims, rows, weights)
     for l in range(n_layers - 1, -1, -1):
         fan_in, fan_out = dims[l], dims[l + 1]
         a_prev = acts[act_off[l]:act_off[l + 1]]
@@ -78,18 +85,18 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
         weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[offsets[l]:offsets[l + 1]], partials,
                         threads)
         if l > 0:
-            propagate_delta(delta, ld_delta, block, a_prev, n, fan_in, fan_out, activation, l - 1, dropout_key,
-                            dropout_threshold, scratch, threads)
+            propagate_delta(delta, ld_delta, block, a_prev, acts[slope_off[l - 1]:slope_off[l]], n, fan_in, fan_out,
+                            activations[l - 1], l - 1, dropout_key, dropout_threshold, scratch, threads)
     return value
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads, moment1,
-        moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, norm_sums,
-        threads):
+def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params, grads,
+        moment1, moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits,
+        norm_sums, threads):
     """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                       activation, loss, params, grads, dropout_key, dropout_threshold, acts, scratch, partials,
+                       activations, loss, params, grads, dropout_key, dropout_threshold, acts, scratch, partials,
                        row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums)
@@ -112,16 +119,16 @@ def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, deca
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params, grads,
-                 moment1, moment2, settings, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss,
-                 row_hits, norm_sums, threads):
+def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
+                 grads, moment1, moment2, settings, dropout_key, dropout_threshold, weights_t, tiles, partials,
+                 row_loss, row_hits, norm_sums, threads):
     """run() in modes GRADIENTS and STEP through the per-thread pipeline (pipeline.py): a separate entry
     point, so that networks that never take it never compile it. weights_t and tiles replace run()'s acts
     and scratch (see pipeline.py); after a call the batch's logits are not kept (last_logits needs a
     FORWARD or LOSS call)."""
-    value = pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activation, loss, params,
-                               grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits,
-                               threads)
+    value = pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss,
+                               params, grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss,
+                               row_hits, threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums)
     return value

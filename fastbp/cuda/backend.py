@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda
 
 from .. import sample_weights
-from ..options import ACTIVATIONS, LOSSES
+from ..options import ACTIVATIONS, LOSSES, SLOPE_ACTIVATIONS
 from ..workspaces import WorkspaceCache, available_host_bytes
 from . import device_data, fused_mlp, gemm, reduce
 from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
@@ -34,6 +34,7 @@ from .optimizers import optimizer_update, scalars
 from .weight_grad import WeightGradient
 
 TRANS, NO_TRANS = 1, 0
+SLOPE_CODES = tuple(ACTIVATIONS[a] for a in SLOPE_ACTIVATIONS)
 
 
 def _simulated():
@@ -46,11 +47,16 @@ def _offsets(sizes):
 
 class Workspace:
     """Device scratch for batches of n rows: activations with ones columns (the general path writes the
-    deltas over them), the fused path's hidden deltas, weight-gradient partial products, per-row losses
-    and hits, the loss sums and the squared gradient norm."""
+    deltas over them), the fused path's hidden deltas, the slope blocks of slope-storing activations,
+    weight-gradient partial products, per-row losses and hits, the loss sums and the squared gradient norm."""
 
-    def __init__(self, dims, n, fused, partial_floats):
+    def __init__(self, dims, activations, n, fused, partial_floats):
         dims = [int(d) for d in dims]
+        # layer l's act'(Z) (n, dims[l + 1]) at slope_off[l], for the hidden layers whose activation stores it
+        self.slope_off = _offsets([n * dims[l + 1] if l < len(dims) - 2 and activations[l] in SLOPE_CODES else 0
+                                   for l in range(len(dims) - 1)])
+        self.slopes = cuda.device_array(max(1, int(self.slope_off[-1])), np.float32)
+        self.d_slope_off = cuda.to_device(self.slope_off)
         self.act_off = _offsets([n * (d + 1) for d in dims[:-1]] + [n * dims[-1]])
         host = np.zeros(int(self.act_off[-1]), np.float32)
         for l in range(len(dims) - 1):
@@ -75,6 +81,12 @@ class Workspace:
     def delta_block(self, l):
         return self.deltas[self.delta_off[l]:self.delta_off[l + 1]]
 
+    def slope_block(self, l):
+        """Layer l's stored act'(Z), or None where its activation does not store one."""
+        if self.slope_off[l + 1] == self.slope_off[l]:
+            return None
+        return self.slopes[self.slope_off[l]:self.slope_off[l + 1]]
+
 
 class CudaBackend:
     """fused: None chooses by the network's widths; True or False forces a path (tests, benchmarks)."""
@@ -83,7 +95,8 @@ class CudaBackend:
 
     def __init__(self, config, state, fused=None):
         self.state = state
-        self.activation = ACTIVATIONS[config.activation]
+        self.activations = config.activation_codes()
+        self._d_activations = cuda.to_device(self.activations)
         self.loss = LOSSES[config.loss]
         self._decay_biases = bool(config.decay_biases)
         self.fused = fused_mlp.fits(state.dims) if fused is None else bool(fused)
@@ -98,7 +111,7 @@ class CudaBackend:
                                            min_chunk=self.tiles[2] if simulated else 512, threads=self.threads)
         self._sums = reduce.make_sums(self.threads)
         self._workspaces = WorkspaceCache(lambda n: Workspace(
-            state.dims, n, self.fused, self._weight_grad.partial_size(state.dims, n)))
+            state.dims, self.activations, n, self.fused, self._weight_grad.partial_size(state.dims, n)))
         self._d_dims = cuda.to_device(np.asarray(state.dims, np.int64))
         self._d_w_off = cuda.to_device(np.asarray(state.offsets, np.int64))
         self._weights_t = cuda.device_array(state.params.size if self.fused else 1, np.float32)
@@ -194,8 +207,9 @@ class CudaBackend:
                 fused_mlp.transpose_weights[min(self._blocks(self.params.size), 1024), self.threads](
                     self.params, self._d_w_off, self._d_dims, n_layers, self._weights_t)
             fused_mlp.launch(self.fused_tiles, d_X, d_rows, n, self._d_dims, self._d_w_off, n_layers, self.params,
-                             self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, d_labels, d_targets,
-                             *weighting, self.loss, self.activation, ws.row_loss, ws.row_hits, mode, dropout_key,
+                             self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, ws.slopes,
+                             ws.d_slope_off, d_labels, d_targets, *weighting, self.loss, self._d_activations,
+                             ws.row_loss, ws.row_hits, mode, dropout_key,
                              dropout_threshold)
         else:
             width0 = int(dims[0])
@@ -206,7 +220,8 @@ class CudaBackend:
                 gemm.launch(self.tiles, NO_TRANS, NO_TRANS, n, fan_out, fan_in + 1, ws.block(l), fan_in + 1,
                             self.params[off[l]:off[l + 1]], fan_out, ws.block(l + 1),
                             fan_out + 1 if hidden else fan_out,
-                            epilogue=gemm.EPI_ACTIVATE if hidden else gemm.EPI_NONE, activation=self.activation,
+                            epilogue=gemm.EPI_ACTIVATE if hidden else gemm.EPI_NONE,
+                            activation=int(self.activations[l]), aux=ws.slope_block(l), ld_aux=fan_out,
                             layer=l, dropout_key=dropout_key, dropout_threshold=dropout_threshold if hidden else 0)
             if mode != MODE_LOGITS:
                 loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
@@ -214,7 +229,8 @@ class CudaBackend:
                                                               ws.row_hits, mode == MODE_TRAIN)
         if mode == MODE_TRAIN and weights is not None:
             clear_weightless_rows[self._blocks(n), self.threads](ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off,
-                                                                 self._d_dims, n_layers, n, d_weights, d_rows)
+                                                                 ws.slopes, ws.d_slope_off, self._d_dims, n_layers,
+                                                                 n, d_weights, d_rows)
         if mode != MODE_LOGITS:
             self._sums[1, self.threads](ws.row_loss, ws.row_hits, ws.sums, False)
         return ws
@@ -244,12 +260,14 @@ class CudaBackend:
             self._weight_grad(n, fan_in, fan_out, a_prev, delta, ld_delta, self.grads[off[l]:off[l + 1]],
                               ws.partials)
             if l > 0 and not self.fused:
-                # BP2: (delta @ W^T) * act'(A_prev), written over A_prev.
+                # BP2: (delta @ W^T) * act'(Z_prev) (from A_prev, or its stored slopes), written over A_prev.
+                slopes = ws.slope_block(l - 1)
                 gemm.launch(self.tiles, NO_TRANS, TRANS, n, fan_in, fan_out, delta, ld_delta,
                             self.params[off[l]:off[l + 1]], fan_out, a_prev, fan_in + 1,
-                            epilogue=gemm.EPI_DERIVATIVE, activation=self.activation, aux=a_prev,
-                            ld_aux=fan_in + 1, layer=l - 1, dropout_key=dropout_key,
-                            dropout_threshold=dropout_threshold)
+                            epilogue=gemm.EPI_DERIVATIVE, activation=int(self.activations[l - 1]),
+                            aux=a_prev if slopes is None else slopes,
+                            ld_aux=fan_in + 1 if slopes is None else fan_in, layer=l - 1,
+                            dropout_key=dropout_key, dropout_threshold=dropout_threshold)
 
     # ---- the CpuBackend interface ----
 

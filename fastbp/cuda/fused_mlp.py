@@ -10,7 +10,8 @@ layer's output in registers, reading activations or deltas from shared memory an
 global memory (at most 129 x 128 floats per layer: they stay in L1/L2 across the blocks).
 
 Global memory receives only what other kernels need: the batch's gathered input and hidden activations
-(the weight-gradient GEMMs read [A_l, 1], the backward pass rereads A_l for act'), the output delta and
+(the weight-gradient GEMMs read [A_l, 1], the backward pass rereads A_l for act', or act'(Z) itself where
+it is stored), the output delta and
 the hidden deltas (weight_grad.py), the per-row losses and hits (reduce.py), or the logits for predict.
 Unlike tiny-cuda-nn: float32, biases, any width up to 128, any batch size, and no atomics anywhere
 (weight gradients are deterministic split-k products, see weight_grad.py).
@@ -22,6 +23,9 @@ Layouts, all row-major float32 unless noted; n batch rows in step order; L layer
                that the threads of a warp read consecutive weights in the backward products too
     acts: block l < L at act_off[l]: [A_l, 1] (n, dims[l] + 1); block L: logits or delta_L (n, dims[L])
     deltas: block l (0 < l < L) at delta_off[l]: delta_l (n, dims[l])
+    activations (L,) int64: layer l's activation code (the last, identity)
+    slopes: layer l's act'(Z) (n, dims[l + 1]) at slope_off[l], for the slope-storing activations
+            (device_math.stores_slope; written in training passes), other blocks empty
     row_loss, row_hits (n,) float64; labels (N,) int64 / targets (N * dims[L],), weights, weighted,
     weight_total: as in loss_delta.py
 """
@@ -87,8 +91,9 @@ def backward_product(buf, src, dst, weights_t, w_base, fan_in, fan_out):
 {store_in}
 
 
-def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, labels, targets,
-          weights, weighted, weight_total, loss, activation, row_loss, row_hits, mode, dropout_key, dropout_threshold):
+def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, slopes, slope_off,
+          labels, targets, weights, weighted, weight_total, loss, activations, row_loss, row_hits, mode, dropout_key,
+          dropout_threshold):
     buf = cuda.shared.array(BUFFER, float32)  # two ROWS x LD tiles
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.x * ROWS
@@ -113,16 +118,21 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
         forward_product(buf, src, dst, params, w_off[l], dims[l], fan_out)
         cuda.syncthreads()
         if l < n_layers - 1:
-            # Hidden layer: activation and dropout; [A_(l+1), 1] kept for the backward pass when training.
+            # Hidden layer: activation and dropout; [A_(l+1), 1] (and act'(Z) where it is stored) kept for the
+            # backward pass when training.
             a_base = act_off[l + 1]
+            activation = activations[l]
+            keep_slope = train and dm.stores_slope(activation)
             for idx in range(tid, ROWS * (fan_out + 1), THREADS):
                 r = idx // (fan_out + 1)
                 c = idx - r * (fan_out + 1)
                 row = row0 + r
                 v = float32(1.0)
                 if c < fan_out:
-                    v = dm.forward_epilogue(buf[dst + r * LD + c], activation, dropout_key, l, row, c,
-                                            dropout_threshold)
+                    z = buf[dst + r * LD + c]
+                    if keep_slope and row < n:
+                        slopes[slope_off[l] + row * fan_out + c] = dm.slope(z, activation)
+                    v = dm.forward_epilogue(z, activation, dropout_key, l, row, c, dropout_threshold)
                     if train and row < n:
                         acts[a_base + row * (fan_out + 1) + c] = v
                 buf[dst + r * LD + c] = v
@@ -161,7 +171,10 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
         backward_product(buf, src, dst, weights_t, w_off[l], fan_in, dims[l + 1])
         cuda.syncthreads()
         # delta_l = (delta_(l+1) @ W_l^T) * act'(A_l), undoing A_l's dropout (drawn by layer l - 1) first.
+        activation = activations[l - 1]
+        with_slope = dm.stores_slope(activation)
         a_base = act_off[l]
+        s_base = slope_off[l - 1]
         d_base = delta_off[l]
         for idx in range(tid, ROWS * fan_in, THREADS):
             r = idx // fan_in
@@ -169,8 +182,9 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
             row = row0 + r
             v = float32(0.0)  # past the batch's end: zeros, so nothing non-finite enters later products
             if row < n:
-                v = dm.backward_epilogue(buf[dst + r * LD + c], acts[a_base + row * (fan_in + 1) + c], activation,
-                                         dropout_key, l - 1, row, c, dropout_threshold)
+                stored = slopes[s_base + row * fan_in + c] if with_slope else acts[a_base + row * (fan_in + 1) + c]
+                v = dm.backward_epilogue(buf[dst + r * LD + c], stored, activation, dropout_key, l - 1, row, c,
+                                         dropout_threshold)
                 deltas[d_base + row * fan_in + c] = v
             buf[dst + r * LD + c] = v
         cuda.syncthreads()

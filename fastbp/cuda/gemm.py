@@ -12,8 +12,10 @@ adds the partials in a fixed order (weight_grad.py). Without a split, k_chunk >=
 
 Epilogue, applied to each element before it is stored (aux has C's layout, row stride ld_aux):
     EPI_NONE        c
-    EPI_ACTIVATE    act(c), then inverted dropout when dropout_threshold > 0     (forward, hidden layers)
-    EPI_DERIVATIVE  c * act'(a), a = aux (a stored activation, undoing its dropout first)   (BP2)
+    EPI_ACTIVATE    act(c), then inverted dropout when dropout_threshold > 0     (forward, hidden layers);
+                    a slope-storing activation (device_math.stores_slope) also writes act'(c) into aux
+    EPI_DERIVATIVE  c * act'(a), a = aux (a stored activation, undoing its dropout first, or the stored
+                    act'(Z) of a slope-storing activation)                                  (BP2)
 aux may be C itself (delta written over the activations it was computed from): each element is read
 and written by the same thread, after the products that need other memory are done.
 """
@@ -39,6 +41,8 @@ def _store(c, base, ldc, r, col, m, n, v, epilogue, activation, aux, ld_aux, lay
     if r >= m or col >= n:
         return
     if epilogue == EPI_ACTIVATE:
+        if dm.stores_slope(activation):  # act'(Z) kept for the backward pass, in aux
+            aux[r * ld_aux + col] = dm.slope(v, activation)
         v = dm.forward_epilogue(v, activation, dropout_key, layer, r, col, dropout_threshold)
     elif epilogue == EPI_DERIVATIVE:
         v = dm.backward_epilogue(v, aux[r * ld_aux + col], activation, dropout_key, layer, r, col,

@@ -99,12 +99,13 @@ def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weigh
 
 
 @cuda.jit
-def clear_weightless_rows(acts, act_off, deltas, delta_off, dims, n_layers, n, weights, rows):
+def clear_weightless_rows(acts, act_off, deltas, delta_off, slopes, slope_off, dims, n_layers, n, weights, rows):
     """One thread per batch row i of sample weight weights[rows[i]] = 0: zeros its row in every input and
-    hidden activation block (acts, (n, d_l + 1) blocks at act_off[l]; the ones columns stay) and in every
-    hidden delta block of the fused path (deltas, (n, d_l) at delta_off[l], where not empty). Launched
-    after the loss, before the weight gradients: the row's delta is 0, but its activations (and, through
-    act'(a), the fused path's deltas) may not be finite, and 0 x inf in a gradient is NaN."""
+    hidden activation block (acts, (n, d_l + 1) blocks at act_off[l]; the ones columns stay), in every
+    hidden delta block of the fused path (deltas, (n, d_l) at delta_off[l], where not empty) and in every
+    slope block (slopes, layer l's act'(Z) (n, d_{l+1}) at slope_off[l], where not empty). Launched after
+    the loss, before the weight gradients: the row's delta is 0, but its activations (and, through act',
+    the fused path's deltas) may not be finite, and 0 x inf in a gradient is NaN."""
     i = cuda.grid(1)
     if i >= n or weights[rows[i]] != 0.0:
         return
@@ -117,6 +118,10 @@ def clear_weightless_rows(acts, act_off, deltas, delta_off, dims, n_layers, n, w
             start = delta_off[l] + i * d
             for j in range(d):
                 deltas[start + j] = float32(0.0)
+        if slope_off[l + 1] > slope_off[l]:
+            start = slope_off[l] + i * dims[l + 1]
+            for j in range(dims[l + 1]):
+                slopes[start + j] = float32(0.0)
 
 
 @cuda.jit

@@ -8,7 +8,7 @@ import pytest
 import fastbp
 from fastbp import reference
 from fastbp.cpu import pipeline
-from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error
+from conftest import ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error
 
 TOL = 1e-4
 
@@ -45,10 +45,11 @@ def test_pipeline_is_chosen_for_narrow_layers_and_long_batches():
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_pipeline_gradients_match_reference(rng, activation, loss, threads):
     out = 3 if loss == "cross_entropy" else 2
     sizes = [33, 65, 1, 3, out]  # widths 1, 3, 33, 65: no tile or vector width divides them
+    activation = per_layer(activation, sizes)
     n = long_batch(threads)
     assert pipeline.fits(sizes, n, threads)
     t = trainer(rng, sizes, activation, loss)

@@ -14,7 +14,7 @@ if not cuda.is_available():
 import fastbp  # noqa: E402
 from fastbp.cuda import gemm  # noqa: E402
 from fastbp.cuda.backend import CudaBackend  # noqa: E402
-from conftest import ACTIVATIONS, LOSSES, make_targets, rel_error  # noqa: E402
+from conftest import ACTIVATIONS, ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error  # noqa: E402
 
 TILES = gemm.SIMULATOR_TILES if fastbp.cuda.backend._simulated() else gemm.PRODUCTION_TILES
 
@@ -98,11 +98,13 @@ def test_sample_weights_match_cpu(rng, fused, loss):
                                                                         rel=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", ("gelu", "silu")], ids=["relu", "gelu-silu"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
-def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused):
-    """A weight-0 row whose inputs overflow a ReLU network's activations (and whose target overflows the
+def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused, activation):
+    """A weight-0 row whose inputs overflow a network's activations (and whose target overflows the
     squared error): gradients and steps equal to those with harmless values in that row, on both GPU
-    paths (clear_weightless_rows; tests/cpu has the CPU backend's)."""
+    paths (clear_weightless_rows, which also clears gelu's and silu's stored slopes, NaN at an infinite
+    Z; tests/cpu has the CPU backend's)."""
     X, y = rng.standard_normal((13, 5)), rng.standard_normal((13, 2))
     w = rng.random(13) + 0.5
     w[4] = 0.0
@@ -113,7 +115,7 @@ def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused)
     harmless_X[4] = 0.0
     runs = []
     for data in ((hostile_X, hostile_y), (harmless_X, y)):
-        _, gpu = pair([5, 9, 7, 2], fused=fused, activation="relu", loss="mse", optimizer="adam", lr=1e-2)
+        _, gpu = pair([5, 9, 7, 2], fused=fused, activation=activation, loss="mse", optimizer="adam", lr=1e-2)
         value, grads = gpu.gradients(*data, sample_weight=w)
         runs.append((value, grads, gpu.step(*data, sample_weight=w), gpu.params))
     (v1, g1, s1, p1), (v2, g2, s2, p2) = runs
@@ -129,9 +131,12 @@ def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused)
     dict(optimizer="sgd", lr=0.05, weight_decay=0.5, decay_biases=False),
     dict(optimizer="adagrad", lr=0.05),
     dict(optimizer="rmsprop", lr=1e-2, momentum=0.5, dropout=0.3),
+    # dropout over stored slopes (gelu) and slopes from A (elu), per layer, on both paths
+    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["gelu", "elu"]),
+    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["elu", "gelu_tanh"], fused=False),
 ])
 def test_optimizers_clipping_and_dropout_match_cpu(rng, options):
-    cpu, gpu = pair([4, 9, 9, 2], activation="tanh", loss="cross_entropy", **options)
+    cpu, gpu = pair([4, 9, 9, 2], **{"activation": "tanh", "loss": "cross_entropy", **options})
     X, y = rng.standard_normal((9, 4)), rng.integers(0, 2, 9)
     for _ in range(3):
         assert gpu.step(X, y) == pytest.approx(cpu.step(X, y), rel=1e-5)
@@ -164,12 +169,13 @@ def test_trainer_api_on_cuda(tmp_path, rng):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_whole_adam_steps_match_the_float64_reference(rng, activation, fused):
-    """Every activation on both GPU paths: two whole steps (forward, loss, backward, Adam with weight
-    decay) against reference.Network in float64, not against the CPU backend."""
+    """Every activation, and one per layer, on both GPU paths: two whole steps (forward, loss, backward,
+    Adam with weight decay) against reference.Network in float64, not against the CPU backend."""
     from fastbp import reference
-    _, gpu = pair([5, 9, 3], fused=fused, activation=activation, loss="cross_entropy", optimizer="adam", lr=1e-2,
+    activation = per_layer(activation, [5, 9, 4, 3])
+    _, gpu = pair([5, 9, 4, 3], fused=fused, activation=activation, loss="cross_entropy", optimizer="adam", lr=1e-2,
                   weight_decay=0.01)
     start = [(W.astype(np.float64), b.astype(np.float64)) for W, b in gpu.params]
     ref = reference.Network(start, activation=activation, loss="cross_entropy", kind="adam", lr=1e-2,

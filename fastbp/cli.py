@@ -24,7 +24,9 @@ def _train_parser(sub):
     src.add_argument("--mnist-dir", metavar="DIR", help="directory holding MNIST's four IDX files")
     p.add_argument("--labels", metavar="FILE.npy", help="y for --data FILE.npy (memory-mapped too)")
     p.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden widths")
-    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden layers' activation")
+    p.add_argument("--activation", default=["relu"], nargs="+", choices=sorted(ACTIVATIONS), metavar="NAME",
+                   help="hidden layers' activation: one for all, or one per --hidden width "
+                        f"({', '.join(sorted(ACTIVATIONS))})")
     p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES), help="training loss")
     p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -77,6 +79,9 @@ def _check_arguments(args):
         raise _BadArgument(f"--hidden widths must be at least 1, got {args.hidden}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise _BadArgument(f"--lr must be a positive number, got {args.lr}")
+    if len(args.activation) not in (1, len(args.hidden)):
+        raise _BadArgument(f"--activation takes one name or one per hidden layer ({len(args.hidden)}), got "
+                           f"{len(args.activation)}")
     if not 0.0 <= args.dropout < 1.0:
         raise _BadArgument(f"--dropout must lie in [0, 1), got {args.dropout}")
     if not 0.0 < args.test_fraction < 1.0:
@@ -187,7 +192,8 @@ def train(args):
         Xtr = np.asarray(Xtr).reshape(len(Xtr), -1)
         Xte = np.asarray(Xte).reshape(len(Xte), -1)
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
-    trainer = Trainer(sizes, activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
+    activation = args.activation[0] if len(args.activation) == 1 else args.activation
+    trainer = Trainer(sizes, activation=activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads,
                       comm=comm)
     say(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")

@@ -51,9 +51,11 @@ from .callbacks import Callback
 from .keywords import suggest_keywords
 from .trainer import Trainer
 
-# scikit-learn's activation names, and fastbp's own.
+# scikit-learn's activation names, and fastbp's own. fastbp's estimators also take a list of them, one per
+# hidden layer (scikit-learn takes one name).
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
+                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "elu": "elu", "softplus": "softplus",
+                "gelu": "gelu", "gelu_tanh": "gelu_tanh", "silu": "silu"}
 _SOLVERS = ("lbfgs", "adam", "sgd", "adamw", "adagrad", "rmsprop")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")  # scikit-learn's schedules, for solver="sgd" only
 
@@ -120,8 +122,11 @@ class _BaseMLP(BaseEstimator):
     # ---- shared machinery ----
 
     def _check_params(self):
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(sorted(_ACTIVATIONS))}")
+        names = [self.activation] if isinstance(self.activation, str) else self.activation
+        if not isinstance(names, (list, tuple)) or any(not isinstance(a, str) or a not in _ACTIVATIONS
+                                                       for a in names):
+            raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(sorted(_ACTIVATIONS))}, "
+                             "or a list of them, one per hidden layer")
         if self.solver not in _SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; valid: {', '.join(_SOLVERS)}")
         hidden = self.hidden_layer_sizes
@@ -147,6 +152,13 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         return [int(h) for h in hidden]
 
+    def _trainer_activation(self):
+        """The Trainer's activation argument: fastbp's name, or a tuple of one per hidden layer (a list whose
+        length is not the number of hidden layers is the Trainer's ValueError)."""
+        if isinstance(self.activation, str):
+            return _ACTIVATIONS[self.activation]
+        return tuple(_ACTIVATIONS[a] for a in self.activation)
+
     def _batch_size(self, n):
         return min(200, n) if self.batch_size == "auto" else int(min(self.batch_size, n))
 
@@ -155,7 +167,7 @@ class _BaseMLP(BaseEstimator):
         fan_out) then b (fan_out,), each uniform in +-sqrt(6 / (fan_in + fan_out)) (2 instead of 6 with the
         logistic activation), drawn in float64 from random_state in that order. With comm, rank 0's draw
         (with random_state=None each rank's global generator draws its own)."""
-        factor = 2.0 if _ACTIVATIONS[self.activation] == "sigmoid" else 6.0
+        factor = 2.0 if self._trainer_activation() == "sigmoid" else 6.0
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = np.sqrt(factor / (fan_in + fan_out))
@@ -168,7 +180,7 @@ class _BaseMLP(BaseEstimator):
         Its weights are set by the caller: the Trainer's own initialization and row order (its seed) are
         not used, so that every draw comes from the estimator's random_state, in scikit-learn's order."""
         stochastic = self.solver != "lbfgs"  # lbfgs: the Trainer's kernels give loss and gradient only
-        options = dict(sizes=sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss,
+        options = dict(sizes=sizes, activation=self._trainer_activation(), loss=self._loss,
                        optimizer=self.solver if stochastic else "sgd", lr=self.learning_rate_init,
                        batch_size=batch, seed=0, decay_biases=False)
         # scikit-learn's gradient is scale x fastbp's (_gradient_scale), so with the penalty it is

@@ -1,11 +1,12 @@
 """A trained network out of fastbp and back: PyTorch modules and ONNX files.
 
-- to_torch(trainer) -> torch.nn.Sequential of Linear layers with the hidden activation between them (the
+- to_torch(trainer) -> torch.nn.Sequential of Linear layers with each hidden layer's activation after it (the
   output layer linear, as in fastbp: the loss holds the softmax or sigmoid), float32, the same weights
   (Linear.weight is W^T: PyTorch stores (fan_out, fan_in)).
 - from_torch(model, **options) -> Trainer: the reverse, for such a Sequential (a fine-tuned model coming
   back, or one built in PyTorch); options are the Trainer's own (loss, optimizer, lr, ...).
-- to_onnx(trainer, path, probabilities=True): an ONNX model (opset 17) of Gemm + activation nodes, input
+- to_onnx(trainer, path, probabilities=True): an ONNX model (opset 17) of Gemm + activation nodes (GELU and
+  SiLU, which opset 17 lacks, composed of Erf/Tanh/Sigmoid and arithmetic), input
   "input" (batch, sizes[0]) float32 with a free batch dimension, output "output": with probabilities,
   what Trainer.predict returns (softmax for cross_entropy, sigmoid for bce, exp for poisson, the raw
   outputs for mse),
@@ -19,10 +20,13 @@ import os
 import numpy as np
 
 from . import checkpoint
-from .options import LEAKY_SLOPE
+from .options import LEAKY_SLOPE, Config
 
 ONNX_OPSET = 17
-_ONNX_ACTIVATIONS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+# Activations that are one ONNX operator (with its attributes); gelu, gelu_tanh and silu are composed.
+_ONNX_ACTIVATIONS = {"relu": ("Relu", {}), "leaky_relu": ("LeakyRelu", {"alpha": LEAKY_SLOPE}),
+                     "tanh": ("Tanh", {}), "sigmoid": ("Sigmoid", {}), "elu": ("Elu", {"alpha": 1.0}),
+                     "softplus": ("Softplus", {})}
 
 
 def _torch():
@@ -47,14 +51,22 @@ def torch_activation(name):
     """The torch.nn module for one of fastbp's activation names."""
     torch = _torch()
     return {"identity": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh,
-            "sigmoid": torch.nn.Sigmoid,
+            "sigmoid": torch.nn.Sigmoid, "elu": torch.nn.ELU, "softplus": torch.nn.Softplus,
+            "gelu": torch.nn.GELU, "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh"), "silu": torch.nn.SiLU,
             "leaky_relu": lambda: torch.nn.LeakyReLU(negative_slope=LEAKY_SLOPE)}[name]()
+
+
+def _hidden_activations(params, activation):
+    """One activation name per hidden layer of params, from one name or a list of them."""
+    sizes = [np.shape(params[0][0])[0]] + [np.shape(W)[1] for W, _ in params]
+    return Config(sizes=sizes, activation=activation).hidden_activations
 
 
 def sequential(params, activation):
     """nn.Sequential holding params [(W (fan_in, fan_out), b (fan_out,)), ...] as float32 Linear layers
-    with `activation` between them."""
+    with `activation` (one name, or one per hidden layer) after each but the last."""
     torch = _torch()
+    activations = _hidden_activations(params, activation)
     layers = []
     with torch.no_grad():
         for l, (W, b) in enumerate(params):
@@ -63,7 +75,7 @@ def sequential(params, activation):
             linear.bias.copy_(torch.from_numpy(np.asarray(b, np.float32)))
             layers.append(linear)
             if l < len(params) - 1:
-                layers.append(torch_activation(activation))
+                layers.append(torch_activation(activations[l]))
     return torch.nn.Sequential(*layers)
 
 
@@ -74,22 +86,35 @@ def to_torch(trainer):
 def _activation_name(module):
     """fastbp's name for a hidden activation module, or ValueError naming what fastbp cannot take."""
     torch = _torch()
-    kinds = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid", torch.nn.Identity: "identity"}
+    kinds = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid", torch.nn.Identity: "identity",
+             torch.nn.SiLU: "silu"}
     if isinstance(module, torch.nn.LeakyReLU):
         if module.negative_slope != LEAKY_SLOPE:
             raise ValueError(f"LeakyReLU(negative_slope={module.negative_slope}): fastbp's leaky_relu has slope "
                              f"{LEAKY_SLOPE}")
         return "leaky_relu"
+    if type(module) is torch.nn.ELU:
+        if module.alpha != 1.0:
+            raise ValueError(f"ELU(alpha={module.alpha}): fastbp's elu has alpha 1")
+        return "elu"
+    if type(module) is torch.nn.Softplus:
+        if module.beta != 1.0 or module.threshold != 20.0:
+            raise ValueError(f"Softplus(beta={module.beta}, threshold={module.threshold}): fastbp's softplus has "
+                             "beta 1 and threshold 20")
+        return "softplus"
+    if type(module) is torch.nn.GELU:
+        return "gelu_tanh" if module.approximate == "tanh" else "gelu"
     for cls, name in kinds.items():
         if type(module) is cls:
             return name
     raise ValueError(f"{type(module).__name__} between the Linear layers: fastbp takes ReLU, LeakyReLU, Tanh, "
-                     "Sigmoid or Identity (one kind for every hidden layer)")
+                     "Sigmoid, ELU, Softplus, GELU, SiLU or Identity")
 
 
 def layers_of(model):
-    """(params, activation) of a torch Sequential of Linear layers with one kind of activation between them
-    and a Linear last; ValueError for anything fastbp's network cannot represent."""
+    """(params, activation) of a torch Sequential of Linear layers with one activation module between each
+    two and a Linear last; activation is one name when every hidden layer has the same, else a list of one
+    per hidden layer. ValueError for anything fastbp's network cannot represent."""
     torch = _torch()
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(model).__name__}")
@@ -98,7 +123,7 @@ def layers_of(model):
         last = type(modules[-1]).__name__ if modules else "nothing"
         raise ValueError(f"the model ends with {last}: fastbp's output layer is a Linear layer (the loss "
                          "applies the softmax or sigmoid); remove the output activation")
-    params, activations = [], set()
+    params, activations = [], []
     for i, m in enumerate(modules):  # Linear, activation, Linear, ..., Linear
         if i % 2 == 0:
             if not isinstance(m, torch.nn.Linear):
@@ -110,14 +135,13 @@ def layers_of(model):
         elif isinstance(m, torch.nn.Linear):
             raise ValueError(f"modules {i - 1} and {i} are Linear layers with no activation between them")
         else:
-            activations.add(_activation_name(m))
-    if len(activations) > 1:
-        raise ValueError(f"several kinds of activation ({', '.join(sorted(activations))}): fastbp uses one for "
-                         "every hidden layer")
+            activations.append(_activation_name(m))
     for (W, _), (W_next, _) in zip(params[:-1], params[1:]):
         if W.shape[1] != W_next.shape[0]:
             raise ValueError(f"a Linear layer's {W.shape[1]} outputs feed one taking {W_next.shape[0]} inputs")
-    return params, (activations.pop() if activations else "relu")
+    if len(set(activations)) > 1:
+        return params, activations
+    return params, (activations[0] if activations else "relu")
 
 
 def _host_array(tensor, index, what, torch):
@@ -137,19 +161,43 @@ def _host_array(tensor, index, what, torch):
 def from_torch(model, **options):
     from .trainer import Trainer
     params, activation = layers_of(model)
-    if "activation" in options and options["activation"] != activation:
+    if "activation" in options and (_hidden_activations(params, options["activation"])
+                                    != _hidden_activations(params, activation)):
         raise ValueError(f"activation={options['activation']!r}, but the model's is {activation!r}")
-    options["activation"] = activation
+    options.setdefault("activation", activation)
     sizes = [params[0][0].shape[0]] + [W.shape[1] for W, _ in params]
     trainer = Trainer(sizes, **options)
     trainer.set_params(params)
     return trainer
 
 
+def _composed_activation(name, x, out, tag, helper, numpy_helper):
+    """(nodes, initializers) computing activation `name` of tensor x into out with opset-17 operators:
+    gelu = x * 0.5 * (1 + erf(x / sqrt 2)); gelu_tanh = x * 0.5 * (1 + tanh(k (x + c x^3))); silu = x sigmoid(x)."""
+    def const(suffix, value):
+        return numpy_helper.from_array(np.array(value, np.float32), f"{tag}_{suffix}")
+    node = helper.make_node
+    if name == "silu":
+        return [node("Sigmoid", [x], [f"{tag}_s"]), node("Mul", [x, f"{tag}_s"], [out])], []
+    if name == "gelu":
+        inits = [const("inv_sqrt2", 1 / np.sqrt(2)), const("one", 1.0), const("half", 0.5)]
+        nodes = [node("Mul", [x, f"{tag}_inv_sqrt2"], [f"{tag}_u"]), node("Erf", [f"{tag}_u"], [f"{tag}_t"])]
+    else:  # gelu_tanh
+        inits = [const("c", 0.044715), const("k", np.sqrt(2 / np.pi)), const("one", 1.0), const("half", 0.5)]
+        nodes = [node("Mul", [x, x], [f"{tag}_x2"]), node("Mul", [f"{tag}_x2", x], [f"{tag}_x3"]),
+                 node("Mul", [f"{tag}_x3", f"{tag}_c"], [f"{tag}_cx3"]), node("Add", [x, f"{tag}_cx3"], [f"{tag}_p"]),
+                 node("Mul", [f"{tag}_p", f"{tag}_k"], [f"{tag}_u"]), node("Tanh", [f"{tag}_u"], [f"{tag}_t"])]
+    nodes += [node("Add", [f"{tag}_t", f"{tag}_one"], [f"{tag}_1pt"]), node("Mul", [x, f"{tag}_1pt"], [f"{tag}_xp"]),
+              node("Mul", [f"{tag}_xp", f"{tag}_half"], [out])]
+    return nodes, inits
+
+
 def onnx_model(params, activation, loss, probabilities=True):
-    """The onnx.ModelProto of the network (see the module docstring)."""
+    """The onnx.ModelProto of the network (see the module docstring); activation: one name or one per
+    hidden layer."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
+    activations = _hidden_activations(params, activation)
     nodes, initializers = [], []
     current = "input"
     for l, (W, b) in enumerate(params):
@@ -158,11 +206,16 @@ def onnx_model(params, activation, loss, probabilities=True):
         out = f"z{l}"
         nodes.append(helper.make_node("Gemm", [current, f"W{l}", f"b{l}"], [out], name=f"dense{l}"))
         current = out
-        if l < len(params) - 1 and activation != "identity":
+        if l < len(params) - 1 and activations[l] != "identity":
             act_out = f"a{l}"
-            extra = {"alpha": LEAKY_SLOPE} if activation == "leaky_relu" else {}
-            nodes.append(helper.make_node(_ONNX_ACTIVATIONS[activation], [current], [act_out], name=f"act{l}",
-                                          **extra))
+            if activations[l] in _ONNX_ACTIVATIONS:
+                op, attributes = _ONNX_ACTIVATIONS[activations[l]]
+                nodes.append(helper.make_node(op, [current], [act_out], name=f"act{l}", **attributes))
+            else:
+                more_nodes, more_inits = _composed_activation(activations[l], current, act_out, f"act{l}", helper,
+                                                              numpy_helper)
+                nodes += more_nodes
+                initializers += more_inits
             current = act_out
     transform = {"cross_entropy": ("Softmax", {"axis": 1}), "bce": ("Sigmoid", {}), "poisson": ("Exp", {})}.get(loss)
     if probabilities and transform is not None:

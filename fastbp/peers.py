@@ -88,8 +88,11 @@ def _jax_adam(config, params):
     import jax.numpy as jnp
     if config.optimizer != "adam" or config.weight_decay or config.clip_norm:
         raise ValueError("the JAX peer implements plain Adam only")
-    act = {"identity": lambda z: z, "relu": jax.nn.relu, "leaky_relu": jax.nn.leaky_relu, "tanh": jnp.tanh,
-           "sigmoid": jax.nn.sigmoid}[config.activation]
+    functions = {"identity": lambda z: z, "relu": jax.nn.relu, "leaky_relu": jax.nn.leaky_relu, "tanh": jnp.tanh,
+                 "sigmoid": jax.nn.sigmoid, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
+                 "gelu": lambda z: jax.nn.gelu(z, approximate=False),
+                 "gelu_tanh": lambda z: jax.nn.gelu(z, approximate=True), "silu": jax.nn.silu}
+    acts = [functions[name] for name in config.hidden_activations]
     b1, b2 = config.betas
     lr, eps, loss_name = config.lr, config.eps, config.loss
 
@@ -98,7 +101,7 @@ def _jax_adam(config, params):
         for l, (W, b) in enumerate(weights):
             a = a @ W + b
             if l < len(weights) - 1:
-                a = act(a)
+                a = acts[l](a)
         if loss_name == "cross_entropy":
             return jnp.mean(jax.nn.logsumexp(a, axis=1) - jnp.take_along_axis(a, y[:, None], axis=1)[:, 0])
         if loss_name == "mse":

@@ -79,8 +79,10 @@ def test_cli_trains_on_idx_and_npz_and_saves(tmp_path, capsys):
     assert fastbp.Trainer.load(tmp_path / "m.npz").sizes == (16, 256, 3)
     np.savez(tmp_path / "d.npz", X=X, y=y)
     assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "2", "--quiet", "--hidden", "8", "8",
-                     "--plot", str(tmp_path / "curves.png")]) == 0
+                     "--activation", "gelu", "silu", "--plot", str(tmp_path / "curves.png"),
+                     "--save", str(tmp_path / "m2.npz")]) == 0
     assert "test accuracy" in capsys.readouterr().out
+    assert fastbp.Trainer.load(tmp_path / "m2.npz").config.activation == ("gelu", "silu")
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
@@ -165,6 +167,7 @@ def bad_argument_cases(tmp_path):
         (data + ["--save", str(tmp_path / "folder")], "is a directory"),
         (data + ["--save", str(tmp_path / "nowhere" / "m.npz")], "does not exist"),
         (data + ["--plot", str(tmp_path / "folder")], "is a directory"),
+        (data + ["--hidden", "8", "8", "8", "--activation", "gelu", "silu"], "one per hidden layer (3)"),
     ]
 
 

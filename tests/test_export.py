@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import fastbp
-from conftest import ACTIVATIONS, LOSSES, make_targets
+from conftest import ALL_ACTIVATIONS, LOSSES, make_targets, per_layer
 
 SIZES = [7, 33, 3, 4]
 
 
 def trained(rng, activation, loss, sizes=SIZES):
-    t = fastbp.Trainer(sizes, activation=activation, loss=loss, seed=int(rng.integers(2 ** 31)), lr=1e-2)
+    t = fastbp.Trainer(sizes, activation=per_layer(activation, sizes), loss=loss, seed=int(rng.integers(2 ** 31)), lr=1e-2)
     X = rng.standard_normal((64, sizes[0])).astype(np.float32)
     y = make_targets(rng, loss, 64, sizes[-1])
     t.fit(X, y, epochs=2, batch_size=16, verbose=0)  # biases away from zero, weights moved
@@ -29,7 +29,7 @@ def output_transform(torch, logits, loss):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_to_torch_and_back_predict_the_same(rng, activation, loss):
     torch = pytest.importorskip("torch")
     t = trained(rng, activation, loss)
@@ -39,7 +39,7 @@ def test_to_torch_and_back_predict_the_same(rng, activation, loss):
         theirs = output_transform(torch, model(torch.from_numpy(X)), loss).numpy()
     np.testing.assert_allclose(theirs, t.predict(X), rtol=1e-5, atol=1e-6)
     back = fastbp.Trainer.from_torch(model, loss=loss)
-    assert back.config.activation == activation and back.sizes == t.sizes
+    assert back.config.hidden_activations == t.config.hidden_activations and back.sizes == t.sizes
     np.testing.assert_array_equal(back.predict(X), t.predict(X))
     for (W, b), (W2, b2) in zip(back.params, t.params):
         np.testing.assert_array_equal(W, W2)
@@ -70,10 +70,10 @@ def test_from_torch_refuses_what_fastbp_cannot_represent():
     nn = torch.nn
     cases = [
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(dim=1)), "ends with Softmax"),
-        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)),
-         "several kinds of activation"),
         (nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), "no activation between them"),
-        (nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)), "GELU"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Mish(), nn.Linear(4, 2)), "Mish"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ELU(alpha=0.5), nn.Linear(4, 2)), "alpha 1"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Softplus(beta=2.0), nn.Linear(4, 2)), "beta 1"),
         (nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 2)), "slope"),
         (nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2)), "without bias"),
         (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 2)), "feed one taking 5 inputs"),
@@ -86,10 +86,14 @@ def test_from_torch_refuses_what_fastbp_cannot_represent():
             fastbp.Trainer.from_torch(model)
     with pytest.raises(TypeError, match="Sequential"):
         fastbp.Trainer.from_torch(nn.Linear(3, 2))
+    mixed = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 5), nn.SiLU(), nn.Linear(5, 2))
+    with pytest.raises(ValueError, match="but the model's is"):
+        fastbp.Trainer.from_torch(mixed, activation="gelu")
+    assert fastbp.Trainer.from_torch(mixed, activation=["gelu", "silu"]).config.activation == ("gelu", "silu")
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_onnx_runtime_predicts_what_fastbp_predicts(rng, tmp_path, activation, loss):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

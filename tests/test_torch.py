@@ -27,6 +27,16 @@ CASES = [
     ("relu", "mse", dict(optimizer="adamw", lr=1e-2, weight_decay=0.3, decay_biases=False)),
     ("sigmoid", "bce", dict(optimizer="adam", lr=1e-2, weight_decay=0.1, decay_biases=False)),
 ]
+# The newer activations (nn.ELU, Softplus, GELU, GELU(approximate="tanh"), SiLU) under every optimizer, and
+# one activation per hidden layer.
+_NEW_OPTIMIZERS = [dict(optimizer="sgd", lr=0.05, momentum=0.9), dict(optimizer="adam", lr=1e-2),
+                   dict(optimizer="adamw", lr=1e-2, weight_decay=0.1), dict(optimizer="adagrad", lr=0.05),
+                   dict(optimizer="rmsprop", lr=1e-3, momentum=0.5)]
+CASES += [(activation, ("cross_entropy", "mse", "bce")[i % 3], opt)
+          for i, (activation, opt) in enumerate((a, o) for a in ("elu", "softplus", "gelu", "gelu_tanh", "silu")
+                                                for o in _NEW_OPTIMIZERS)]
+CASES += [(("gelu_tanh", "silu"), "cross_entropy", dict(optimizer="adam", lr=1e-2)),
+          (("elu", "gelu"), "mse", dict(optimizer="sgd", lr=0.01, momentum=0.9))]
 
 
 @pytest.mark.parametrize("activation, loss, opt", CASES)

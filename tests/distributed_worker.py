@@ -82,9 +82,10 @@ def loop():
 
 
 def dropout():
-    """2 epochs with dropout on replicated data: each rank's part gets the masks of its batch positions."""
+    """2 epochs with dropout on replicated data: each rank's part gets the masks of its batch positions
+    (and gelu's stored slopes, per rank part, go with them)."""
     X, y = problem()
-    t = trainer(dropout=0.3)
+    t = trainer(dropout=0.3, activation="gelu")
     t.fit(X, y, epochs=2, verbose=0)
     report("dropout", {"params": flat(t)})
 

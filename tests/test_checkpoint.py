@@ -254,6 +254,8 @@ RESUME_CASES = {
     "adam_clip_dropout": dict(optimizer="adam", clip_norm=0.5, dropout=0.3),
     "adam_micro_batches": dict(optimizer="adam", micro_batch=7),  # a step summed in micro-batches of 7 rows
     "sgd_memory_budget": dict(optimizer="sgd", lr=0.05, momentum=0.5, memory_budget=4096),
+    # one activation per hidden layer (a list in the checkpoint's JSON), stored slopes under dropout
+    "adam_per_layer_dropout": dict(optimizer="adam", dropout=0.3, activation=["gelu", "elu"], sizes=[5, 9, 6, 3]),
 }
 
 
@@ -264,7 +266,9 @@ def test_every_optimizer_resumes_bitwise_from_its_own_checkpoint(tmp_path, case)
     rng = np.random.default_rng(3)
     X = rng.standard_normal((90, 5)).astype(np.float32)
     y = rng.integers(0, 3, 90)
-    make = lambda: fastbp.Trainer([5, 9, 3], loss="cross_entropy", batch_size=30, seed=1, **RESUME_CASES[case])
+    options = dict(RESUME_CASES[case])
+    sizes = options.pop("sizes", [5, 9, 3])
+    make = lambda: fastbp.Trainer(sizes, loss="cross_entropy", batch_size=30, seed=1, **options)
     full = make()
     full.fit(X, y, epochs=4, verbose=0)
     part = make()
@@ -275,6 +279,7 @@ def test_every_optimizer_resumes_bitwise_from_its_own_checkpoint(tmp_path, case)
     for name in ("params", "moment1", "moment2"):
         assert np.array_equal(getattr(full.state, name), getattr(resumed.state, name)), name
     assert resumed.step_count == full.step_count
+    assert resumed.config == full.config
 
 
 def test_a_squared_moment_that_went_negative_is_refused_for_the_optimizer_that_keeps_squares(tmp_path):

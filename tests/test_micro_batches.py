@@ -49,6 +49,19 @@ def test_micro_batched_steps_equal_unchunked_ones(rng, loss, optimizer):
         np.testing.assert_allclose(h_chunked.history["accuracy"], h_whole.history["accuracy"], rtol=1e-12)
 
 
+def test_micro_batches_with_one_activation_per_layer(rng):
+    """Stored slopes (gelu, silu) and slopes from A (softplus) in micro-batches of 7 under dropout."""
+    sizes = [5, 33, 9, 7, 3]
+    X = rng.standard_normal((130, sizes[0])).astype(np.float32)
+    y = rng.integers(0, 3, 130)
+    options = dict(sizes=sizes, activation=["gelu", "softplus", "silu"], loss="cross_entropy", lr=0.01,
+                   batch_size=50, seed=1, dropout=0.2)
+    whole, chunked = fastbp.Trainer(**options), fastbp.Trainer(**options, micro_batch=7)
+    whole.fit(X, y, epochs=3, verbose=0)
+    chunked.fit(X, y, epochs=3, verbose=0)
+    assert_same_training(chunked, whole)
+
+
 def test_micro_batches_through_the_per_thread_pipeline(rng):
     """A narrow network over long batches: the unchunked step and 600-row chunks both take the pipeline,
     200-row chunks the layer-at-a-time kernels."""

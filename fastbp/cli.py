@@ -38,6 +38,9 @@ def _train_parser(sub):
     p.add_argument("--validation-split", type=float, default=0.1,
                    help="share of the training rows held out for the per-epoch val_ metrics (0: none)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
+    p.add_argument("--input-dropout", type=float, default=0.0, help="dropout rate on the input features")
+    p.add_argument("--max-norm", type=float, default=None, metavar="C",
+                   help="after every update, hold each unit's incoming weight vector to norm <= C")
     p.add_argument("--save", metavar="PATH", help="write a checkpoint of the trained model")
     p.add_argument("--plot", metavar="PNG", help="save loss and accuracy curves (needs matplotlib)")
     p.add_argument("--threads", type=int, default=None,
@@ -84,6 +87,10 @@ def _check_arguments(args):
                            f"{len(args.activation)}")
     if not 0.0 <= args.dropout < 1.0:
         raise _BadArgument(f"--dropout must lie in [0, 1), got {args.dropout}")
+    if not 0.0 <= args.input_dropout < 1.0:
+        raise _BadArgument(f"--input-dropout must lie in [0, 1), got {args.input_dropout}")
+    if args.max_norm is not None and not (math.isfinite(args.max_norm) and args.max_norm > 0):
+        raise _BadArgument(f"--max-norm must be a positive number, got {args.max_norm}")
     if not 0.0 < args.test_fraction < 1.0:
         raise _BadArgument(f"--test-fraction must lie strictly between 0 and 1, got {args.test_fraction}")
     if not 0.0 <= args.validation_split < 1.0:
@@ -194,7 +201,8 @@ def train(args):
     sizes = [Xtr.shape[1], *args.hidden, _output_width(args.loss, ytr)]
     activation = args.activation[0] if len(args.activation) == 1 else args.activation
     trainer = Trainer(sizes, activation=activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout, threads=args.threads,
+                      batch_size=args.batch_size, seed=args.seed, dropout=args.dropout,
+                      input_dropout=args.input_dropout, max_norm=args.max_norm, threads=args.threads,
                       comm=comm)
     say(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
     count = kernel_threads(trainer.threads)

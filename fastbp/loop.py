@@ -75,7 +75,7 @@ class ChunkedEpochs:
                 settings = t._optimizer_settings()._replace(lr=float(lrs[0]))
                 done = backend.train_steps(source.X, source.labels, source.targets, source.weights,
                                            order[step * batch:step * batch + n_steps * rows], rows, n_steps,
-                                           settings, lrs, self.key_base, t._dropout_threshold, self.outputs)
+                                           settings, lrs, self.key_base, t._dropout, self.outputs)
                 t.state.step_count += done
                 if t.schedule is not None and t.schedule.interval == "step":
                     t.lr = lrs[min(done, n_steps - 1)]

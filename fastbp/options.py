@@ -107,6 +107,8 @@ class Config:
     clip_norm: Optional[float] = None
     dropout: float = 0.0
     decay_biases: bool = True
+    input_dropout: float = 0.0
+    max_norm: Optional[float] = None
 
     def __post_init__(self):
         sizes = self.sizes
@@ -160,6 +162,11 @@ class Config:
             raise TypeError(f"decay_biases must be True or False, got {self.decay_biases!r}")
         if self.dropout and len(self.sizes) < 3:
             raise ValueError("dropout applies to hidden layers, and this network has none")
+        object.__setattr__(self, "input_dropout", finite_number("input_dropout", self.input_dropout, low=0.0,
+                                                                high=MAX_DROPOUT, high_inclusive=True))
+        if self.max_norm is not None:
+            object.__setattr__(self, "max_norm", float32_number("max_norm", self.max_norm, low=0.0,
+                                                                low_inclusive=False))
 
     @property
     def n_layers(self):
@@ -207,10 +214,11 @@ class OptimizerSettings(NamedTuple):
     alpha: float
     clip_norm: float  # 0: no clipping
     eps_hat: bool  # Adam's eps added before the bias correction of sqrt(v) (Config.eps_hat)
+    max_norm: float  # after the update, every unit's incoming weights held to this norm; 0: no constraint
 
     @classmethod
     def for_step(cls, config, lr, step):
         return cls(kind=OPTIMIZERS[config.optimizer], lr=lr, beta1=config.betas[0], beta2=config.betas[1],
                    eps=config.eps, weight_decay=config.weight_decay, momentum=config.momentum,
                    nesterov=config.nesterov, step=step, alpha=config.alpha, clip_norm=config.clip_norm or 0.0,
-                   eps_hat=config.eps_hat)
+                   eps_hat=config.eps_hat, max_norm=config.max_norm or 0.0)

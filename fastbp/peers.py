@@ -61,7 +61,8 @@ def torch_peer(config, params, threads=None, mode="fused"):
         torch.set_num_threads(threads)
     model, loss_fn = torch_model(config, params)
     opt = torch_optimizer(config, model.parameters(), mode)
-    clip_norm = config.clip_norm
+    clip_norm, max_norm = config.clip_norm, config.max_norm
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
 
     def train_step(xt, yt):
         opt.zero_grad(set_to_none=True)
@@ -70,6 +71,10 @@ def torch_peer(config, params, threads=None, mode="fused"):
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         opt.step()
+        if max_norm:  # PyTorch's max-norm idiom: each unit's incoming weights (a row of weight) renormed
+            with torch.no_grad():
+                for linear in linears:
+                    linear.weight.copy_(torch.renorm(linear.weight, 2, 0, max_norm))
         return loss.detach()
 
     compiled_step = torch.compile(train_step) if mode == "compile" else train_step

@@ -110,13 +110,14 @@ def softmax(z):
 
 # ---- forward, loss, backward ----
 
-def forward(params, X, activation, masks=None, rate=0.0):
-    """Returns (activations, logits): activations[0] is X, activations[l] the output of hidden layer l.
+def forward(params, X, activation, masks=None, rate=0.0, input_mask=None, input_rate=0.0):
+    """Returns (activations, logits): activations[0] is the input, activations[l] the output of hidden layer l.
 
     activation: one name, or one per hidden layer. masks: optional 0/1 arrays, one per hidden layer, for
-    inverted dropout at `rate`: hidden layer l then outputs act(Z_l) * masks[l] / (1 - rate)."""
+    inverted dropout at `rate`: hidden layer l then outputs act(Z_l) * masks[l] / (1 - rate). input_mask:
+    an optional 0/1 array of X's shape, for inverted dropout on the inputs at input_rate."""
     names = hidden_activations(activation, len(params) - 1)
-    acts = [X]
+    acts = [X if input_mask is None else X * input_mask / (1 - input_rate)]
     for l, (W, b) in enumerate(params[:-1]):
         a = activate(names[l], acts[-1] @ W + b)
         acts.append(a if masks is None else a * masks[l] / (1 - rate))
@@ -175,8 +176,9 @@ def backward(params, acts, delta, activation, masks=None, rate=0.0):
     return grads
 
 
-def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0, weights=None):
-    acts, logits = forward(params, X, activation, masks, rate)
+def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0, weights=None, input_mask=None,
+                       input_rate=0.0):
+    acts, logits = forward(params, X, activation, masks, rate, input_mask, input_rate)
     value, delta = loss_and_output_delta(logits, y, loss, weights)
     return value, backward(params, acts, delta, activation, masks, rate)
 
@@ -200,11 +202,14 @@ class Optimizer:
     Adagrad and RMSprop (optional momentum); clip_norm: gradient clipping by global norm first;
     decay_biases=False: weight_decay applies to the weights W only, the biases b are not decayed;
     eps_hat=True: Adam's eps added to sqrt(v) before the bias corrections (Keras, scikit-learn), not to
-    sqrt(v_hat) after them (PyTorch)."""
+    sqrt(v_hat) after them (PyTorch); max_norm: after each update, every W's columns (each unit's incoming
+    weights) longer than max_norm are scaled to that norm (Srivastava et al.'s max-norm constraint)."""
 
     def __init__(self, params, kind="adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None, decay_biases=True, eps_hat=False):
+                 momentum=0.0, nesterov=False, alpha=0.99, clip_norm=None, decay_biases=True, eps_hat=False,
+                 max_norm=None):
         self.kind, self.lr, self.betas, self.eps, self.eps_hat = kind, lr, betas, eps, eps_hat
+        self.max_norm = max_norm
         self.decay_biases = decay_biases
         self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
         self.alpha, self.clip_norm = alpha, clip_norm
@@ -213,6 +218,13 @@ class Optimizer:
         self.step_count = 0
 
     def step(self, params, grads):
+        self._update(params, grads)
+        if self.max_norm:
+            for W, _ in params:
+                norms = np.sqrt((W * W).sum(axis=0))
+                W *= np.where(norms > self.max_norm, self.max_norm / np.maximum(norms, 1e-300), 1.0)
+
+    def _update(self, params, grads):
         self.step_count += 1
         t = self.step_count
         flat_p = [p for pair in params for p in pair]

@@ -12,7 +12,7 @@ from .guard import CallGuard, whole_steps
 from .history import History
 from .keywords import suggest_keywords
 from .progress import EpochProgress
-from .cpu.dropout import offset_key, threshold as dropout_threshold
+from .cpu.dropout import NO_DROPOUT, Thresholds, offset_key, threshold as dropout_threshold
 from .options import CLASSIFICATION_LOSSES, Config, OptimizerSettings, finite_number, float32_number, positive_int
 from .state import NetworkState, layer_offsets
 from .workspaces import available_host_bytes, batch_bytes, rows_within
@@ -70,7 +70,9 @@ class Trainer:
 
     Options (each checked on construction; a bad value is a ValueError or TypeError naming it):
         sizes        [input width, hidden widths..., output width]
-        activation   "relu" (default), "leaky_relu" (slope 0.01), "tanh", "sigmoid", "identity"
+        activation   "relu" (default), "leaky_relu" (slope 0.01), "tanh", "sigmoid", "identity", "elu"
+                     (alpha 1), "softplus" (PyTorch's: beta 1, linear above 20), "gelu" (exact, erf-based),
+                     "gelu_tanh" (PyTorch's approximate="tanh"), "silu"; or a list of one per hidden layer
         loss         "mse" (default; targets (n, out)), "cross_entropy" (integer labels (n,), softmax
                      outputs), "bce" (targets in [0, 1], sigmoid outputs), "poisson" (counts or rates
                      >= 0; the outputs are log-rates, predict gives exp(z); PyTorch's
@@ -91,6 +93,10 @@ class Trainer:
         alpha        RMSprop's smoothing constant (default 0.99)
         clip_norm    clip the global gradient norm to this value (default None: no clipping)
         dropout      rate on every hidden layer during training, in [0, 1 - 2^-24] (default 0)
+        input_dropout  rate on the input features during training (default 0), its own masks
+        max_norm     after every update, each unit's incoming weights W[:, j] (every layer; not the
+                     biases) are scaled back to this Euclidean norm when longer (Srivastava et al.'s
+                     max-norm, Keras' MaxNorm; default None: no constraint)
         schedule     a fastbp.schedules.Schedule for the learning rate (default None: constant)
         threads      CPU threads for the kernels (default None: as many as the process may use, see
                      fastbp.threads.limit; joblib workers and threadpoolctl limits are honoured; with comm,
@@ -116,7 +122,8 @@ class Trainer:
     def __init__(self, sizes, activation="relu", loss="mse", optimizer="adam", lr=1e-3, batch_size=32,
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=None, eps_hat=False, alpha=0.99, clip_norm=None, dropout=0.0,
-                 decay_biases=True, schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None):
+                 decay_biases=True, schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None,
+                 input_dropout=0.0, max_norm=None):
         self._comm = distributed.wrap(comm)
         self.micro_batch = None if micro_batch is None else positive_int("micro_batch", micro_batch)
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
@@ -128,7 +135,8 @@ class Trainer:
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, eps_hat=eps_hat, alpha=alpha,
-                             clip_norm=clip_norm, dropout=dropout, decay_biases=decay_biases)
+                             clip_norm=clip_norm, dropout=dropout, decay_biases=decay_biases,
+                             input_dropout=input_dropout, max_norm=max_norm)
         if schedule is not None and not isinstance(schedule, schedules.Schedule):
             raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
         self.schedule = schedule
@@ -141,7 +149,7 @@ class Trainer:
         self._dropout_seed = int(self._rng.integers(2 ** 62))
         if self._comm.size > 1:
             self._share_initial_state()
-        self._dropout_threshold = dropout_threshold(self.config.dropout)
+        self._dropout = Thresholds(dropout_threshold(self.config.dropout), dropout_threshold(self.config.input_dropout))
         self._backend = _make_backend(self.config, self.state, self.threads, self._comm)
         self.lr = self.config.lr
         self.epochs_done = 0
@@ -267,12 +275,11 @@ class Trainer:
             if self._comm.size == 1 and local.size <= chunk:  # one compiled call: gradient and update fused
                 X, labels, targets, weights, kernel_rows = source.take(local)
                 loss = self._backend.train_step(X, labels, targets, kernel_rows, self._optimizer_settings(),
-                                                self._dropout_key(), self._dropout_threshold, weights)
+                                                self._dropout_key(), self._dropout, weights)
                 hits = self._backend.last_hits(local.size) if self.config.loss in CLASSIFICATION_LOSSES else 0.0
                 weight = source.row_weight(local)
             else:
-                loss, hits, weight = self._summed_gradients(source, local, first, chunk, self._dropout_threshold,
-                                                            interrupts)
+                loss, hits, weight = self._summed_gradients(source, local, first, chunk, self._dropout, interrupts)
                 if np.isfinite(loss):
                     self._backend.apply_update(self._optimizer_settings())
             if not np.isfinite(loss):
@@ -281,7 +288,7 @@ class Trainer:
             self.state.step_count += 1
         return float(loss), hits, weight
 
-    def _summed_gradients(self, source, local_rows, first, chunk, dropout_threshold, interrupts=None):
+    def _summed_gradients(self, source, local_rows, first, chunk, dropout, interrupts=None):
         """The mean gradient of a batch, left in the backend's gradient buffer; returns the batch's (mean
         loss, hits, weight).
 
@@ -303,7 +310,7 @@ class Trainer:
             rows = local_rows[start:start + chunk]
             X, labels, targets, weights, kernel_rows = source.take(rows)
             chunk_loss = self._backend.loss_and_gradients(X, labels, targets, kernel_rows,
-                                                          offset_key(key, first + start), dropout_threshold, weights)
+                                                          offset_key(key, first + start), dropout, weights)
             share = source.row_weight(rows) / rank_weight if rank_weight > 0 else 0.0
             with np.errstate(invalid="ignore", over="ignore"):
                 loss += chunk_loss * share
@@ -726,7 +733,7 @@ class Trainer:
     def _source_gradients(self, source, training=False, sharded=False):
         """gradients() of a source from _gradient_source."""
         with self._guard.lock:
-            dropout_threshold = self._dropout_threshold if training else 0
+            dropout = self._dropout if training else NO_DROPOUT
             try:
                 parts = self._comm.row_parts(source.n_rows, sharded, ("gradients", bool(training)))
                 rows = np.arange(parts.n_total, dtype=np.int64)
@@ -734,7 +741,7 @@ class Trainer:
                 chunk = self._chunk_rows(local.size)
                 if isinstance(source, sources.OnDemand):  # a file is read a piece at a time, never copied whole
                     chunk = min(chunk, EVAL_CHUNK)
-                loss, _, _ = self._summed_gradients(source, local, first, chunk, dropout_threshold)
+                loss, _, _ = self._summed_gradients(source, local, first, chunk, dropout)
             finally:
                 self._backend.release_data()
             if not np.isfinite(loss):

@@ -20,7 +20,7 @@ def kernels():
     from fastbp.cuda import device_data, fused_mlp, gemm, reduce
     from fastbp.cuda.gather import gather_input
     from fastbp.cuda.loss_delta import clear_weightless_rows, loss_and_delta
-    from fastbp.cuda.optimizers import optimizer_update
+    from fastbp.cuda.optimizers import apply_max_norm, optimizer_update
     from fastbp.cuda.weight_grad import sum_partials
     i8, f4, f8, b1 = types.int64, types.float32, types.float64, types.boolean
     v4, vi8, v8 = types.Array(f4, 1, "C"), types.Array(i8, 1, "C"), types.Array(f8, 1, "C")
@@ -30,7 +30,7 @@ def kernels():
          (i8, i8, i8, i8, i8, v4, i8, v4, i8, v4, i8, i8, i8, v4, i8, i8, i8, i8, i8, i8), {"shared": True}),
         ("fused_mlp", fused_mlp.make_fused(*fused_mlp.PRODUCTION_TILES).py_func,
          (v4, vi8, i8, vi8, vi8, i8, v4, v4, v4, vi8, v4, vi8, v4, vi8, vi8, v4, v8, b1, f8, i8, vi8, v8, v8, i8, i8,
-          i8),
+          i8, i8),
          {"shared": True}),
         ("transpose_weights", fused_mlp.transpose_weights.py_func, (v4, vi8, vi8, i8, v4), {}),
         ("sum_partials", sum_partials.py_func, (v4, i8, i8, v4), {}),
@@ -40,10 +40,11 @@ def kernels():
         ("clear_weightless_rows", clear_weightless_rows.py_func, (v4, vi8, v4, vi8, v4, vi8, vi8, i8, i8, v8, vi8),
          {}),
         ("sums", reduce.make_sums(256).py_func, (v8, v8, v8, b1), {"shared": True}),
-        ("gather_input", gather_input.py_func, (v4, i8, vi8, v4), {}),
+        ("gather_input", gather_input.py_func, (v4, i8, vi8, v4, i8, i8), {}),
         ("optimizer_update", optimizer_update.py_func,
          (v4, v4, v4, v4, i8, f4, f4, f4, b1, f4, f4, f4, f4, f4, f4, f4, f4, f4, f4, f8, v8, v8, b1, vi8, vi8),
          {}),
+        ("apply_max_norm", apply_max_norm.py_func, (v4, i8, i8, i8, f8, v8), {}),
     ]
 
 

@@ -69,7 +69,7 @@ def breakdown(sizes, batch, loss):
         def acts(l):
             return ws.acts[act_off[l]:act_off[l + 1]]
 
-        out.append(("gather", median_time(lambda: gather_input(X, rows, acts(0))), 0))
+        out.append(("gather", median_time(lambda: gather_input(X, rows, acts(0), 0, 0)), 0))
         for l in range(L):
             ld = sizes[l + 1] + (1 if l < L - 1 else 0)
             fn = (lambda l=l, ld=ld: dense_layer(acts(l), block(s.params, l), batch, sizes[l], sizes[l + 1],

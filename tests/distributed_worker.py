@@ -85,7 +85,7 @@ def dropout():
     """2 epochs with dropout on replicated data: each rank's part gets the masks of its batch positions
     (and gelu's stored slopes, per rank part, go with them)."""
     X, y = problem()
-    t = trainer(dropout=0.3, activation="gelu")
+    t = trainer(dropout=0.3, activation="gelu", input_dropout=0.2, max_norm=1.0)
     t.fit(X, y, epochs=2, verbose=0)
     report("dropout", {"params": flat(t)})
 

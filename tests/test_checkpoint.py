@@ -255,7 +255,8 @@ RESUME_CASES = {
     "adam_micro_batches": dict(optimizer="adam", micro_batch=7),  # a step summed in micro-batches of 7 rows
     "sgd_memory_budget": dict(optimizer="sgd", lr=0.05, momentum=0.5, memory_budget=4096),
     # one activation per hidden layer (a list in the checkpoint's JSON), stored slopes under dropout
-    "adam_per_layer_dropout": dict(optimizer="adam", dropout=0.3, activation=["gelu", "elu"], sizes=[5, 9, 6, 3]),
+    "adam_per_layer_dropout": dict(optimizer="adam", dropout=0.3, activation=["gelu", "elu"], sizes=[5, 9, 6, 3],
+                                   input_dropout=0.2, max_norm=1.0),
 }
 
 

@@ -79,10 +79,12 @@ def test_cli_trains_on_idx_and_npz_and_saves(tmp_path, capsys):
     assert fastbp.Trainer.load(tmp_path / "m.npz").sizes == (16, 256, 3)
     np.savez(tmp_path / "d.npz", X=X, y=y)
     assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "2", "--quiet", "--hidden", "8", "8",
-                     "--activation", "gelu", "silu", "--plot", str(tmp_path / "curves.png"),
+                     "--activation", "gelu", "silu", "--input-dropout", "0.1", "--max-norm", "2",
+                     "--plot", str(tmp_path / "curves.png"),
                      "--save", str(tmp_path / "m2.npz")]) == 0
     assert "test accuracy" in capsys.readouterr().out
-    assert fastbp.Trainer.load(tmp_path / "m2.npz").config.activation == ("gelu", "silu")
+    config = fastbp.Trainer.load(tmp_path / "m2.npz").config
+    assert (config.activation, config.input_dropout, config.max_norm) == (("gelu", "silu"), 0.1, 2.0)
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
@@ -168,6 +170,8 @@ def bad_argument_cases(tmp_path):
         (data + ["--save", str(tmp_path / "nowhere" / "m.npz")], "does not exist"),
         (data + ["--plot", str(tmp_path / "folder")], "is a directory"),
         (data + ["--hidden", "8", "8", "8", "--activation", "gelu", "silu"], "one per hidden layer (3)"),
+        (data + ["--input-dropout", "1"], "--input-dropout must lie in [0, 1)"),
+        (data + ["--max-norm", "0"], "--max-norm must be a positive number"),
     ]
 
 

@@ -50,12 +50,13 @@ def test_micro_batched_steps_equal_unchunked_ones(rng, loss, optimizer):
 
 
 def test_micro_batches_with_one_activation_per_layer(rng):
-    """Stored slopes (gelu, silu) and slopes from A (softplus) in micro-batches of 7 under dropout."""
+    """Stored slopes (gelu, silu) and slopes from A (softplus) in micro-batches of 7 under dropout, input
+    dropout and max-norm (applied after the update the micro-batches' summed gradient makes)."""
     sizes = [5, 33, 9, 7, 3]
     X = rng.standard_normal((130, sizes[0])).astype(np.float32)
     y = rng.integers(0, 3, 130)
     options = dict(sizes=sizes, activation=["gelu", "softplus", "silu"], loss="cross_entropy", lr=0.01,
-                   batch_size=50, seed=1, dropout=0.2)
+                   batch_size=50, seed=1, dropout=0.2, input_dropout=0.1, max_norm=1.0)
     whole, chunked = fastbp.Trainer(**options), fastbp.Trainer(**options, micro_batch=7)
     whole.fit(X, y, epochs=3, verbose=0)
     chunked.fit(X, y, epochs=3, verbose=0)

@@ -36,6 +36,9 @@ CASES += [(activation, ("cross_entropy", "mse", "bce")[i % 3], opt)
           for i, (activation, opt) in enumerate((a, o) for a in ("elu", "softplus", "gelu", "gelu_tanh", "silu")
                                                 for o in _NEW_OPTIMIZERS)]
 CASES += [(("gelu_tanh", "silu"), "cross_entropy", dict(optimizer="adam", lr=1e-2)),
+          # max_norm against torch.renorm after each step (small enough that it binds from the first step)
+          ("relu", "cross_entropy", dict(optimizer="sgd", lr=0.05, momentum=0.9, max_norm=0.6)),
+          ("gelu", "mse", dict(optimizer="adam", lr=1e-2, max_norm=0.6, weight_decay=1e-2)),
           (("elu", "gelu"), "mse", dict(optimizer="sgd", lr=0.01, momentum=0.9))]
 
 

@@ -25,7 +25,7 @@ def test_dropout_gradients_match_reference_with_the_same_masks(rng, activation):
     activation = per_layer(activation, sizes)
     t = fastbp.Trainer(sizes, activation=activation, loss="cross_entropy", dropout=rate, seed=3)
     X, y = rng.standard_normal((n, 7)), rng.integers(0, 3, n)
-    key, threshold = t._dropout_key(), t._dropout_threshold
+    key, threshold = t._dropout_key(), t._dropout.hidden
     masks = [dropout.mask(key, l, n, sizes[l + 1], threshold).astype(np.float64) for l in range(2)]
     keep = 1 - threshold / 2 ** 24
     params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in t.params]
@@ -40,6 +40,34 @@ def test_dropout_gradients_match_reference_with_the_same_masks(rng, activation):
                                         rel=1e-5)
     t.step(X, y)
     assert not np.array_equal(dropout.mask(t._dropout_key(), 0, n, 33, threshold), masks[0])
+
+
+@pytest.mark.parametrize("n, micro_batch", [(130, None), (130, 50), (700, None)],
+                         ids=["batch", "micro-batches", "pipeline-tiles"])
+def test_input_dropout_gradients_match_reference_with_the_same_masks(rng, n, micro_batch, kernel_path):
+    """Input dropout (its own rate and masks, dropout.INPUT_LAYER) beside hidden dropout, per-layer
+    activations (gelu's stored slopes under a mask): the float64 reference given the same masks, on the
+    serial and parallel paths (700 rows of this narrow network take the per-thread pipeline there), whole
+    or in micro-batches (each chunk's rows get the masks of their batch positions)."""
+    sizes, rate, input_rate = [7, 33, 17, 3], 0.3, 0.2
+    t = fastbp.Trainer(sizes, activation=["gelu", "relu"], loss="cross_entropy", dropout=rate,
+                       input_dropout=input_rate, seed=3, micro_batch=micro_batch)
+    X, y = rng.standard_normal((n, 7)), rng.integers(0, 3, n)
+    key, thresholds = t._dropout_key(), t._dropout
+    masks = [dropout.mask(key, l, n, sizes[l + 1], thresholds.hidden).astype(np.float64) for l in range(2)]
+    input_mask = dropout.mask(key, dropout.INPUT_LAYER, n, 7, thresholds.inputs).astype(np.float64)
+    assert 0.7 < input_mask.mean() < 0.9
+    params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in t.params]
+    ref_value, ref_grads = reference.loss_and_gradients(
+        params, X, y, ["gelu", "relu"], "cross_entropy", masks, thresholds.hidden / 2 ** 24,
+        input_mask=input_mask, input_rate=thresholds.inputs / 2 ** 24)
+    value, grads = t.gradients(X, y, training=True)
+    assert value == pytest.approx(ref_value, rel=1e-5)
+    for (dW, db), (rW, rb) in zip(grads, ref_grads):
+        assert rel_error(dW, rW) < 1e-4 and rel_error(db, rb) < 1e-4
+    no_input_drop = reference.loss_and_gradients(params, X, y, ["gelu", "relu"], "cross_entropy", masks,
+                                                 thresholds.hidden / 2 ** 24)[0]
+    assert abs(no_input_drop - ref_value) > 1e-3 * ref_value  # the input masks did change the loss
 
 
 def test_offset_key_gives_a_part_of_a_batch_the_masks_of_its_rows_in_the_whole_batch():

@@ -15,6 +15,7 @@ from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
+from .dropout import NO_DROPOUT
 from .activations import slope_offsets
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS, decay_masks
@@ -30,7 +31,7 @@ _NO_DECAY_MASK = np.zeros(0, np.bool_)
 SERIAL_WORK = 4 * 2 ** 20
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
                                      momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
-                                     eps_hat=False)
+                                     eps_hat=False, max_norm=0.0)
 
 
 class Workspace:
@@ -136,14 +137,14 @@ class CpuBackend:
         (a forward pass of EVAL_CHUNK rows of such a network takes milliseconds on one thread)."""
         return self.takes_serial_path(n) or (mode <= step.LOSS and self.takes_serial_path(self._batch_size))
 
-    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout_threshold=0, weights=None):
+    def _run(self, mode, X, labels, targets, rows, settings=None, dropout_key=0, dropout=NO_DROPOUT, weights=None):
         if self._serial_for(mode, rows.size):
             settings = settings or _UNUSED_SETTINGS
             first_step = settings.step - 1
             key_base = (dropout_key - first_step) % 2 ** 63  # serial.dropout_key gives back dropout_key
             out = self._step_outputs
             self._run_steps(mode, X, labels, targets, weights, rows, rows.size, 1, settings,
-                            np.array([settings.lr]), key_base, first_step, dropout_threshold, out)
+                            np.array([settings.lr]), key_base, first_step, dropout, out)
             return float(out[0, 0])
         s = self.state
         weight_total = sample_weights.batch_total(weights, rows)
@@ -157,11 +158,12 @@ class CpuBackend:
                          _EMPTY_TARGETS if targets is None else targets,
                          _EMPTY_WEIGHTS if weights is None else weights, weight_total, rows, s.dims, s.offsets,
                          self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2,
-                         settings or _UNUSED_SETTINGS, dropout_key, dropout_threshold, *scratch, ws.partials,
+                         settings or _UNUSED_SETTINGS, dropout_key, dropout.hidden, dropout.inputs, *scratch,
+                         ws.partials,
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def _run_steps(self, mode, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                   first_step, dropout_threshold, out):
+                   first_step, dropout, out):
         """serial.run_steps on this backend's state and the workspace for batch_rows rows; out: (3, >= n_steps)
         float64 for each step's loss, hits and weight. Returns the steps applied."""
         s = self.state
@@ -171,7 +173,7 @@ class CpuBackend:
                                     _EMPTY_TARGETS if targets is None else targets,
                                     _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,
                                     s.dims, s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1,
-                                    s.moment2, settings, lrs, key_base, first_step, dropout_threshold,
+                                    s.moment2, settings, lrs, key_base, first_step, dropout.hidden, dropout.inputs,
                                     self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
 
@@ -202,16 +204,16 @@ class CpuBackend:
         no_rows = np.zeros(0, np.int64)
         if self.takes_serial_path(n):
             self._run_steps(step.STEP, empty_X, None, None, None, no_rows, 0, 0, _UNUSED_SETTINGS, np.zeros(0), 0,
-                            0, 0, np.zeros((3, 0)))
+                            0, NO_DROPOUT, np.zeros((3, 0)))
             return
         ws = self._workspaces.get(0)
         with self._kernel_threads() as threads:
             step.run(step.FORWARD, empty_X, _EMPTY_LABELS, _EMPTY_TARGETS, _EMPTY_WEIGHTS, 1.0, no_rows, s.dims,
                      s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2, _UNUSED_SETTINGS,
-                     0, 0, ws.acts, ws.scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+                     0, 0, 0, ws.acts, ws.scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                    dropout_threshold, out):
+                    dropout, out):
         """n_steps training steps in one compiled call (serial.run_steps; only where takes_serial_path(batch_rows)):
         step s on rows order[s * batch_rows:(s + 1) * batch_rows] of X (N, d0) float32 with labels (N,) int64 or
         targets (N, d_L) float32 and weights (N,) float64 or None; lrs (n_steps,) float64 each step's learning
@@ -220,25 +222,25 @@ class CpuBackend:
         returns the steps applied (fewer than n_steps when a step's loss was not finite: its update is not
         applied)."""
         return self._run_steps(step.STEP, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs,
-                               key_base, settings.step - 1, dropout_threshold, out)
+                               key_base, settings.step - 1, dropout, out)
 
-    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout_threshold=0,
+    def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout=NO_DROPOUT,
                    weights=None):
         """One step on batch X[rows]; updates params and moments in place (not when the loss is not
-        finite). Returns the loss. dropout_threshold > 0 applies dropout with this step's key. weights:
+        finite). Returns the loss. dropout (dropout.Thresholds) applies dropout with this step's key. weights:
         None, or (N,) float64 sample weights indexed as labels/targets are (the loss is then their
         weighted mean, sample_weights.py)."""
         if self._decay_mask.size and not self.takes_serial_path(rows.size):
             # decay_biases=False: the gradient, then the masked update (its own entry point)
-            value = self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold, weights)
+            value = self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout, weights)
             if np.isfinite(value):
                 self.apply_update(settings)
             return value
-        return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout_threshold, weights)
+        return self._run(step.STEP, X, labels, targets, rows, settings, dropout_key, dropout, weights)
 
-    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0, weights=None):
-        """Fills state.grads for batch X[rows] (with dropout when dropout_threshold > 0); returns the loss."""
-        return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout_threshold, weights)
+    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout=NO_DROPOUT, weights=None):
+        """Fills state.grads for batch X[rows] (with dropout's masks, dropout.Thresholds); returns the loss."""
+        return self._run(step.GRADIENTS, X, labels, targets, rows, None, dropout_key, dropout, weights)
 
     # The gradient's trip through an MPI reduction (distributed.py): on the CPU it already lives on the host.
     def grads_to_host(self):
@@ -251,12 +253,13 @@ class CpuBackend:
     def apply_update(self, settings: OptimizerSettings):
         """Clipping and the optimizer update from state.grads, as train_step would apply them."""
         s = self.state
-        with self._kernel_threads():
+        with self._kernel_threads() as threads:
             if self._decay_mask.size:
                 step.run_update_masked(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums,
-                                       self._decay_mask)
+                                       self._decay_mask, s.dims, s.offsets, threads)
             else:
-                step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums)
+                step.run_update(s.params, s.grads, s.moment1, s.moment2, settings, self._norm_sums, s.dims,
+                                s.offsets, threads)
 
     def loss_value(self, X, labels, targets, rows, weights=None):
         """The loss of batch X[rows]; its logits stay readable through last_logits()."""

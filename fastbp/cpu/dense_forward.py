@@ -18,7 +18,7 @@ from ._jit import FASTMATH, IDENTITY
 from .activations import KNOWN, activate_row, activate_with_slope, stores_slope
 from .blas import NO_TRANS, gemm_block, part, split_rows
 from .denormals import flush_denormals, restore
-from .dropout import keeps
+from .dropout import INPUT_LAYER, keeps
 
 
 @njit(cache=True, nogil=True)
@@ -32,16 +32,28 @@ def activation_offsets(dims, n):
     return off
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def gather_row(X, src, a0_row, d0, row, key, input_threshold):
+    """a0_row (d0 + 1,) <- [X[src], 1], through inverted dropout on the features (layer INPUT_LAYER's masks,
+    batch row `row`) when input_threshold > 0."""
+    if input_threshold > 0:
+        inv_keep = np.float32(2.0 ** 24 / (2.0 ** 24 - input_threshold))
+        for j in range(d0):
+            a0_row[j] = X[src, j] * inv_keep if keeps(key, INPUT_LAYER, row, j, input_threshold) else 0.0
+    else:
+        for j in range(d0):
+            a0_row[j] = X[src, j]
+    a0_row[d0] = 1.0
+
+
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def gather_input(X, rows, a0):
-    """a0 (n, d0 + 1) <- [X[rows], 1]; X: (N, d0) float32 C-contiguous, rows: (n,) int64 in [0, N)."""
+def gather_input(X, rows, a0, key, input_threshold):
+    """a0 (n, d0 + 1) <- [X[rows], 1]; X: (N, d0) float32 C-contiguous, rows: (n,) int64 in [0, N); input
+    dropout when input_threshold > 0 (the weight gradient of layer 0 then reads the dropped inputs, and
+    nothing propagates further back, so the forward pass is all that changes)."""
     d0 = X.shape[1]
     for i in prange(rows.size):
-        base = i * (d0 + 1)
-        src = rows[i]
-        for j in range(d0):
-            a0[base + j] = X[src, j]
-        a0[base + d0] = 1.0
+        gather_row(X, rows[i], a0[i * (d0 + 1):(i + 1) * (d0 + 1)], d0, i, key, input_threshold)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

@@ -6,6 +6,8 @@ memory, and the result does not depend on how rows are shared among threads. The
 step (see Trainer), so a checkpoint resumes with exactly the masks an uninterrupted run would use.
 Kept units are scaled by 1 / (1 - rate), so nothing changes at predict time (PyTorch's convention).
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -28,6 +30,10 @@ def keeps(key, layer, row, col, threshold):
     return (x >> np.uint64(40)) >= np.uint64(threshold)
 
 
+# The layer id of the input features' masks (Trainer(input_dropout=...)); hidden layers are 0 .. L - 2.
+INPUT_LAYER = 255
+
+
 def offset_key(key, first_row):
     """The key under which row i of a part of a batch gets the mask of row first_row + i of the whole batch
     (an MPI rank's part, a micro-batch): keys and rows add modulo 2^63 in keeps()."""
@@ -36,6 +42,16 @@ def offset_key(key, first_row):
 
 def threshold(rate):
     return int(round(rate * 2 ** 24))
+
+
+class Thresholds(NamedTuple):
+    """A step's dropout: the hidden layers' threshold and the input features' (Trainer(input_dropout=...));
+    0 where nothing is dropped."""
+    hidden: int = 0
+    inputs: int = 0
+
+
+NO_DROPOUT = Thresholds()
 
 
 @njit(cache=True, nogil=True)

@@ -31,7 +31,7 @@ from ._jit import FASTMATH, IDENTITY
 from .blas import NO_TRANS, TRANS, gemm, gemm_into, part
 from .activations import slope_offsets
 from .delta_backward import multiply_derivative_into, undo_dropout
-from .dense_forward import activate_block, activation_offsets, drop_block
+from .dense_forward import activate_block, activation_offsets, drop_block, gather_row
 from .denormals import flush_denormals, restore
 from .loss_delta import clear_weightless_rows, delta_scale, mean_loss, weighted_row_loss_and_delta
 from .weight_grad import add_partials
@@ -55,7 +55,8 @@ def tile_floats(dims, activations):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
-                       grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss, row_hits, threads):
+                       grads, dropout_key, dropout_threshold, input_threshold, weights_t, tiles, partials, row_loss,
+                       row_hits, threads):
     """Returns the batch's mean loss; fills grads with its gradient."""
     n = rows.size
     n_layers = dims.size - 1
@@ -84,9 +85,9 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
         for t0 in range(r0, r1, TILE_ROWS):
             count = min(TILE_ROWS, r1 - t0)
             beta = np.float32(0.0) if t0 == r0 else np.float32(1.0)  # the first tile starts the accumulator
-            for i in range(count):  # [X[rows], 1]: its ones column is preset
-                for j in range(d0):
-                    acts[i * (d0 + 1) + j] = X[rows[t0 + i], j]
+            for i in range(count):  # [X[rows], 1], the tile's rows t0.. of the batch
+                gather_row(X, rows[t0 + i], acts[i * (d0 + 1):(i + 1) * (d0 + 1)], d0, t0 + i, dropout_key,
+                           input_threshold)
             # (1) forward, every layer; the output layer is linear and never dropped out.
             for l in range(n_layers):
                 fan_in, fan_out = dims[l], dims[l + 1]

@@ -32,6 +32,7 @@ from ..options import OptimizerSettings
 from ..sums import sum_at, sum_first
 from ._jit import ERROR_MODEL, FASTMATH
 from .borrow import borrowed
+from .max_norm import apply_max_norm
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .step import GRADIENTS, STEP, batch_pass
 
@@ -53,8 +54,9 @@ def _run_steps_for(masked_decay):
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
-                  params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold, decay_mask,
-                  acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss, step_hits, step_weight):
+                  params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold,
+                  input_threshold, decay_mask, acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss,
+                  step_hits, step_weight):
         if order.size < n_steps * batch_rows or lrs.size < n_steps or step_loss.size < n_steps \
                 or step_hits.size < n_steps or step_weight.size < n_steps:
             raise IndexError("run_steps: order, lrs or the step outputs are shorter than n_steps")
@@ -75,8 +77,8 @@ def _run_steps_for(masked_decay):
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
             value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activations, loss, params, grads, key, dropout_threshold, acts, scratch, partials,
-                               row_loss, row_hits, 1)
+                               activations, loss, params, grads, key, dropout_threshold, input_threshold, acts,
+                               scratch, partials, row_loss, row_hits, 1)
             step_loss[s] = value
             step_hits[s] = sum_first(row_hits, batch_rows)
             step_weight[s] = weight
@@ -87,12 +89,13 @@ def _run_steps_for(masked_decay):
             step_settings = OptimizerSettings(settings.kind, lrs[s], settings.beta1, settings.beta2, settings.eps,
                                               settings.weight_decay, settings.momentum, settings.nesterov,
                                               first_step + s + 1, settings.alpha, settings.clip_norm,
-                                              settings.eps_hat)
+                                              settings.eps_hat, settings.max_norm)
             scale = clip_scale(grads, settings.clip_norm, norm_sums)
             if masked_decay:
                 optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)
             else:
                 optimizer_update(params, grads, moment1, moment2, step_settings, scale)
+            apply_max_norm(params, offsets, dims, settings.max_norm, 1)
         return n_steps
 
     return run_steps

@@ -17,7 +17,8 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     partials float32 per-thread partial weight gradients (see weight_grad.py)
     row_loss (n,) float64 scratch;  row_hits (n,) float64: each row's accuracy (loss_delta.py)
     norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
-    dropout_key, dropout_threshold  this step's dropout masks (dropout.py); threshold 0: no dropout
+    dropout_key, dropout_threshold, input_threshold  this step's dropout masks (dropout.py) on the hidden
+             layers and on the input features; a threshold of 0: no dropout there
     threads  how many blocks to cut each product into: Numba's thread count
 
 Why one entry point: Numba compiles a parallel kernel again for every jitted function that calls it
@@ -33,6 +34,7 @@ from .delta_backward import propagate_delta
 from .activations import slope_offsets
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import clear_weightless_rows, loss_and_delta
+from .max_norm import apply_max_norm
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .pipeline import pipeline_gradients
 from .weight_grad import weight_gradient
@@ -45,15 +47,18 @@ STEP = 3       # + the optimizer update, skipped when the loss is not finite
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def update(params, grads, moment1, moment2, settings, norm_sums):
-    """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads."""
+def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads):
+    """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads, then the
+    max-norm constraint (when settings.max_norm > 0)."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
     optimizer_update(params, grads, moment1, moment2, settings, scale)
+    apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
-               grads, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+               grads, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits,
+               threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
     mean loss of the batch (0.0 in FORWARD mode)."""
@@ -63,7 +68,7 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
     slope_off = slope_offsets(dims, activations, n, act_off[-1])
     if acts.size < slope_off[-1]:
         raise IndexError("acts workspace too small for the batch")
-    gather_input(X, rows, acts[:act_off[1]])
+    gather_input(X, rows, acts[:act_off[1]], dropout_key, input_threshold)
     dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, dropout_key, dropout_threshold,
                   threads)
     if mode == FORWARD:
@@ -92,43 +97,44 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params, grads,
-        moment1, moment2, settings, dropout_key, dropout_threshold, acts, scratch, partials, row_loss, row_hits,
-        norm_sums, threads):
+        moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss,
+        row_hits, norm_sums, threads):
     """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                       activations, loss, params, grads, dropout_key, dropout_threshold, acts, scratch, partials,
-                       row_loss, row_hits, threads)
+                       activations, loss, params, grads, dropout_key, dropout_threshold, input_threshold, acts,
+                       scratch, partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums)
+        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
     return value
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def run_update(params, grads, moment1, moment2, settings, norm_sums):
+def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
-    update(params, grads, moment1, moment2, settings, norm_sums)
+    update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, decay_mask):
+def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, decay_mask, dims, offsets, threads):
     """run_update with weight decay only where decay_mask (P,) bool is True: Trainer(decay_biases=False)'s
     update, after a GRADIENTS call; its own entry point, compiled only by programs that use it."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
     optimizer_update_masked(params, grads, moment1, moment2, settings, scale, decay_mask)
+    apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
-                 grads, moment1, moment2, settings, dropout_key, dropout_threshold, weights_t, tiles, partials,
-                 row_loss, row_hits, norm_sums, threads):
+                 grads, moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, weights_t, tiles,
+                 partials, row_loss, row_hits, norm_sums, threads):
     """run() in modes GRADIENTS and STEP through the per-thread pipeline (pipeline.py): a separate entry
     point, so that networks that never take it never compile it. weights_t and tiles replace run()'s acts
     and scratch (see pipeline.py); after a call the batch's logits are not kept (last_logits needs a
     FORWARD or LOSS call)."""
     value = pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss,
-                               params, grads, dropout_key, dropout_threshold, weights_t, tiles, partials, row_loss,
-                               row_hits, threads)
+                               params, grads, dropout_key, dropout_threshold, input_threshold, weights_t, tiles,
+                               partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums)
+        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
     return value

@@ -30,7 +30,8 @@ from . import device_data, fused_mlp, gemm, reduce
 from .fused_mlp import MODE_LOGITS, MODE_LOSS, MODE_TRAIN
 from .gather import gather_input
 from .loss_delta import clear_weightless_rows, loss_and_delta
-from .optimizers import optimizer_update, scalars
+from ..cpu.dropout import NO_DROPOUT
+from .optimizers import apply_max_norm, optimizer_update, scalars
 from .weight_grad import WeightGradient
 
 TRANS, NO_TRANS = 1, 0
@@ -190,7 +191,7 @@ class CudaBackend:
 
     # ---- the passes ----
 
-    def _forward(self, X, labels, targets, rows, mode, dropout_key=0, dropout_threshold=0, weights=None):
+    def _forward(self, X, labels, targets, rows, mode, dropout_key=0, dropout=NO_DROPOUT, weights=None):
         """Forward pass of the batch X[rows]; unless mode is MODE_LOGITS, the per-row (weighted) losses
         summed into ws.sums; in MODE_TRAIN also the output delta (and on the fused path every hidden delta)."""
         s = self.state
@@ -210,10 +211,11 @@ class CudaBackend:
                              self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, ws.slopes,
                              ws.d_slope_off, d_labels, d_targets, *weighting, self.loss, self._d_activations,
                              ws.row_loss, ws.row_hits, mode, dropout_key,
-                             dropout_threshold)
+                             dropout.hidden, dropout.inputs)
         else:
             width0 = int(dims[0])
-            gather_input[self._blocks(n * (width0 + 1)), self.threads](d_X, width0, d_rows, ws.block(0))
+            gather_input[self._blocks(n * (width0 + 1)), self.threads](d_X, width0, d_rows, ws.block(0), dropout_key,
+                                                                       dropout.inputs)
             for l in range(n_layers):
                 fan_in, fan_out = int(dims[l]), int(dims[l + 1])
                 hidden = l < n_layers - 1
@@ -222,7 +224,7 @@ class CudaBackend:
                             fan_out + 1 if hidden else fan_out,
                             epilogue=gemm.EPI_ACTIVATE if hidden else gemm.EPI_NONE,
                             activation=int(self.activations[l]), aux=ws.slope_block(l), ld_aux=fan_out,
-                            layer=l, dropout_key=dropout_key, dropout_threshold=dropout_threshold if hidden else 0)
+                            layer=l, dropout_key=dropout_key, dropout_threshold=dropout.hidden if hidden else 0)
             if mode != MODE_LOGITS:
                 loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
                                                               d_targets, *weighting, d_rows, self.loss, ws.row_loss,
@@ -243,7 +245,7 @@ class CudaBackend:
         total = ws.weight_total
         return total_loss / total if self.loss == LOSSES["cross_entropy"] else total_loss / (total * m)
 
-    def _backward(self, ws, n, dropout_key, dropout_threshold):
+    def _backward(self, ws, n, dropout_key, dropout):
         """Every layer's [dW; db] into self.grads (and, on the general path, the hidden deltas)."""
         s = self.state
         dims, off = s.dims, s.offsets
@@ -267,7 +269,7 @@ class CudaBackend:
                             epilogue=gemm.EPI_DERIVATIVE, activation=int(self.activations[l - 1]),
                             aux=a_prev if slopes is None else slopes,
                             ld_aux=fan_in + 1 if slopes is None else fan_in, layer=l - 1,
-                            dropout_key=dropout_key, dropout_threshold=dropout_threshold)
+                            dropout_key=dropout_key, dropout_threshold=dropout.hidden)
 
     # ---- the CpuBackend interface ----
 
@@ -279,10 +281,16 @@ class CudaBackend:
         optimizer_update[blocks, self.threads](self.params, self.grads, self.moment1, self.moment2,
                                                *scalars(settings), norm, loss_sums, self._decay_biases, self._d_dims,
                                                self._d_w_off)
+        if settings.max_norm > 0:  # then every layer's columns held to the norm (one thread per unit)
+            dims, off = self.state.dims, self.state.offsets
+            for l in range(len(dims) - 1):
+                fan_in, fan_out = int(dims[l]), int(dims[l + 1])
+                apply_max_norm[self._blocks(fan_out), self.threads](self.params, int(off[l]), fan_in, fan_out,
+                                                                    float(settings.max_norm), loss_sums)
 
-    def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout_threshold=0, weights=None):
-        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold, weights)
-        self._backward(ws, rows.size, dropout_key, dropout_threshold)
+    def train_step(self, X, labels, targets, rows, settings, dropout_key=0, dropout=NO_DROPOUT, weights=None):
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout, weights)
+        self._backward(ws, rows.size, dropout_key, dropout)
         self._update(settings, ws.norm, ws.sums)
         return self._loss_value(ws)
 
@@ -303,9 +311,9 @@ class CudaBackend:
         norm, finite_loss = self._update_scratch
         self._update(settings, norm, finite_loss)
 
-    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout_threshold=0, weights=None):
-        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout_threshold, weights)
-        self._backward(ws, rows.size, dropout_key, dropout_threshold)
+    def loss_and_gradients(self, X, labels, targets, rows, dropout_key=0, dropout=NO_DROPOUT, weights=None):
+        ws = self._forward(X, labels, targets, rows, MODE_TRAIN, dropout_key, dropout, weights)
+        self._backward(ws, rows.size, dropout_key, dropout)
         return self._loss_value(ws)
 
     def loss_value(self, X, labels, targets, rows, weights=None):

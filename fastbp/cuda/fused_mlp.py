@@ -34,6 +34,7 @@ import math
 from numba import cuda, float32
 
 from . import device_math as dm
+from .gather import input_feature
 from .loss_delta import delta_scale, weighted_row_loss_and_delta
 
 MAX_WIDTH = 128
@@ -93,7 +94,7 @@ def backward_product(buf, src, dst, weights_t, w_base, fan_in, fan_out):
 
 def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, slopes, slope_off,
           labels, targets, weights, weighted, weight_total, loss, activations, row_loss, row_hits, mode, dropout_key,
-          dropout_threshold):
+          dropout_threshold, input_threshold):
     buf = cuda.shared.array(BUFFER, float32)  # two ROWS x LD tiles
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.x * ROWS
@@ -106,7 +107,8 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
         row = row0 + r
         v = float32(0.0)
         if row < n:
-            v = float32(1.0) if k == d0 else x[rows[row] * d0 + k]
+            v = float32(1.0) if k == d0 else input_feature(x[rows[row] * d0 + k], dropout_key, row, k,
+                                                           input_threshold)
             if train:
                 acts[act_off[0] + row * (d0 + 1) + k] = v
         buf[r * LD + k] = v
@@ -212,6 +214,7 @@ def make_fused(rows, tm, tn, threads):
         fma="\n".join(f"            acc_{i}_{j} += a_{i} * b_{j}" for i, j in ij),
         store_out=stores("fan_out"), store_in=stores("fan_in"))
     namespace = {"cuda": cuda, "float32": float32, "dm": dm, "delta_scale": delta_scale,
+                 "input_feature": input_feature,
                  "weighted_row_loss_and_delta": weighted_row_loss_and_delta, "ROWS": rows, "LD": LD,
                  "BUFFER": 2 * rows * LD, "TM": tm, "TN": tn, "THREADS": threads, "ROW_BLOCKS": rows // tm,
                  "MODE_TRAIN": MODE_TRAIN, "MODE_LOGITS": MODE_LOGITS}

@@ -10,7 +10,7 @@ row out of weight decay.
 """
 import math
 
-from numba import cuda, float32
+from numba import cuda, float32, float64
 
 from .. import update_rules
 
@@ -43,3 +43,23 @@ def optimizer_update(params, grads, moment1, moment2, kind, lr, wd, mu, nesterov
 def scalars(settings):
     """The kernel's arguments after the four arrays, from options.OptimizerSettings."""
     return (settings.kind, *update_rules.scalars(settings), float(settings.clip_norm))
+
+
+@cuda.jit
+def apply_max_norm(params, w_base, fan_in, fan_out, max_norm, loss_sum):
+    """cpu/max_norm.py on one layer: thread j takes unit j's incoming weights, the column j of W (fan_in,
+    fan_out) row-major at params[w_base:], and scales it to norm max_norm when longer; nothing after a step
+    whose update was skipped (loss_sum[0] not finite). The norm is summed in float64 in row order, as on
+    the CPU."""
+    j = cuda.grid(1)
+    if j >= fan_out or not math.isfinite(loss_sum[0]):
+        return
+    total = 0.0
+    for i in range(fan_in):
+        v = params[w_base + i * fan_out + j]
+        total += float64(v) * float64(v)
+    norm = math.sqrt(total)
+    if norm > max_norm:
+        scale = max_norm / norm
+        for i in range(fan_in):
+            params[w_base + i * fan_out + j] = float32(params[w_base + i * fan_out + j] * scale)

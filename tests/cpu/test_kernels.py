@@ -61,6 +61,9 @@ OPTIMIZERS = {
     "sgd_l2_weights_only": dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=0.5, decay_biases=False),
     "adam_betas_eps_clip": dict(optimizer="adam", lr=1e-2, betas=(0.8, 0.99), eps=1e-3, clip_norm=0.3),
     "adam_eps_hat": dict(optimizer="adam", lr=1e-2, eps=1e-2, eps_hat=True, weight_decay=0.1),
+    "sgd_max_norm": dict(optimizer="sgd", lr=1e-3, momentum=0.9, max_norm=0.5),  # binds on the first step
+    "adamw_max_norm_weights_only": dict(optimizer="adamw", lr=1e-2, weight_decay=0.1, decay_biases=False,
+                                        max_norm=0.5),
     "adagrad": dict(optimizer="adagrad", lr=1e-2, weight_decay=1e-3),
     "rmsprop": dict(optimizer="rmsprop", lr=1e-3, alpha=0.9),
     "rmsprop_momentum_clip": dict(optimizer="rmsprop", lr=1e-3, momentum=0.9, clip_norm=0.5),
@@ -88,7 +91,7 @@ def test_several_updates_match_reference(rng, activation, loss, opt, kernel_path
     ref = reference.Network(start, activation=activation, loss=loss, kind=kw["optimizer"], lr=kw["lr"],
                             weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov,
                             betas=tuple(c.betas), eps=c.eps, alpha=c.alpha, clip_norm=c.clip_norm,
-                            decay_biases=c.decay_biases, eps_hat=c.eps_hat)
+                            decay_biases=c.decay_biases, eps_hat=c.eps_hat, max_norm=c.max_norm)
     for batch in (1, 7, 130, 7, 1):
         X = rng.standard_normal((batch, sizes[0]))
         y = make_targets(rng, loss, batch, sizes[-1])

@@ -132,8 +132,10 @@ def test_a_row_of_weight_zero_counts_for_nothing_whatever_its_values(rng, fused,
     dict(optimizer="adagrad", lr=0.05),
     dict(optimizer="rmsprop", lr=1e-2, momentum=0.5, dropout=0.3),
     # dropout over stored slopes (gelu) and slopes from A (elu), per layer, on both paths
-    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["gelu", "elu"]),
-    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["elu", "gelu_tanh"], fused=False),
+    # with input dropout (its own masks) and the max-norm constraint after every update
+    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["gelu", "elu"], input_dropout=0.2, max_norm=0.8),
+    dict(optimizer="adam", lr=1e-2, dropout=0.3, activation=["elu", "gelu_tanh"], fused=False, input_dropout=0.2,
+         max_norm=0.8),
 ])
 def test_optimizers_clipping_and_dropout_match_cpu(rng, options):
     cpu, gpu = pair([4, 9, 9, 2], **{"activation": "tanh", "loss": "cross_entropy", **options})

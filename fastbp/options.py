@@ -14,7 +14,7 @@ ACTIVATIONS = {"identity": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 
 # Activations whose derivative is not a function of their output (GELU and SiLU are not monotonic): the
 # kernels store act'(Z) beside A in the forward pass (cpu/dense_forward.py's slope blocks).
 SLOPE_ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
-LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2, "poisson": 3}
+LOSSES = {"mse": 0, "cross_entropy": 1, "bce": 2, "poisson": 3, "huber": 4, "l1": 5}
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the ones with an accuracy
 OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2, "adagrad": 3, "rmsprop": 4}
 DEVICES = ("cpu", "cuda")
@@ -109,6 +109,8 @@ class Config:
     decay_biases: bool = True
     input_dropout: float = 0.0
     max_norm: Optional[float] = None
+    huber_delta: float = 1.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         sizes = self.sizes
@@ -164,6 +166,14 @@ class Config:
             raise ValueError("dropout applies to hidden layers, and this network has none")
         object.__setattr__(self, "input_dropout", finite_number("input_dropout", self.input_dropout, low=0.0,
                                                                 high=MAX_DROPOUT, high_inclusive=True))
+        object.__setattr__(self, "huber_delta", float32_number("huber_delta", self.huber_delta, low=0.0,
+                                                               low_inclusive=False))
+        if self.huber_delta != 1.0 and self.loss != "huber":
+            raise ValueError(f"huber_delta applies to loss='huber', not {self.loss!r}")
+        object.__setattr__(self, "label_smoothing", finite_number("label_smoothing", self.label_smoothing, low=0.0,
+                                                                  high=1.0, high_inclusive=True))
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError(f"label_smoothing applies to loss='cross_entropy', not {self.loss!r}")
         if self.max_norm is not None:
             object.__setattr__(self, "max_norm", float32_number("max_norm", self.max_norm, low=0.0,
                                                                 low_inclusive=False))
@@ -198,6 +208,18 @@ class Config:
         d["sizes"] = tuple(d["sizes"])
         d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+class LossSettings(NamedTuple):
+    """What the loss kernels need, passed to the compiled CPU kernels as a tuple: the loss code, Huber's
+    delta (loss "huber") and the label smoothing (loss "cross_entropy")."""
+    kind: int
+    huber_delta: float
+    label_smoothing: float
+
+    @classmethod
+    def of(cls, config):
+        return cls(LOSSES[config.loss], config.huber_delta, config.label_smoothing)
 
 
 class OptimizerSettings(NamedTuple):

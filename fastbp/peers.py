@@ -20,8 +20,10 @@ def torch_model(config, params):
     """(model, loss_fn): export.sequential of params with config's activation, and the loss module
     matching config.loss."""
     import torch
-    loss_fn = {"mse": torch.nn.MSELoss(), "cross_entropy": torch.nn.CrossEntropyLoss(),
-               "bce": torch.nn.BCEWithLogitsLoss(), "poisson": torch.nn.PoissonNLLLoss(log_input=True)}[config.loss]
+    loss_fn = {"mse": torch.nn.MSELoss, "cross_entropy": lambda: torch.nn.CrossEntropyLoss(
+                   label_smoothing=config.label_smoothing),
+               "bce": torch.nn.BCEWithLogitsLoss, "poisson": lambda: torch.nn.PoissonNLLLoss(log_input=True),
+               "huber": lambda: torch.nn.HuberLoss(delta=config.huber_delta), "l1": torch.nn.L1Loss}[config.loss]()
     return export.sequential(params, config.activation), loss_fn
 
 
@@ -93,6 +95,9 @@ def _jax_adam(config, params):
     import jax.numpy as jnp
     if config.optimizer != "adam" or config.weight_decay or config.clip_norm:
         raise ValueError("the JAX peer implements plain Adam only")
+    if config.loss in ("huber", "l1") or config.label_smoothing:
+        raise ValueError("the JAX peer implements the mse, cross_entropy (without label smoothing), bce and poisson "
+                         "losses only")
     functions = {"identity": lambda z: z, "relu": jax.nn.relu, "leaky_relu": jax.nn.leaky_relu, "tanh": jnp.tanh,
                  "sigmoid": jax.nn.sigmoid, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
                  "gelu": lambda z: jax.nn.gelu(z, approximate=False),

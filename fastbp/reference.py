@@ -6,7 +6,10 @@ Conventions (shared with the compiled backends):
 - Losses follow PyTorch: cross_entropy = softmax + NLL on integer labels, mean over the batch;
   mse = mean over all elements; bce = sigmoid + binary cross-entropy on logits, mean over all elements;
   poisson = PyTorch's PoissonNLLLoss(log_input=True): the logits are log-rates, mean over all elements of
-  exp(z) - y z (the negative log-likelihood without its log(y!) term, which has no gradient).
+  exp(z) - y z (the negative log-likelihood without its log(y!) term, which has no gradient);
+  huber = HuberLoss(delta): per element 0.5 d^2 where |d| < delta, else delta (|d| - delta / 2), d = z - y,
+  mean over all elements; l1 = mean of |z - y| (its derivative at 0 taken as 0, as PyTorch's sign);
+  cross_entropy with label_smoothing e: the targets are (1 - e) onehot(y) + e / classes (PyTorch's).
 - Sample weights w (n,): every mean over rows becomes the weighted one, sum_i w_i loss_i / sum_i w_i
   (a batch whose weights are all 0: loss 0, delta 0).
 - Backpropagation (n = batch rows):
@@ -125,17 +128,17 @@ def forward(params, X, activation, masks=None, rate=0.0, input_mask=None, input_
     return acts, acts[-1] @ W + b
 
 
-def loss_and_output_delta(logits, y, loss, weights=None):
+def loss_and_output_delta(logits, y, loss, weights=None, huber_delta=1.0, label_smoothing=0.0):
     """BP1: the loss and dLoss/dlogits. y: int labels (n,) for cross_entropy, targets (n, out) otherwise;
     weights: None or sample weights (n,)."""
     n, m = logits.shape
     if loss == "cross_entropy":
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        rows = np.arange(n)
-        row_loss = -log_probs[rows, y]
-        row_delta = np.exp(log_probs)
-        row_delta[rows, y] -= 1
+        q = np.full((n, m), label_smoothing / m)
+        q[np.arange(n), y] += 1 - label_smoothing
+        row_loss = -(q * log_probs).sum(axis=1)
+        row_delta = np.exp(log_probs) - q
         per_row = 1  # the mean is over rows
     elif loss == "mse":
         diff = logits - y
@@ -148,6 +151,14 @@ def loss_and_output_delta(logits, y, loss, weights=None):
     elif loss == "poisson":
         rate = np.exp(logits)
         row_loss, row_delta, per_row = (rate - y * logits).sum(axis=1), rate - y, m
+    elif loss == "huber":
+        diff = logits - y
+        inside = np.abs(diff) < huber_delta
+        row_loss = np.where(inside, 0.5 * diff * diff, huber_delta * (np.abs(diff) - 0.5 * huber_delta)).sum(axis=1)
+        row_delta, per_row = np.where(inside, diff, huber_delta * np.sign(diff)), m
+    elif loss == "l1":
+        diff = logits - y
+        row_loss, row_delta, per_row = np.abs(diff).sum(axis=1), np.sign(diff), m
     else:
         raise ValueError(f"unknown loss {loss!r}")
     w = np.ones(n, logits.dtype) if weights is None else np.asarray(weights, logits.dtype)
@@ -177,9 +188,9 @@ def backward(params, acts, delta, activation, masks=None, rate=0.0):
 
 
 def loss_and_gradients(params, X, y, activation, loss, masks=None, rate=0.0, weights=None, input_mask=None,
-                       input_rate=0.0):
+                       input_rate=0.0, huber_delta=1.0, label_smoothing=0.0):
     acts, logits = forward(params, X, activation, masks, rate, input_mask, input_rate)
-    value, delta = loss_and_output_delta(logits, y, loss, weights)
+    value, delta = loss_and_output_delta(logits, y, loss, weights, huber_delta, label_smoothing)
     return value, backward(params, acts, delta, activation, masks, rate)
 
 
@@ -280,15 +291,17 @@ class Optimizer:
 class Network:
     """A whole reference trainer: step(X, y) runs forward, loss, backward and the update."""
 
-    def __init__(self, params, activation="relu", loss="mse", dtype=np.float64, **optimizer_options):
+    def __init__(self, params, activation="relu", loss="mse", dtype=np.float64, huber_delta=1.0, label_smoothing=0.0,
+                 **optimizer_options):
         self.params = [(np.array(W, dtype=dtype), np.array(b, dtype=dtype)) for W, b in params]
         self.activation, self.loss, self.dtype = activation, loss, dtype
+        self.huber_delta, self.label_smoothing = huber_delta, label_smoothing
         self.optimizer = Optimizer(self.params, **optimizer_options)
 
     def loss_and_gradients(self, X, y, weights=None):
         y = y if self.loss == "cross_entropy" else np.asarray(y, self.dtype).reshape(len(X), -1)
         return loss_and_gradients(self.params, np.asarray(X, self.dtype), y, self.activation, self.loss,
-                                  weights=weights)
+                                  weights=weights, huber_delta=self.huber_delta, label_smoothing=self.label_smoothing)
 
     def step(self, X, y, weights=None):
         value, grads = self.loss_and_gradients(X, y, weights)

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 
 from . import callbacks as callback_tools
-from . import checkpoint, distributed, export, loop, row_order, sample_weights, schedules, sources, threads as thread_limits, validation
+from . import (checkpoint, class_weights, distributed, export, loop, row_order, sample_weights, schedules, sources,
+               threads as thread_limits, validation)
 from .guard import CallGuard, whole_steps
 from .history import History
 from .keywords import suggest_keywords
@@ -76,7 +77,10 @@ class Trainer:
         loss         "mse" (default; targets (n, out)), "cross_entropy" (integer labels (n,), softmax
                      outputs), "bce" (targets in [0, 1], sigmoid outputs), "poisson" (counts or rates
                      >= 0; the outputs are log-rates, predict gives exp(z); PyTorch's
-                     PoissonNLLLoss(log_input=True))
+                     PoissonNLLLoss(log_input=True)), "huber" (PyTorch's HuberLoss: quadratic within
+                     huber_delta of the target, linear beyond), "l1" (mean absolute error, L1Loss)
+        huber_delta  the Huber loss's delta (default 1.0)
+        label_smoothing  cross_entropy's targets (1 - e) onehot + e / classes (PyTorch's; default 0)
         optimizer    "adam" (default), "adamw", "sgd", "adagrad", "rmsprop", with PyTorch's update rules
         lr           learning rate (default 1e-3); `trainer.lr` may be changed between steps
         batch_size   rows per step in fit (default 32)
@@ -123,7 +127,7 @@ class Trainer:
                  device="cpu", seed=None, weight_decay=None, momentum=0.0, nesterov=False,
                  betas=(0.9, 0.999), eps=None, eps_hat=False, alpha=0.99, clip_norm=None, dropout=0.0,
                  decay_biases=True, schedule=None, threads=None, micro_batch=None, memory_budget=None, comm=None,
-                 input_dropout=0.0, max_norm=None):
+                 input_dropout=0.0, max_norm=None, huber_delta=1.0, label_smoothing=0.0):
         self._comm = distributed.wrap(comm)
         self.micro_batch = None if micro_batch is None else positive_int("micro_batch", micro_batch)
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
@@ -136,7 +140,8 @@ class Trainer:
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,
                              momentum=momentum, nesterov=nesterov, betas=betas, eps=eps, eps_hat=eps_hat, alpha=alpha,
                              clip_norm=clip_norm, dropout=dropout, decay_biases=decay_biases,
-                             input_dropout=input_dropout, max_norm=max_norm)
+                             input_dropout=input_dropout, max_norm=max_norm, huber_delta=huber_delta,
+                             label_smoothing=label_smoothing)
         if schedule is not None and not isinstance(schedule, schedules.Schedule):
             raise TypeError(f"schedule must be a fastbp.schedules.Schedule, got {schedule!r}")
         self.schedule = schedule
@@ -406,7 +411,8 @@ class Trainer:
 
     @suggest_keywords
     def fit(self, X, y=None, epochs=1, batch_size=None, validation_data=None, validation_split=0.0, shuffle=True,
-            verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None, sample_weight=None):
+            verbose=1, initial_epoch=0, callbacks=None, sharded=False, steps_per_epoch=None, sample_weight=None,
+            class_weight=None):
         """Trains in batches from epoch `initial_epoch` up to (not including) `epochs`, as Keras does.
 
         X (n, sizes[0]) and y (labels (n,) for cross_entropy, else (n, sizes[-1])): array-likes, or with
@@ -424,7 +430,11 @@ class Trainer:
         order of the n rows, each once (row_order.py). validation_split holds out the last fraction of the
         rows (before shuffling). sample_weight (arrays only): one weight >= 0 per row of X; each batch's loss is
         then the weighted mean sum w_i loss_i / sum w_i (sample_weights.py), and validation_data may be a
-        triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). Returns a
+        triple (X_val, y_val, sample_weight_val) (validation_split splits the weights too). class_weight
+        (arrays only; cross_entropy, or bce with one output and 0/1 targets): a dict {class index: weight}
+        (a class left out weighs 1) or "balanced"; each training row's weight is multiplied by its class's
+        (class_weights.py), as Keras does: validation metrics, the validation_split rows' included, are not
+        class-weighted. Returns a
         History with per-epoch "loss" and, for classification, "accuracy"
         (means over the epoch's batches), plus "val_loss"/"val_accuracy" with validation data, and "lr".
         verbose: 0 silent, 1 progress bar (one line per epoch when stdout is not a terminal), 2 one line
@@ -439,7 +449,7 @@ class Trainer:
         """
         with self._guard.training("fit"):
             return self._fit(X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose,
-                             initial_epoch, callbacks, sharded, steps_per_epoch, sample_weight)
+                             initial_epoch, callbacks, sharded, steps_per_epoch, sample_weight, class_weight)
 
     def _agreed_stream(self, stream, steps, what):
         """(index, source) of up to `steps` batches of a stream, each checked as it arrives (a bad one raises
@@ -494,7 +504,7 @@ class Trainer:
             yield source, order[start:start + batch_size], parts
 
     def _fit(self, X, y, epochs, batch_size, validation_data, validation_split, shuffle, verbose, initial_epoch,
-             callbacks, sharded, steps_per_epoch, sample_weight):
+             callbacks, sharded, steps_per_epoch, sample_weight, class_weight):
         stream = sources.is_stream(X, y)
         with self._comm.agreement():  # an error on one rank is raised on every rank, before any step
             batch_size = self.config.batch_size if batch_size is None else positive_int("batch_size", batch_size)
@@ -507,6 +517,8 @@ class Trainer:
                 raise TypeError("fit needs y with arrays X (or X a stream of (X_batch, y_batch) pairs)")
             if sample_weight is not None and stream:
                 raise TypeError("sample_weight applies to arrays X and y, not to a stream of batches")
+            if class_weight is not None and stream:
+                raise TypeError("class_weight applies to arrays X and y, not to a stream of batches")
             if steps_per_epoch is not None and not stream:
                 raise ValueError("steps_per_epoch is for streams of batches; with arrays an epoch is every row")
             train = None
@@ -514,8 +526,15 @@ class Trainer:
                 n_rows = validation.row_count(X)
                 if n_rows:
                     self._chunk_rows(min(batch_size, n_rows))  # MemoryError before converting anything
+                unweighted = sample_weight
+                if class_weight is not None:
+                    sample_weight = class_weights.row_weights(class_weight, y, self.config.loss, self.sizes[-1],
+                                                              sample_weight)
                 train = self._source(X, y, sample_weight=sample_weight)
             train, val = self._validation_source(train, validation_data, validation_split)
+            if class_weight is not None and validation_split:  # held-out rows: their own weights only
+                val.weights = None if unweighted is None else sample_weights.check(
+                    np.asarray(unweighted)[-val.n_rows:], val.n_rows, "sample_weight (validation_split's rows)")
             if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
                     or not 0 <= initial_epoch < epochs:
                 raise ValueError(f"initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")

@@ -30,7 +30,7 @@ from fastbp.cpu.dense_forward import activation_offsets, dense_layer, gather_inp
 from fastbp.cpu.loss_delta import loss_and_delta
 from fastbp.cpu.optimizers import optimizer_update
 from fastbp.cpu.weight_grad import weight_gradient
-from fastbp.options import ACTIVATIONS, LOSSES
+from fastbp.options import ACTIVATIONS
 
 
 def median_time(fn, min_calls=20, min_seconds=0.5):
@@ -56,7 +56,7 @@ def breakdown(sizes, batch, loss):
     rows = np.arange(batch, dtype=np.int64)
     labels = y if loss == "cross_entropy" else np.zeros(0, np.int64)
     targets = y if loss != "cross_entropy" else np.zeros((0, 0), np.float32)
-    act, lossc = ACTIVATIONS["relu"], LOSSES[loss]
+    act, lossc = ACTIVATIONS["relu"], trainer._backend.loss
     dims, offsets, L = s.dims, s.offsets, len(sizes) - 1
     act_off = activation_offsets(dims, batch)
     no_slopes = np.zeros(0, np.float32)  # relu keeps no slope blocks

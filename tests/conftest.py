@@ -16,6 +16,17 @@ NEW_ACTIVATIONS = ["elu", "softplus", "gelu", "gelu_tanh", "silu", "mixed"]
 ALL_ACTIVATIONS = ACTIVATIONS + NEW_ACTIVATIONS
 _MIXED = ["gelu", "relu", "silu", "tanh", "elu", "softplus", "gelu_tanh", "sigmoid", "leaky_relu", "identity"]
 LOSSES = ["mse", "cross_entropy", "bce", "poisson"]
+# The newer losses, and options of the older ones: names for loss_options() below.
+NEW_LOSSES = ["huber", "l1", "huber_delta", "smoothed_ce"]
+ALL_LOSSES = LOSSES + NEW_LOSSES
+_LOSS_OPTIONS = {"huber_delta": ("huber", {"huber_delta": 0.3}),
+                 "smoothed_ce": ("cross_entropy", {"label_smoothing": 0.2})}
+
+
+def loss_options(name):
+    """(loss, options) for a test's loss name: the Trainer's loss and its extra keywords (the reference's
+    loss_and_gradients and Network take the same keywords)."""
+    return _LOSS_OPTIONS.get(name, (name, {}))
 
 
 def per_layer(activation, sizes):
@@ -33,6 +44,7 @@ def rel_error(actual, expected):
 
 
 def make_targets(rng, loss, n, width):
+    loss = loss_options(loss)[0]
     if loss == "cross_entropy":
         return rng.integers(0, width, n)
     if loss == "bce":

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastbp import reference
-from conftest import ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error
+from conftest import ALL_ACTIVATIONS, ALL_LOSSES, LOSSES, loss_options, make_targets, per_layer, rel_error
 
 
 def random_params(rng, sizes, scale=0.5):
@@ -19,7 +19,7 @@ def sample_weights(rng, n):
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", ALL_LOSSES)
 @pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_gradients_match_finite_differences(rng, activation, loss, weighted):
     sizes, n = [4, 5, 3, 3], 6
@@ -28,7 +28,8 @@ def test_gradients_match_finite_differences(rng, activation, loss, weighted):
     X = rng.standard_normal((n, sizes[0]))
     y = make_targets(rng, loss, n, sizes[-1])
     w = sample_weights(rng, n) if weighted else None
-    _, grads = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)
+    loss, options = loss_options(loss)
+    _, grads = reference.loss_and_gradients(params, X, y, activation, loss, weights=w, **options)
     h = 1e-6
     for (W, b), (dW, db) in zip(params, grads):
         for p, dp in ((W, dW), (b, db)):
@@ -36,9 +37,9 @@ def test_gradients_match_finite_differences(rng, activation, loss, weighted):
             for idx in np.ndindex(p.shape):
                 saved = p[idx]
                 p[idx] = saved + h
-                up = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)[0]
+                up = reference.loss_and_gradients(params, X, y, activation, loss, weights=w, **options)[0]
                 p[idx] = saved - h
-                down = reference.loss_and_gradients(params, X, y, activation, loss, weights=w)[0]
+                down = reference.loss_and_gradients(params, X, y, activation, loss, weights=w, **options)[0]
                 p[idx] = saved
                 numeric[idx] = (up - down) / (2 * h)
             assert rel_error(dp, numeric) < 1e-6
@@ -120,3 +121,20 @@ def test_adam_eps_hat_takes_scikit_learns_adam_steps(eps):
         theirs.update_params([p], [g])
         np.testing.assert_allclose(q, p, rtol=1e-12, atol=1e-14)
     assert np.abs(r - p).max() > (1e-3 if eps == 0.3 else 0.0)
+
+
+def test_huber_l1_and_label_smoothing_by_hand():
+    """The newer losses on one row written out: Huber (delta 1) inside and outside delta, L1, and a smoothed
+    cross-entropy against its definition -sum_k q_k log p_k."""
+    z, t = np.array([[0.5, 3.0, -2.0]]), np.array([[0.0, 0.0, 0.0]])
+    value, delta = reference.loss_and_output_delta(z, t, "huber")
+    assert value == pytest.approx((0.125 + 2.5 + 1.5) / 3)
+    np.testing.assert_allclose(delta, [[0.5 / 3, 1 / 3, -1 / 3]])
+    value, delta = reference.loss_and_output_delta(z, t, "l1")
+    assert value == pytest.approx(5.5 / 3)
+    np.testing.assert_allclose(delta, [[1 / 3, 1 / 3, -1 / 3]])
+    value, delta = reference.loss_and_output_delta(z, np.array([1]), "cross_entropy", label_smoothing=0.3)
+    p = np.exp(z[0]) / np.exp(z[0]).sum()
+    q = np.array([0.1, 0.8, 0.1])
+    assert value == pytest.approx(-(q * np.log(p)).sum())
+    np.testing.assert_allclose(delta[0], p - q)

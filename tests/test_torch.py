@@ -36,6 +36,13 @@ CASES += [(activation, ("cross_entropy", "mse", "bce")[i % 3], opt)
           for i, (activation, opt) in enumerate((a, o) for a in ("elu", "softplus", "gelu", "gelu_tanh", "silu")
                                                 for o in _NEW_OPTIMIZERS)]
 CASES += [(("gelu_tanh", "silu"), "cross_entropy", dict(optimizer="adam", lr=1e-2)),
+          # the newer losses and loss options: HuberLoss(delta), L1Loss, CrossEntropyLoss(label_smoothing)
+          ("relu", "huber", dict(optimizer="adam", lr=1e-2, huber_delta=0.5)),
+          ("silu", "huber", dict(optimizer="sgd", lr=0.05, momentum=0.9)),
+          ("tanh", "l1", dict(optimizer="adamw", lr=1e-2, weight_decay=0.1)),
+          ("gelu", "l1", dict(optimizer="rmsprop", lr=1e-3)),
+          ("relu", "cross_entropy", dict(optimizer="adam", lr=1e-2, label_smoothing=0.1)),
+          ("elu", "cross_entropy", dict(optimizer="adagrad", lr=0.05, label_smoothing=0.3)),
           # max_norm against torch.renorm after each step (small enough that it binds from the first step)
           ("relu", "cross_entropy", dict(optimizer="sgd", lr=0.05, momentum=0.9, max_norm=0.6)),
           ("gelu", "mse", dict(optimizer="adam", lr=1e-2, max_norm=0.6, weight_decay=1e-2)),

@@ -16,6 +16,7 @@ ERROR_MODEL = "numpy"
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU, GELU_TANH, SILU = (
     ACTIVATIONS[k] for k in ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus", "gelu",
                              "gelu_tanh", "silu"))
-MSE, CROSS_ENTROPY, BCE, POISSON = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson"))
+MSE, CROSS_ENTROPY, BCE, POISSON, HUBER, L1 = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson", "huber",
+                                                                    "l1"))
 SGD, ADAM, ADAMW, ADAGRAD, RMSPROP = (OPTIMIZERS[k] for k in ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
 SLOPE = LEAKY_SLOPE

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import sample_weights, validation
 from ..sums import sum_first
-from ..options import LOSSES, OptimizerSettings
+from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
@@ -84,7 +84,7 @@ class CpuBackend:
         self.threads = threads
         numba.get_num_threads()  # loads the threading layer now, so that threadpoolctl can see and limit it
         self.activations = config.activation_codes()
-        self.loss = LOSSES[config.loss]
+        self.loss = LossSettings.of(config)
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)

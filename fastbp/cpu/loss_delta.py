@@ -3,7 +3,8 @@
 Shapes (n = batch rows, m = output width):
     logits   (n * m,) float32, row-major (n, m)
     labels   (N,) int64 class indices, read for cross_entropy (else may be empty)
-    targets  (N, m) float32, read for mse, bce and poisson (else may be empty)
+    targets  (N, m) float32, read for mse, bce, poisson, huber and l1 (else may be empty)
+    loss     options.LossSettings: the loss code, Huber's delta, cross_entropy's label smoothing
     weights  (N,) float64 sample weights, or empty: every row weighs 1
     weight_total  the sum of the batch's weights (n without weights), or 1 when it is 0
     rows     (n,) int64: batch row i's label/target/weight is labels[rows[i]] / targets[rows[i]] / weights[rows[i]]
@@ -13,9 +14,10 @@ Shapes (n = batch rows, m = output width):
              (deterministic)
     row_hits (n,) float64 output: each row's accuracy (cross_entropy: 1 if the first largest logit is
              the label; bce: the share of outputs with (z > 0) == (t >= 0.5); mse, poisson: 0)
-Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - z[y]; mse = mean of (z - t)^2;
-bce = mean of max(z, 0) - z t + log1p(exp(-|z|)); poisson = mean of exp(z) - t z (PoissonNLLLoss with
-log_input=True). With sample weights w, the mean over rows is the weighted one, sum_i w_i loss_i / sum_i w_i
+Losses follow PyTorch: cross_entropy = mean over rows of logsumexp(z) - sum_k q_k z_k, q the label's one-hot
+(1 - e) + e / m (label smoothing e); mse = mean of (z - t)^2; bce = mean of max(z, 0) - z t + log1p(exp(-|z|));
+poisson = mean of exp(z) - t z (PoissonNLLLoss with log_input=True); huber = mean of 0.5 d^2 (|d| < delta)
+or delta (|d| - delta / 2), d = z - t (HuberLoss); l1 = mean of |d| (L1Loss; d' = sign(d), 0 at 0). With sample weights w, the mean over rows is the weighted one, sum_i w_i loss_i / sum_i w_i
 (PyTorch's reduction with class weights, scikit-learn's np.average). Every exp but poisson's is of a
 non-positive number; poisson's exp(z) is taken in float32, so a log-rate beyond float32's range
 (z > 88.7) gives an infinite loss, which stops the step.
@@ -23,7 +25,7 @@ non-positive number; poisson's exp(z) is taken in float32, so a log-rate beyond 
 import numpy as np
 from numba import njit, prange
 
-from ._jit import BCE, CROSS_ENTROPY, FASTMATH, MSE, POISSON
+from ._jit import BCE, CROSS_ENTROPY, FASTMATH, HUBER, L1, MSE, POISSON
 from .denormals import flush_denormals, restore
 
 
@@ -33,7 +35,8 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
     src: the row's index in labels / targets."""
     acc = 0.0
     hits = 0.0
-    if loss == CROSS_ENTROPY:
+    kind = loss.kind
+    if kind == CROSS_ENTROPY:
         label = labels[src]
         if label < 0 or label >= m:
             # Never index with a label the checks did not see (changed in place since): a NaN loss, so a
@@ -52,19 +55,41 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
         total = np.float32(0.0)
         for j in range(m):
             total += np.exp(z[j] - zmax)
-        acc = np.float64(zmax) + np.log(np.float64(total)) - np.float64(z[label])
+        smoothing = loss.label_smoothing
+        acc = np.float64(zmax) + np.log(np.float64(total)) - (1.0 - smoothing) * np.float64(z[label])
+        if smoothing > 0:  # the targets' share e / m on every class
+            z_sum = 0.0
+            for j in range(m):
+                z_sum += np.float64(z[j])
+            acc -= smoothing / m * z_sum
         if want_delta:
             inv_total = np.float32(1.0) / total
+            spread = np.float32(smoothing / m * scale)
             for j in range(m):
-                d[j] = np.exp(z[j] - zmax) * inv_total * scale
-            d[label] -= scale
-    elif loss == MSE:
+                d[j] = np.exp(z[j] - zmax) * inv_total * scale - spread
+            d[label] -= np.float32((1.0 - smoothing) * scale)
+    elif kind == MSE:
         for j in range(m):
             diff = z[j] - targets[src, j]
             acc += np.float64(diff * diff)
             if want_delta:
                 d[j] = np.float32(2.0) * diff * scale
-    elif loss == POISSON:
+    elif kind == HUBER:
+        delta = np.float32(loss.huber_delta)
+        for j in range(m):
+            diff = z[j] - targets[src, j]
+            size = abs(diff)
+            inside = size < delta
+            acc += np.float64(np.float32(0.5) * diff * diff if inside else delta * (size - np.float32(0.5) * delta))
+            if want_delta:
+                d[j] = (diff if inside else (delta if diff > 0 else -delta)) * scale
+    elif kind == L1:
+        for j in range(m):
+            diff = z[j] - targets[src, j]
+            acc += np.float64(abs(diff))
+            if want_delta:
+                d[j] = np.float32(scale) if diff > 0 else (np.float32(-scale) if diff < 0 else np.float32(0.0))
+    elif kind == POISSON:
         for j in range(m):
             v = z[j]
             t = targets[src, j]
@@ -90,7 +115,7 @@ def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
 def delta_scale(loss, weight_total, m):
     """The mean's 1/total (cross_entropy: per row) or 1/(total m) (mse, bce, poisson: per output), float64;
     total = the batch's rows, or its summed sample weights."""
-    return 1.0 / weight_total if loss == CROSS_ENTROPY else 1.0 / (weight_total * m)
+    return 1.0 / weight_total if loss.kind == CROSS_ENTROPY else 1.0 / (weight_total * m)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -136,14 +161,14 @@ def mean_loss(row_loss, n, weight_total, m, loss):
     total_loss = 0.0
     for i in range(n):
         total_loss += row_loss[i]
-    return total_loss / weight_total if loss == CROSS_ENTROPY else total_loss / (weight_total * m)
+    return total_loss / weight_total if loss.kind == CROSS_ENTROPY else total_loss / (weight_total * m)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def loss_and_delta(logits, n, m, labels, targets, weights, weight_total, rows, loss, delta, row_loss, row_hits,
                    want_delta):
     """Returns the (weighted) mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
-    if loss not in (MSE, CROSS_ENTROPY, BCE, POISSON):
+    if loss.kind not in (MSE, CROSS_ENTROPY, BCE, POISSON, HUBER, L1):
         raise ValueError("unknown loss code")
     scale = delta_scale(loss, weight_total, m)
     for i in prange(n):

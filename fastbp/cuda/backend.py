@@ -99,6 +99,7 @@ class CudaBackend:
         self.activations = config.activation_codes()
         self._d_activations = cuda.to_device(self.activations)
         self.loss = LOSSES[config.loss]
+        self._loss_options = (float(config.huber_delta), float(config.label_smoothing))
         self._decay_biases = bool(config.decay_biases)
         self.fused = fused_mlp.fits(state.dims) if fused is None else bool(fused)
         if self.fused and not fused_mlp.fits(state.dims):
@@ -209,7 +210,8 @@ class CudaBackend:
                     self.params, self._d_w_off, self._d_dims, n_layers, self._weights_t)
             fused_mlp.launch(self.fused_tiles, d_X, d_rows, n, self._d_dims, self._d_w_off, n_layers, self.params,
                              self._weights_t, ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off, ws.slopes,
-                             ws.d_slope_off, d_labels, d_targets, *weighting, self.loss, self._d_activations,
+                             ws.d_slope_off, d_labels, d_targets, *weighting, self.loss, *self._loss_options,
+                             self._d_activations,
                              ws.row_loss, ws.row_hits, mode, dropout_key,
                              dropout.hidden, dropout.inputs)
         else:
@@ -227,8 +229,9 @@ class CudaBackend:
                             layer=l, dropout_key=dropout_key, dropout_threshold=dropout.hidden if hidden else 0)
             if mode != MODE_LOGITS:
                 loss_and_delta[self._blocks(n), self.threads](ws.block(n_layers), n, int(dims[-1]), d_labels,
-                                                              d_targets, *weighting, d_rows, self.loss, ws.row_loss,
-                                                              ws.row_hits, mode == MODE_TRAIN)
+                                                              d_targets, *weighting, d_rows, self.loss,
+                                                              *self._loss_options, ws.row_loss, ws.row_hits,
+                                                              mode == MODE_TRAIN)
         if mode == MODE_TRAIN and weights is not None:
             clear_weightless_rows[self._blocks(n), self.threads](ws.acts, ws.d_act_off, ws.deltas, ws.d_delta_off,
                                                                  ws.slopes, ws.d_slope_off, self._d_dims, n_layers,

@@ -93,8 +93,8 @@ def backward_product(buf, src, dst, weights_t, w_base, fan_in, fan_out):
 
 
 def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, deltas, delta_off, slopes, slope_off,
-          labels, targets, weights, weighted, weight_total, loss, activations, row_loss, row_hits, mode, dropout_key,
-          dropout_threshold, input_threshold):
+          labels, targets, weights, weighted, weight_total, loss, huber_delta, label_smoothing, activations, row_loss,
+          row_hits, mode, dropout_key, dropout_threshold, input_threshold):
     buf = cuda.shared.array(BUFFER, float32)  # two ROWS x LD tiles
     tid = cuda.threadIdx.x
     row0 = cuda.blockIdx.x * ROWS
@@ -156,8 +156,8 @@ def fused(x, rows, n, dims, w_off, n_layers, params, weights_t, acts, act_off, d
         row = row0 + r
         if row < n:
             row_loss[row], row_hits[row] = weighted_row_loss_and_delta(buf, src + r * LD, m, labels, targets,
-                                                                       weights, weighted, rows[row], loss, scale,
-                                                                       train)
+                                                                       weights, weighted, rows[row], loss,
+                                                                       huber_delta, label_smoothing, scale, train)
             if train:
                 for j in range(m):
                     acts[out_base + row * m + j] = buf[src + r * LD + j]

@@ -6,7 +6,8 @@ path (fused_mlp.py) on logits held in shared memory.
 Shapes: logits (n * m,) float32 row-major; labels (N,) int64 or targets (N * m,) float32 row-major;
 weights (N,) float64 sample weights, read when weighted (else a placeholder); weight_total: their sum over
 the batch, or n (sample_weights.batch_total); rows (n,) int64; row_loss (n,) float64: each row's loss
-times its weight; row_hits (n,) float64.
+times its weight; row_hits (n,) float64; loss the loss code, with huber_delta (loss "huber") and
+label_smoothing (loss "cross_entropy"): options.LossSettings as scalars.
 """
 import math
 
@@ -14,11 +15,12 @@ from numba import cuda, float32, float64
 
 from ..options import LOSSES
 
-MSE, CROSS_ENTROPY, BCE, POISSON = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson"))
+MSE, CROSS_ENTROPY, BCE, POISSON, HUBER, L1 = (LOSSES[k] for k in ("mse", "cross_entropy", "bce", "poisson", "huber",
+                                                                    "l1"))
 
 
 @cuda.jit(device=True, inline=True)
-def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_delta):
+def row_loss_and_delta(logits, base, m, labels, targets, src, loss, huber_delta, label_smoothing, scale, want_delta):
     """(loss, hits) of one row, logits[base:base + m]; its delta (scaled by `scale`) written over the logits
     when want_delta. src: the row's index in labels / targets."""
     acc = float64(0.0)
@@ -42,18 +44,39 @@ def row_loss_and_delta(logits, base, m, labels, targets, src, loss, scale, want_
         total = float32(0.0)
         for j in range(m):
             total += math.exp(logits[base + j] - zmax)
-        acc = float64(zmax) + math.log(float64(total)) - float64(logits[base + label])
+        acc = float64(zmax) + math.log(float64(total)) - (1.0 - label_smoothing) * float64(logits[base + label])
+        if label_smoothing > 0:
+            z_sum = float64(0.0)
+            for j in range(m):
+                z_sum += float64(logits[base + j])
+            acc -= label_smoothing / m * z_sum
         if want_delta:
             inv_total = float32(1.0) / total
+            spread = float32(label_smoothing / m * scale)
             for j in range(m):
-                logits[base + j] = math.exp(logits[base + j] - zmax) * inv_total * scale
-            logits[base + label] -= scale
+                logits[base + j] = math.exp(logits[base + j] - zmax) * inv_total * scale - spread
+            logits[base + label] -= float32((1.0 - label_smoothing) * scale)
     elif loss == MSE:
         for j in range(m):
             diff = logits[base + j] - targets[src * m + j]
             acc += float64(diff * diff)
             if want_delta:
                 logits[base + j] = float32(2.0) * diff * scale
+    elif loss == HUBER:
+        delta = float32(huber_delta)
+        for j in range(m):
+            diff = logits[base + j] - targets[src * m + j]
+            size = abs(diff)
+            inside = size < delta
+            acc += float64(float32(0.5) * diff * diff if inside else delta * (size - float32(0.5) * delta))
+            if want_delta:
+                logits[base + j] = (diff if inside else (delta if diff > 0 else -delta)) * scale
+    elif loss == L1:
+        for j in range(m):
+            diff = logits[base + j] - targets[src * m + j]
+            acc += float64(abs(diff))
+            if want_delta:
+                logits[base + j] = scale if diff > 0 else (-scale if diff < 0 else float32(0.0))
     elif loss == POISSON:
         for j in range(m):
             v = logits[base + j]
@@ -83,13 +106,14 @@ def delta_scale(loss, weight_total, m):
 
 
 @cuda.jit(device=True, inline=True)
-def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weighted, src, loss, scale, want_delta):
+def weighted_row_loss_and_delta(logits, base, m, labels, targets, weights, weighted, src, loss, huber_delta,
+                                label_smoothing, scale, want_delta):
     """row_loss_and_delta for a row of sample weight w (weights[src], or 1 unless weighted): (w x loss,
     hits), the delta scaled by w x scale (float64, from delta_scale). A row of weight 0: loss 0 and a zero
     delta whatever its values (the CPU kernel's rule, cpu/loss_delta.py)."""
     w = weights[src] if weighted else 1.0
-    acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, float32(w * scale),
-                                   want_delta and w != 0.0)
+    acc, hits = row_loss_and_delta(logits, base, m, labels, targets, src, loss, huber_delta, label_smoothing,
+                                   float32(w * scale), want_delta and w != 0.0)
     if w == 0.0:
         if want_delta:
             for j in range(m):
@@ -125,11 +149,11 @@ def clear_weightless_rows(acts, act_off, deltas, delta_off, slopes, slope_off, d
 
 
 @cuda.jit
-def loss_and_delta(logits, n, m, labels, targets, weights, weighted, weight_total, rows, loss, row_loss, row_hits,
-                   want_delta):
+def loss_and_delta(logits, n, m, labels, targets, weights, weighted, weight_total, rows, loss, huber_delta,
+                   label_smoothing, row_loss, row_hits, want_delta):
     i = cuda.grid(1)
     if i >= n:
         return
     row_loss[i], row_hits[i] = weighted_row_loss_and_delta(logits, i * m, m, labels, targets, weights, weighted,
-                                                           rows[i], loss, delta_scale(loss, weight_total, m),
-                                                           want_delta)
+                                                           rows[i], loss, huber_delta, label_smoothing,
+                                                           delta_scale(loss, weight_total, m), want_delta)

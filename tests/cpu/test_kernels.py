@@ -5,7 +5,8 @@ import pytest
 import fastbp
 from fastbp import reference
 from fastbp.cpu import blas
-from conftest import ACTIVATIONS, ALL_ACTIVATIONS, LOSSES, NEW_ACTIVATIONS, make_targets, per_layer, rel_error
+from conftest import (ACTIVATIONS, ALL_ACTIVATIONS, ALL_LOSSES, LOSSES, NEW_ACTIVATIONS, NEW_LOSSES, loss_options,
+                      make_targets, per_layer, rel_error)
 
 TOL = 1e-4  # float32 against float64: norm-wise relative error
 
@@ -28,23 +29,27 @@ def as64(params):
 
 
 @pytest.mark.parametrize("batch", [1, 7, 130])
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", ALL_LOSSES)
 @pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_loss_gradients_and_predictions(rng, activation, loss, batch):
+    loss, options = loss_options(loss)
     for sizes in architectures(loss):
         activation = per_layer(activation if isinstance(activation, str) else "mixed", sizes)
-        t = perturbed_trainer(rng, sizes, activation, loss)
+        t = perturbed_trainer(rng, sizes, activation, loss, **options)
         X = rng.standard_normal((batch, sizes[0]))
         y = make_targets(rng, loss, batch, sizes[-1])
         params = as64(t.params)
-        ref_loss, ref_grads = reference.loss_and_gradients(params, X, y, activation, loss)
+        ref_loss, ref_grads = reference.loss_and_gradients(params, X, y, activation, loss, **options)
         value, grads = t.gradients(X, y)
         assert abs(value - ref_loss) / abs(ref_loss) < TOL
         for (dW, db), (rW, rb) in zip(grads, ref_grads):
             assert rel_error(dW, rW) < TOL
             assert rel_error(db, rb) < TOL
         _, logits = reference.forward(params, X, activation)
-        assert rel_error(t.predict(X), reference.output_transform(logits, loss)) < TOL
+        # An output near 0 can be a cancelling sum of O(1) terms (a one-row batch of one output): float32
+        # rounding of those terms, 1e-7 of them, is the floor.
+        predicted, expected = t.predict(X), reference.output_transform(logits, loss)
+        assert rel_error(predicted, expected) < TOL or np.abs(predicted - expected).max() < 1e-6
         assert t.evaluate(X, y)["loss"] == pytest.approx(ref_loss, rel=TOL)
 
 
@@ -75,20 +80,27 @@ OPTIMIZERS = {
                          # the newer activations and per-layer choice, with two optimizers each (poisson's exp of an
                          # unbounded activation's output diverges under SGD with momentum for some draws)
                          + [(o, l, a) for o in ("adam", "sgd_momentum") for l in LOSSES for a in NEW_ACTIVATIONS
-                            if (o, l) != ("sgd_momentum", "poisson")])
+                            if (o, l) != ("sgd_momentum", "poisson")]
+                         # the newer losses and loss options. l1's gradient is a sum of signs, often cancelling
+                         # to a float32 rounding residue where float64 has 0, which Adam scales up to a step of
+                         # lr: l1 runs with SGD (Adam's rule is the same code for every loss, tested above)
+                         + [(o, l, a) for o in ("adam", "sgd_momentum") for l in NEW_LOSSES for a in ("relu", "gelu")
+                            if (o, l) != ("adam", "l1")]
+                         + [("sgd_nesterov", "l1", a) for a in ("relu", "gelu")])
 def test_several_updates_match_reference(rng, activation, loss, opt, kernel_path):
     """Five steps on batches of 1, 7 and 130 rows, on the serial and the parallel path: losses, parameters
     and their displacement match float64.
 
     The displacement is compared at 1e-3 of its size plus the float32 rounding of the stored parameters
     (2^-24 |p| per step), which no float32 implementation can beat; a wrong update rule is off by O(1)."""
+    loss, options = loss_options(loss)
     kw = OPTIMIZERS[opt]
     sizes = [33, 3, 257, 3 if loss == "cross_entropy" else 1]
     activation = per_layer(activation, sizes)
-    t = perturbed_trainer(rng, sizes, activation, loss, **kw)
+    t = perturbed_trainer(rng, sizes, activation, loss, **kw, **options)
     start = as64(t.params)
     c = t.config  # the reference gets every setting the kernels got, defaults included
-    ref = reference.Network(start, activation=activation, loss=loss, kind=kw["optimizer"], lr=kw["lr"],
+    ref = reference.Network(start, activation=activation, loss=loss, **options, kind=kw["optimizer"], lr=kw["lr"],
                             weight_decay=c.weight_decay, momentum=c.momentum, nesterov=c.nesterov,
                             betas=tuple(c.betas), eps=c.eps, alpha=c.alpha, clip_norm=c.clip_norm,
                             decay_biases=c.decay_biases, eps_hat=c.eps_hat, max_norm=c.max_norm)

@@ -8,7 +8,7 @@ import pytest
 import fastbp
 from fastbp import reference
 from fastbp.cpu import pipeline
-from conftest import ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error
+from conftest import ALL_ACTIVATIONS, ALL_LOSSES, LOSSES, loss_options, make_targets, per_layer, rel_error
 
 TOL = 1e-4
 
@@ -44,17 +44,18 @@ def test_pipeline_is_chosen_for_narrow_layers_and_long_batches():
     assert not pipeline.fits([784, 800, 10], 8192, 2)  # too wide
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", ALL_LOSSES)
 @pytest.mark.parametrize("activation", ALL_ACTIVATIONS)
 def test_pipeline_gradients_match_reference(rng, activation, loss, threads):
+    loss, options = loss_options(loss)
     out = 3 if loss == "cross_entropy" else 2
     sizes = [33, 65, 1, 3, out]  # widths 1, 3, 33, 65: no tile or vector width divides them
     activation = per_layer(activation, sizes)
     n = long_batch(threads)
     assert pipeline.fits(sizes, n, threads)
-    t = trainer(rng, sizes, activation, loss)
+    t = trainer(rng, sizes, activation, loss, **options)
     X, y = rng.standard_normal((n, sizes[0])), make_targets(rng, loss, n, out)
-    ref_loss, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, activation, loss)
+    ref_loss, ref_grads = reference.loss_and_gradients(as64(t.params), X, y, activation, loss, **options)
     value, grads = t.gradients(X, y)
     assert value == pytest.approx(ref_loss, rel=TOL)
     for (dW, db), (rW, rb) in zip(grads, ref_grads):

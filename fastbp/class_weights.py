@@ -52,12 +52,18 @@ def class_table(class_weight, classes, n_classes):
     return table
 
 
-def row_weights(class_weight, y, loss, n_outputs, sample_weight=None):
-    """(n,) float64: sample_weight (1 for every row when None) x the weight of each row's class."""
-    classes, n_classes = row_classes(y, loss, n_outputs)
-    weights = class_table(class_weight, classes, n_classes)[classes]
+def weighted_rows(table, classes, sample_weight=None):
+    """(n,) float64: sample_weight (n,) or 1, times table[classes] (classes (n,) int64 codes)."""
+    weights = table[classes]
     if sample_weight is not None:
-        weights *= sample_weights.check(sample_weight, classes.size)
+        weights = weights * sample_weight
     if classes.size and not weights.any():
         raise ValueError("class_weight (with sample_weight) gives every row a weight of 0: nothing to learn from")
     return weights
+
+
+def row_weights(class_weight, y, loss, n_outputs, sample_weight=None):
+    """(n,) float64: sample_weight (1 for every row when None) x the weight of each row's class."""
+    classes, n_classes = row_classes(y, loss, n_outputs)
+    return weighted_rows(class_table(class_weight, classes, n_classes), classes,
+                         None if sample_weight is None else sample_weights.check(sample_weight, classes.size))

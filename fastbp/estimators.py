@@ -46,7 +46,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
-from . import distributed, lbfgs, sources
+from . import class_weights, distributed, lbfgs, sources
 from .callbacks import Callback
 from .keywords import suggest_keywords
 from .trainer import Trainer
@@ -159,6 +159,10 @@ class _BaseMLP(BaseEstimator):
             return _ACTIVATIONS[self.activation]
         return tuple(_ACTIVATIONS[a] for a in self.activation)
 
+    def _class_table(self, y, incremental):
+        """Each class code's weight from class_weight (MLPClassifier), or None; regressors have none."""
+        return None
+
     def _batch_size(self, n):
         return min(200, n) if self.batch_size == "auto" else int(min(self.batch_size, n))
 
@@ -237,8 +241,11 @@ class _BaseMLP(BaseEstimator):
             if first_call else None
         stochastic = self.solver != "lbfgs"
         validation = None
+        class_table = self._class_table(y, incremental)
         if stochastic and self.early_stopping and not incremental:
             X, y, sample_weight, validation = self._validation_split(X, y, sample_weight, random_state)
+        if class_table is not None:  # the training rows' weights (the validation score's stay the samples')
+            sample_weight = class_weights.weighted_rows(class_table, np.asarray(y, np.int64), sample_weight)
         batch = self._batch_size(X.shape[0])
         if stochastic and self.batch_size != "auto" and self.batch_size > X.shape[0]:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
@@ -598,7 +605,24 @@ class _Progress(Callback):
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multilayer-perceptron classifier: softmax + cross-entropy for several classes, a sigmoid output
     with binary cross-entropy for two (as scikit-learn), and one sigmoid per label for multi-label
-    targets (a 2-D 0/1 indicator matrix y, as scikit-learn takes it). Labels may be any hashable values."""
+    targets (a 2-D 0/1 indicator matrix y, as scikit-learn takes it). Labels may be any hashable values.
+
+    class_weight (fastbp's; scikit-learn's MLPClassifier has none, its other classifiers do): None, a dict
+    {label: weight} or "balanced"; each training sample's weight is multiplied by its class's."""
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
+                 tol=1e-4, verbose=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 warm_start=False, learning_rate="constant", power_t=0.5, comm=None, class_weight=None):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate_init=learning_rate_init, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun, warm_start=warm_start,
+                         learning_rate=learning_rate, power_t=power_t, comm=comm)
+        self.class_weight = class_weight
 
     @property
     def _multilabel(self):
@@ -663,6 +687,30 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         codes = np.searchsorted(self.classes_, y)
         # One class, as scikit-learn: a sigmoid output trained towards 0 (its LabelBinarizer's column).
         return codes.astype(np.float32) if len(self.classes_) <= 2 else codes
+
+    def _class_table(self, y, incremental):
+        """(classes,) float64 weight of each class code from class_weight, or None: a dict keyed by the labels
+        (a label left out weighs 1) or "balanced", n / (classes x count) over the classes in y, as
+        scikit-learn's compute_class_weight ("balanced" is refused in partial_fit, as SGDClassifier does:
+        one batch's counts are not the data's)."""
+        if self.class_weight is None:
+            return None
+        if self._multilabel:
+            raise ValueError("class_weight applies to single-label targets, not to a multi-label indicator y")
+        if isinstance(self.class_weight, str):
+            if self.class_weight != "balanced":
+                raise ValueError(f"class_weight must be None, a dict or 'balanced', got {self.class_weight!r}")
+            if incremental:
+                raise ValueError("class_weight 'balanced' is not supported for partial_fit: give a dict of the "
+                                 "classes' weights computed on the whole data")
+            return class_weights.class_table("balanced", np.asarray(y, np.int64), len(self.classes_))
+        if not isinstance(self.class_weight, dict):
+            raise ValueError(f"class_weight must be None, a dict or 'balanced', got {self.class_weight!r}")
+        unknown = [label for label in self.class_weight if label not in set(self.classes_.tolist())]
+        if unknown:
+            raise ValueError(f"class_weight has labels {unknown[:5]} not in classes_ {self.classes_.tolist()[:10]}")
+        by_code = {int(np.searchsorted(self.classes_, label)): weight for label, weight in self.class_weight.items()}
+        return class_weights.class_table(by_code, np.asarray(y, np.int64), len(self.classes_))
 
     def _validation_score(self, outputs, y, sample_weight=None):
         """Accuracy of the network's outputs (n, outputs) against encoded targets y (subset accuracy for

@@ -14,7 +14,8 @@ if not cuda.is_available():
 import fastbp  # noqa: E402
 from fastbp.cuda import gemm  # noqa: E402
 from fastbp.cuda.backend import CudaBackend  # noqa: E402
-from conftest import ACTIVATIONS, ALL_ACTIVATIONS, LOSSES, make_targets, per_layer, rel_error  # noqa: E402
+from conftest import (ACTIVATIONS, ALL_ACTIVATIONS, LOSSES, NEW_LOSSES, loss_options, make_targets,  # noqa: E402
+                      per_layer, rel_error)
 
 TILES = gemm.SIMULATOR_TILES if fastbp.cuda.backend._simulated() else gemm.PRODUCTION_TILES
 
@@ -48,8 +49,10 @@ def pair(sizes, fused=None, **kw):
 GENERAL_PAIRS = [("identity", "mse"), ("relu", "cross_entropy"), ("leaky_relu", "bce"), ("tanh", "cross_entropy"),
                  ("sigmoid", "mse"), ("relu", "poisson")]
 # Poisson, the newest loss, once per path: its code is the per-row loss, which no activation reaches.
+# The newer losses and loss options (huber, its delta, l1, label smoothing) once on each path.
 CASES = ([(a, l, True) for a in ACTIVATIONS for l in LOSSES if l != "poisson" or a == "tanh"]
-         + [(a, l, False) for a, l in GENERAL_PAIRS])
+         + [(a, l, False) for a, l in GENERAL_PAIRS]
+         + [("tanh", l, True) for l in NEW_LOSSES] + [("relu", l, False) for l in NEW_LOSSES])
 
 
 @pytest.mark.parametrize("activation, loss, fused", CASES,
@@ -59,9 +62,10 @@ def test_backend_matches_cpu(rng, activation, loss, fused):
     and 1 crosses tile edges. Tolerance 1e-4 as for the CPU kernels against float64: a nearly cancelling
     sum (an output bias gradient of 1e-4) differs between two float32 summation orders by more than 1e-5
     of itself."""
+    loss, options = loss_options(loss)
     out = 3 if loss == "cross_entropy" else 1
     cpu, gpu = pair([5, 9, 1, out] if loss != "cross_entropy" else [5, 9, 3], fused=fused, activation=activation,
-                    loss=loss, optimizer="adam", lr=1e-2)
+                    loss=loss, optimizer="adam", lr=1e-2, **options)
     assert isinstance(gpu._backend, CudaBackend) and gpu._backend.fused == fused
     X, y = rng.standard_normal((17, 5)), make_targets(rng, loss, 17, out)
     (lc, gc), (lg, gg) = cpu.gradients(X, y), gpu.gradients(X, y)

@@ -610,6 +610,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     class_weight (fastbp's; scikit-learn's MLPClassifier has none, its other classifiers do): None, a dict
     {label: weight} or "balanced"; each training sample's weight is multiplied by its class's."""
 
+    @suggest_keywords
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,

@@ -70,8 +70,18 @@ def test_regression_and_bce_targets():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(activation="relu6"), ValueError, "unknown activation 'relu6'; valid: identity, leaky_relu, relu"),
-    (dict(loss="hinge"), ValueError, "unknown loss 'hinge'; valid: bce, cross_entropy, mse"),
+    (dict(activation="relu6"), ValueError, "unknown activation 'relu6'; valid: elu, gelu, gelu_tanh, identity"),
+    (dict(activation=["relu", "relu"]), ValueError, "activation lists 2 names, but the network has 1 hidden layer "),
+    (dict(activation=(3,)), ValueError, "unknown activation 3"),
+    (dict(activation={"relu"}), TypeError, "a list of one name per hidden layer"),
+    (dict(input_dropout=1.0), ValueError, "input_dropout must be <= "),
+    (dict(max_norm=0.0), ValueError, "max_norm must be > 0"),
+    (dict(max_norm=float("inf")), ValueError, "max_norm must be a finite number"),
+    (dict(huber_delta=1.5), ValueError, "huber_delta applies to loss='huber'"),
+    (dict(loss="huber", huber_delta=-1.0), ValueError, "huber_delta must be > 0"),
+    (dict(loss="mse", label_smoothing=0.1), ValueError, "label_smoothing applies to loss='cross_entropy'"),
+    (dict(loss="cross_entropy", label_smoothing=1.5), ValueError, "label_smoothing must be <= 1"),
+    (dict(loss="hinge"), ValueError, "unknown loss 'hinge'; valid: bce, cross_entropy, huber, l1, mse"),
     (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'; valid: adagrad, adam, adamw, rmsprop, sgd"),
     (dict(device="tpu"), ValueError, "unknown device 'tpu'; valid: cpu, cuda"),
     (dict(sizes=[4, 0, 3]), ValueError, "positive"),

@@ -28,6 +28,10 @@ def _train_parser(sub):
                    help="hidden layers' activation: one for all, or one per --hidden width "
                         f"({', '.join(sorted(ACTIVATIONS))})")
     p.add_argument("--loss", default="cross_entropy", choices=sorted(LOSSES), help="training loss")
+    p.add_argument("--huber-delta", type=float, default=1.0, help="the huber loss's delta")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross_entropy's label smoothing")
+    p.add_argument("--class-weight", choices=["balanced"], default=None,
+                   help="weigh each class inversely to its count in the training rows")
     p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="update rule")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--batch-size", type=int, default=128, help="rows per training step")
@@ -91,6 +95,16 @@ def _check_arguments(args):
         raise _BadArgument(f"--input-dropout must lie in [0, 1), got {args.input_dropout}")
     if args.max_norm is not None and not (math.isfinite(args.max_norm) and args.max_norm > 0):
         raise _BadArgument(f"--max-norm must be a positive number, got {args.max_norm}")
+    if not (math.isfinite(args.huber_delta) and args.huber_delta > 0):
+        raise _BadArgument(f"--huber-delta must be a positive number, got {args.huber_delta}")
+    if args.huber_delta != 1.0 and args.loss != "huber":
+        raise _BadArgument("--huber-delta goes with --loss huber")
+    if not 0.0 <= args.label_smoothing <= 1.0:
+        raise _BadArgument(f"--label-smoothing must lie in [0, 1], got {args.label_smoothing}")
+    if args.label_smoothing and args.loss != "cross_entropy":
+        raise _BadArgument("--label-smoothing goes with --loss cross_entropy")
+    if args.class_weight and args.loss != "cross_entropy":
+        raise _BadArgument("--class-weight goes with --loss cross_entropy")
     if not 0.0 < args.test_fraction < 1.0:
         raise _BadArgument(f"--test-fraction must lie strictly between 0 and 1, got {args.test_fraction}")
     if not 0.0 <= args.validation_split < 1.0:
@@ -202,7 +216,8 @@ def train(args):
     activation = args.activation[0] if len(args.activation) == 1 else args.activation
     trainer = Trainer(sizes, activation=activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, dropout=args.dropout,
-                      input_dropout=args.input_dropout, max_norm=args.max_norm, threads=args.threads,
+                      input_dropout=args.input_dropout, max_norm=args.max_norm, huber_delta=args.huber_delta,
+                      label_smoothing=args.label_smoothing, threads=args.threads,
                       comm=comm)
     say(f"data: {name}: {len(Xtr)} train rows, {len(Xte)} test rows, {Xtr.shape[1]} features")
     count = kernel_threads(trainer.threads)
@@ -214,7 +229,7 @@ def train(args):
     # evaluated once, at the end, and labelled as such.
     try:
         history = trainer.fit(Xtr, ytr, epochs=args.epochs, validation_split=args.validation_split,
-                              verbose=0 if args.quiet else 1)
+                              verbose=0 if args.quiet else 1, class_weight=args.class_weight)
     except KeyboardInterrupt:
         # fit stops between whole steps (guard.py): the state is that of step_count steps, worth keeping.
         where = f"interrupted after epoch {trainer.epochs_done}, step {trainer.step_count}"

@@ -80,11 +80,13 @@ def test_cli_trains_on_idx_and_npz_and_saves(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", X=X, y=y)
     assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "2", "--quiet", "--hidden", "8", "8",
                      "--activation", "gelu", "silu", "--input-dropout", "0.1", "--max-norm", "2",
+                     "--label-smoothing", "0.1", "--class-weight", "balanced",
                      "--plot", str(tmp_path / "curves.png"),
                      "--save", str(tmp_path / "m2.npz")]) == 0
     assert "test accuracy" in capsys.readouterr().out
     config = fastbp.Trainer.load(tmp_path / "m2.npz").config
-    assert (config.activation, config.input_dropout, config.max_norm) == (("gelu", "silu"), 0.1, 2.0)
+    assert (config.activation, config.input_dropout, config.max_norm, config.label_smoothing) == (
+        ("gelu", "silu"), 0.1, 2.0, 0.1)
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
@@ -172,6 +174,9 @@ def bad_argument_cases(tmp_path):
         (data + ["--hidden", "8", "8", "8", "--activation", "gelu", "silu"], "one per hidden layer (3)"),
         (data + ["--input-dropout", "1"], "--input-dropout must lie in [0, 1)"),
         (data + ["--max-norm", "0"], "--max-norm must be a positive number"),
+        (data + ["--huber-delta", "2"], "--huber-delta goes with --loss huber"),
+        (data + ["--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1]"),
+        (data + ["--loss", "mse", "--class-weight", "balanced"], "--class-weight goes with --loss cross_entropy"),
     ]
 
 

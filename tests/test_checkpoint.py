@@ -256,7 +256,7 @@ RESUME_CASES = {
     "sgd_memory_budget": dict(optimizer="sgd", lr=0.05, momentum=0.5, memory_budget=4096),
     # one activation per hidden layer (a list in the checkpoint's JSON), stored slopes under dropout
     "adam_per_layer_dropout": dict(optimizer="adam", dropout=0.3, activation=["gelu", "elu"], sizes=[5, 9, 6, 3],
-                                   input_dropout=0.2, max_norm=1.0),
+                                   input_dropout=0.2, max_norm=1.0, label_smoothing=0.1),
 }
 
 

@@ -35,11 +35,12 @@ def load(mnist_dir):
     return X, y, np.ascontiguousarray(X_test.reshape(len(X_test), -1), np.float32), y_test, "test error"
 
 
-def trainer(epochs, n_rows, seed):
+def trainer(epochs, n_rows, seed, dropout=0.5, input_dropout=0.2, max_norm=3.5, lr=0.05):
     steps = epochs * -(-n_rows // BATCH)
-    return fastbp.Trainer([784, *HIDDEN, 10], activation="relu", loss="cross_entropy", optimizer="sgd", lr=0.05,
-                          momentum=0.95, nesterov=True, batch_size=BATCH, dropout=0.5, input_dropout=0.2,
-                          max_norm=3.5, seed=seed, schedule=schedules.CosineWarmup(steps, warmup=steps // 20))
+    return fastbp.Trainer([784, *HIDDEN, 10], activation="relu", loss="cross_entropy", optimizer="sgd", lr=lr,
+                          momentum=0.95, nesterov=True, batch_size=BATCH, dropout=dropout, input_dropout=input_dropout,
+                          max_norm=max_norm or None, seed=seed,
+                          schedule=schedules.CosineWarmup(steps, warmup=steps // 20))
 
 
 def main():
@@ -49,9 +50,14 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="initial weights, shuffling and dropout masks")
     parser.add_argument("--report-every", type=int, default=25, metavar="E",
                         help="print the evaluation rows' error every E epochs (0: only at the end)")
+    # Each ingredient can be changed or left out (0), to measure what it is worth.
+    parser.add_argument("--dropout", type=float, default=0.5, help="hidden layers' dropout rate")
+    parser.add_argument("--input-dropout", type=float, default=0.2, help="the input pixels' dropout rate")
+    parser.add_argument("--max-norm", type=float, default=3.5, help="max-norm constraint c (0: none)")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     args = parser.parse_args()
     X, y, X_eval, y_eval, what = load(args.mnist_dir)
-    t = trainer(args.epochs, len(X), args.seed)
+    t = trainer(args.epochs, len(X), args.seed, args.dropout, args.input_dropout, args.max_norm, args.lr)
     print(f"{len(X)} training rows; {what} on {len(X_eval)} rows; {args.epochs} epochs", flush=True)
     start = time.perf_counter()
     done = 0

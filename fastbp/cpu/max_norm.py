@@ -36,6 +36,17 @@ def constrain_columns(W, fan_in, fan_out, c0, c1, max_norm):
             row[j] = np.float32(row[j] * scales[j])
 
 
+@njit(cache=True, nogil=True)
+def apply_max_norm_serial(params, offsets, dims, max_norm):
+    """apply_max_norm on one thread, called rather than inlined (serial.run_steps): no parallel region, and
+    compiled once on its own instead of into every caller (each inlined copy is compile time)."""
+    if max_norm <= 0:
+        return
+    for l in range(dims.size - 1):
+        fan_in, fan_out = dims[l], dims[l + 1]
+        constrain_columns(params[offsets[l]:offsets[l] + fan_in * fan_out], fan_in, fan_out, 0, fan_out, max_norm)
+
+
 @njit(parallel=True, cache=True, nogil=True, inline="always")
 def apply_max_norm(params, offsets, dims, max_norm, threads):
     """Every layer's columns held to norm <= max_norm; nothing when max_norm <= 0."""

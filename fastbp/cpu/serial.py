@@ -32,7 +32,7 @@ from ..options import OptimizerSettings
 from ..sums import sum_at, sum_first
 from ._jit import ERROR_MODEL, FASTMATH
 from .borrow import borrowed
-from .max_norm import apply_max_norm
+from .max_norm import apply_max_norm_serial
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .step import GRADIENTS, STEP, batch_pass
 
@@ -95,7 +95,7 @@ def _run_steps_for(masked_decay):
                 optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)
             else:
                 optimizer_update(params, grads, moment1, moment2, step_settings, scale)
-            apply_max_norm(params, offsets, dims, settings.max_norm, 1)
+            apply_max_norm_serial(params, offsets, dims, settings.max_norm)
         return n_steps
 
     return run_steps

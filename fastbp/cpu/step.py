@@ -10,6 +10,7 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     dims     (L + 1,) int64 layer widths; offsets (L + 1,) int64 block starts in the flat buffers
     params, grads, moment1, moment2   flat float32 buffers (state.py)
     activations  (L,) int64 activation codes, one per layer's output (dense_forward.py)
+    loss     options.LossSettings: the loss code and its options (loss_delta.py)
     acts     flat float32 workspace: the activation blocks (activation_offsets(dims, n)), then the slope
              blocks (activations.slope_offsets), slope_offsets(...)[-1] elements in all; the backward pass
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
@@ -30,8 +31,8 @@ import numpy as np
 from numba import njit
 
 from ._jit import ERROR_MODEL, FASTMATH
-from .delta_backward import propagate_delta
 from .activations import slope_offsets
+from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .loss_delta import clear_weightless_rows, loss_and_delta
 from .max_norm import apply_max_norm

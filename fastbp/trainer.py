@@ -519,6 +519,10 @@ class Trainer:
                 raise TypeError("sample_weight applies to arrays X and y, not to a stream of batches")
             if class_weight is not None and stream:
                 raise TypeError("class_weight applies to arrays X and y, not to a stream of batches")
+            if isinstance(class_weight, str) and sharded and self._comm.size > 1:
+                # Each rank would count its own shard's classes: weights that differ between ranks.
+                raise ValueError("class_weight='balanced' with sharded data would count each rank's shard "
+                                 "alone: give a dict of class weights computed over all the shards")
             if steps_per_epoch is not None and not stream:
                 raise ValueError("steps_per_epoch is for streams of batches; with arrays an epoch is every row")
             train = None

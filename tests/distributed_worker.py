@@ -184,6 +184,14 @@ def errors():
         trainer(lr=0.01 if rank == 0 else 0.02)
     except ValueError as exc:
         seen["options"] = str(exc)
+    try:  # "balanced" on shards would weigh each rank's classes by its own counts
+        t.fit(X, y, epochs=1, verbose=0, sharded=True, class_weight="balanced")
+    except ValueError as exc:
+        seen["balanced_shards"] = str(exc)
+    try:  # class weights on rank 0 only
+        t.fit(X, y, epochs=1, verbose=0, class_weight={0: 2.0} if rank == 0 else None)
+    except ValueError as exc:
+        seen["class_weight_one_rank"] = str(exc)
     try:  # a shuffle function whose order is wrong on rank 1 only
         t.fit(X, y, epochs=1, verbose=0, shuffle=lambda n: np.arange(n) // (2 if rank == 1 else 1))
     except ValueError as exc:

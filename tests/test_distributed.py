@@ -272,6 +272,8 @@ def test_bad_input_or_mismatched_calls_on_one_rank_raise_on_every_rank(main_run)
         assert "the row counts differ (rank 0: 257, rank 1: 100" in seen["rows"]
         assert "lr differ between ranks" in seen["options"]
         assert "must hold every row 0..256 exactly once" in seen["order"]
+        assert "count each rank's shard alone" in seen["balanced_shards"]
+        assert "the call differs" in seen["class_weight_one_rank"]
         assert seen["order"].startswith("on rank 1: ") == (rank != 1)
 
 

@@ -35,11 +35,11 @@ def load(mnist_dir):
     return X, y, np.ascontiguousarray(X_test.reshape(len(X_test), -1), np.float32), y_test, "test error"
 
 
-def trainer(epochs, n_rows, seed, dropout=0.5, input_dropout=0.2, max_norm=3.5, lr=0.05):
+def trainer(epochs, n_rows, seed, dropout=0.5, input_dropout=0.2, max_norm=3.5, lr=0.05, label_smoothing=0.0):
     steps = epochs * -(-n_rows // BATCH)
     return fastbp.Trainer([784, *HIDDEN, 10], activation="relu", loss="cross_entropy", optimizer="sgd", lr=lr,
                           momentum=0.95, nesterov=True, batch_size=BATCH, dropout=dropout, input_dropout=input_dropout,
-                          max_norm=max_norm or None, seed=seed,
+                          max_norm=max_norm or None, label_smoothing=label_smoothing, seed=seed,
                           schedule=schedules.CosineWarmup(steps, warmup=steps // 20))
 
 
@@ -55,9 +55,11 @@ def main():
     parser.add_argument("--input-dropout", type=float, default=0.2, help="the input pixels' dropout rate")
     parser.add_argument("--max-norm", type=float, default=3.5, help="max-norm constraint c (0: none)")
     parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     args = parser.parse_args()
     X, y, X_eval, y_eval, what = load(args.mnist_dir)
-    t = trainer(args.epochs, len(X), args.seed, args.dropout, args.input_dropout, args.max_norm, args.lr)
+    t = trainer(args.epochs, len(X), args.seed, args.dropout, args.input_dropout, args.max_norm, args.lr,
+                args.label_smoothing)
     print(f"{len(X)} training rows; {what} on {len(X_eval)} rows; {args.epochs} epochs", flush=True)
     start = time.perf_counter()
     done = 0

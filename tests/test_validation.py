@@ -194,13 +194,17 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_pat
     from fastbp.cpu import serial, step
     from fastbp.threads import _blas_libraries
     seen = []
-    module, name = (serial, "run_steps") if kernel_path == "serial" else (step, "run")
-    compiled = getattr(module, name)
 
-    def observed(*args):
-        seen.append([lib.num_threads for lib in _blas_libraries()])
-        return compiled(*args)
-    monkeypatch.setattr(module, name, observed)
+    def observing(compiled):
+        def observed(*args):
+            seen.append([lib.num_threads for lib in _blas_libraries()])
+            return compiled(*args)
+        return observed
+    if kernel_path == "serial":
+        variant_of = serial.run_steps_for
+        monkeypatch.setattr(serial, "run_steps_for", lambda uses: observing(variant_of(uses)))
+    else:
+        monkeypatch.setattr(step, "run", observing(step.run))
     t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
     with threadpool_limits(limits=2, user_api="blas"):
         outside = [lib.num_threads for lib in _blas_libraries()]

@@ -10,13 +10,13 @@ import numpy as np
 
 from .. import sample_weights, validation
 from ..sums import sum_first
-from ..options import LossSettings, OptimizerSettings
+from ..options import ACTIVATIONS, LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
-from .activations import slope_offsets
+from .activations import slope_offsets, stores_slope
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS, decay_masks
 from .weight_grad import split_batch
@@ -88,6 +88,11 @@ class CpuBackend:
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
+        self._uses = serial.Uses(masked_decay=bool(self._decay_mask.size), max_norm=bool(config.max_norm),
+                                 dropout=config.dropout > 0 or config.input_dropout > 0,
+                                 slopes=any(stores_slope(code) for code in self.activations[:-1]),
+                                 loss=int(self.loss.kind),
+                                 relu_only=bool(np.all(self.activations[:-1] == ACTIVATIONS["relu"])))
         # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
@@ -178,8 +183,8 @@ class CpuBackend:
                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
 
     def _serial_entry(self):
-        """This network's variant of serial.run_steps: with weight decay on every parameter or masked."""
-        return serial.run_steps_masked if self._decay_mask.size else serial.run_steps
+        """This network's variant of serial.run_steps: compiled with the parts its configuration uses."""
+        return serial.run_steps_for(self._uses)
 
     def _entry_point(self, n):
         """The compiled function that steps of n rows run: a serial.run_steps variant or step.run."""

@@ -18,7 +18,7 @@ cache) and the epilogue multiplies it by act'(A_prev) while writing it over A_pr
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH
+from ._jit import FASTMATH, RELU
 from .activations import KNOWN, multiply_by_derivative, stores_slope
 from .blas import NO_TRANS, TRANS, gemm, part
 from .denormals import flush_denormals, restore
@@ -44,25 +44,44 @@ def undo_dropout(acts, tile, rows, width, row0, layer, key, threshold):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
-    """acts[i, :width] <- tile[i, :] * act'(Z[i, :]) for the tile's rows; acts row stride width + 1, tile and
-    slopes (the stored act', read for slope-storing activations only) row stride width."""
+def multiply_derivative_rows(acts, tile, rows, width, activation):
+    """acts[i, :width] <- tile[i, :] * act'(Z[i, :]) for the tile's rows, act' taken from A = acts[i, :width]
+    (an activation that does not store act'); acts row stride width + 1, tile row stride width."""
     for i in range(rows):
-        a = acts[i * (width + 1):i * (width + 1) + width]
-        d = tile[i * width:(i + 1) * width]
-        if stores_slope(activation):
+        multiply_by_derivative(acts[i * (width + 1):i * (width + 1) + width], tile[i * width:(i + 1) * width],
+                               activation)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def relu_derivative_rows(acts, tile, rows, width):
+    """multiply_derivative_rows for relu alone: what a network whose hidden layers are all relu compiles."""
+    for i in range(rows):
+        for j in range(width):
+            acts[i * (width + 1) + j] = tile[i * width + j] if acts[i * (width + 1) + j] > 0 else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
+    """multiply_derivative_rows for any activation: a slope-storing one's act' is read from slopes (its
+    stored act'(Z), row stride width)."""
+    if stores_slope(activation):
+        for i in range(rows):
+            a = acts[i * (width + 1):i * (width + 1) + width]
+            d = tile[i * width:(i + 1) * width]
             slope = slopes[i * width:(i + 1) * width]
             for j in range(width):
                 a[j] = d[j] * slope[j]
-        else:
-            multiply_by_derivative(a, d, activation)
+    else:
+        multiply_derivative_rows(acts, tile, rows, width, activation)
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, activation, layer, dropout_key,
-                    dropout_threshold, scratch, threads):
+def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, activation, layer, relu_only,
+                    slopes_used, dropout_used, dropout_key, dropout_threshold, scratch, threads):
     if activation not in KNOWN:
         raise ValueError("unknown activation code")
+    if not slopes_used and stores_slope(activation):
+        raise ValueError("a slope-storing activation in a pass compiled without them")
     if stores_slope(activation) and slopes.size < n * fan_in:
         raise IndexError("no slope block for a slope-storing activation")
     if scratch.size < min(threads, n) * TILE_ROWS * fan_in:
@@ -77,7 +96,13 @@ def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, ac
             # op(B) = W^T: W is the block's first fan_in rows, row stride fan_out.
             gemm(NO_TRANS, TRANS, rows, fan_in, fan_out, delta[t0 * ld_delta:], ld_delta, block, fan_out,
                  tile, fan_in)
-            if dropout_threshold > 0:
+            if dropout_used and dropout_threshold > 0:
                 undo_dropout(acts[t0 * (fan_in + 1):], tile, rows, fan_in, t0, layer, dropout_key, dropout_threshold)
-            multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation, slopes[t0 * fan_in:])
+            if relu_only:
+                relu_derivative_rows(acts[t0 * (fan_in + 1):], tile, rows, fan_in)
+            elif slopes_used:
+                multiply_derivative_into(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation,
+                                         slopes[t0 * fan_in:])
+            else:
+                multiply_derivative_rows(acts[t0 * (fan_in + 1):], tile, rows, fan_in, activation)
         restore(fp_state)

@@ -29,89 +29,129 @@ from ._jit import BCE, CROSS_ENTROPY, FASTMATH, HUBER, L1, MSE, POISSON
 from .denormals import flush_denormals, restore
 
 
-# Called, not inlined: one compiled copy serves every caller (each inlined copy is compile time in each
-# entry point: inlined, this round's huber, l1 and label smoothing took a cold first fit of [64, 100, 10]
-# from 12-15 s to 11 s; its steps are as fast either way, LLVM inlines the call after linking).
+# Each loss's row function is called, not inlined: one compiled copy serves every caller (each inlined copy
+# is compile time in each entry point: inlined, this round's huber, l1 and label smoothing took a cold first
+# fit of [64, 100, 10] from 12-15 s to 11 s; its steps are as fast either way, LLVM inlines the call after
+# linking). One function per loss, so that an entry point compiled for one loss (serial.Uses) compiles only
+# its own. Each returns (loss, hits) of one row z (m,) and writes its delta, scaled by `scale`, into d (m,)
+# when want_delta (d may be z); src: the row's index in labels / targets.
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def row_loss_and_delta(z, d, src, m, labels, targets, loss, scale, want_delta):
-    """(loss, hits) of one row z (m,); its delta, scaled by `scale`, into d (m,) when want_delta (d may be z).
-    src: the row's index in labels / targets."""
+def cross_entropy_row(z, d, src, m, labels, smoothing, scale, want_delta):
+    label = labels[src]
+    if label < 0 or label >= m:
+        # Never index with a label the checks did not see (changed in place since): a NaN loss, so a
+        # step skips its update and reports it, and no delta.
+        if want_delta:
+            for j in range(m):
+                d[j] = np.float32(0.0)
+        return np.nan, 0.0
+    zmax = z[0]
+    best = 0
+    for j in range(1, m):
+        if z[j] > zmax:
+            zmax = z[j]
+            best = j
+    hits = 1.0 if best == label else 0.0
+    total = np.float32(0.0)
+    for j in range(m):
+        total += np.exp(z[j] - zmax)
+    acc = np.float64(zmax) + np.log(np.float64(total)) - (1.0 - smoothing) * np.float64(z[label])
+    if smoothing > 0:  # the targets' share e / m on every class
+        z_sum = 0.0
+        for j in range(m):
+            z_sum += np.float64(z[j])
+        acc -= smoothing / m * z_sum
+    if want_delta:
+        inv_total = np.float32(1.0) / total
+        spread = np.float32(smoothing / m * scale)
+        for j in range(m):
+            d[j] = np.exp(z[j] - zmax) * inv_total * scale - spread
+        d[label] -= np.float32((1.0 - smoothing) * scale)
+    return acc, hits
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def mse_row(z, d, src, m, targets, scale, want_delta):
+    acc = 0.0
+    for j in range(m):
+        diff = z[j] - targets[src, j]
+        acc += np.float64(diff * diff)
+        if want_delta:
+            d[j] = np.float32(2.0) * diff * scale
+    return acc, 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def huber_row(z, d, src, m, targets, huber_delta, scale, want_delta):
+    acc = 0.0
+    delta = np.float32(huber_delta)
+    for j in range(m):
+        diff = z[j] - targets[src, j]
+        size = abs(diff)
+        inside = size < delta
+        acc += np.float64(np.float32(0.5) * diff * diff if inside else delta * (size - np.float32(0.5) * delta))
+        if want_delta:
+            d[j] = (diff if inside else (delta if diff > 0 else -delta)) * scale
+    return acc, 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def l1_row(z, d, src, m, targets, scale, want_delta):
+    acc = 0.0
+    for j in range(m):
+        diff = z[j] - targets[src, j]
+        acc += np.float64(abs(diff))
+        if want_delta:
+            d[j] = np.float32(scale) if diff > 0 else (np.float32(-scale) if diff < 0 else np.float32(0.0))
+    return acc, 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def poisson_row(z, d, src, m, targets, scale, want_delta):
+    acc = 0.0
+    for j in range(m):
+        v = z[j]
+        t = targets[src, j]
+        rate = np.exp(v)
+        acc += np.float64(rate) - np.float64(t) * np.float64(v)
+        if want_delta:
+            d[j] = (rate - t) * scale
+    return acc, 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def bce_row(z, d, src, m, targets, scale, want_delta):
     acc = 0.0
     hits = 0.0
-    kind = loss.kind
-    if kind == CROSS_ENTROPY:
-        label = labels[src]
-        if label < 0 or label >= m:
-            # Never index with a label the checks did not see (changed in place since): a NaN loss, so a
-            # step skips its update and reports it, and no delta.
-            if want_delta:
-                for j in range(m):
-                    d[j] = np.float32(0.0)
-            return np.nan, 0.0
-        zmax = z[0]
-        best = 0
-        for j in range(1, m):
-            if z[j] > zmax:
-                zmax = z[j]
-                best = j
-        hits = 1.0 if best == label else 0.0
-        total = np.float32(0.0)
-        for j in range(m):
-            total += np.exp(z[j] - zmax)
-        smoothing = loss.label_smoothing
-        acc = np.float64(zmax) + np.log(np.float64(total)) - (1.0 - smoothing) * np.float64(z[label])
-        if smoothing > 0:  # the targets' share e / m on every class
-            z_sum = 0.0
-            for j in range(m):
-                z_sum += np.float64(z[j])
-            acc -= smoothing / m * z_sum
+    for j in range(m):
+        v = z[j]
+        t = targets[src, j]
+        e = np.exp(-abs(v))
+        acc += np.float64(max(v, np.float32(0.0)) - v * t) + np.log1p(np.float64(e))
+        if (v > 0) == (t >= 0.5):
+            hits += 1.0 / m
         if want_delta:
-            inv_total = np.float32(1.0) / total
-            spread = np.float32(smoothing / m * scale)
-            for j in range(m):
-                d[j] = np.exp(z[j] - zmax) * inv_total * scale - spread
-            d[label] -= np.float32((1.0 - smoothing) * scale)
-    elif kind == MSE:
-        for j in range(m):
-            diff = z[j] - targets[src, j]
-            acc += np.float64(diff * diff)
-            if want_delta:
-                d[j] = np.float32(2.0) * diff * scale
-    elif kind == HUBER:
-        delta = np.float32(loss.huber_delta)
-        for j in range(m):
-            diff = z[j] - targets[src, j]
-            size = abs(diff)
-            inside = size < delta
-            acc += np.float64(np.float32(0.5) * diff * diff if inside else delta * (size - np.float32(0.5) * delta))
-            if want_delta:
-                d[j] = (diff if inside else (delta if diff > 0 else -delta)) * scale
-    elif kind == L1:
-        for j in range(m):
-            diff = z[j] - targets[src, j]
-            acc += np.float64(abs(diff))
-            if want_delta:
-                d[j] = np.float32(scale) if diff > 0 else (np.float32(-scale) if diff < 0 else np.float32(0.0))
-    elif kind == POISSON:
-        for j in range(m):
-            v = z[j]
-            t = targets[src, j]
-            rate = np.exp(v)
-            acc += np.float64(rate) - np.float64(t) * np.float64(v)
-            if want_delta:
-                d[j] = (rate - t) * scale
-    else:  # BCE
-        for j in range(m):
-            v = z[j]
-            t = targets[src, j]
-            e = np.exp(-abs(v))
-            acc += np.float64(max(v, np.float32(0.0)) - v * t) + np.log1p(np.float64(e))
-            if (v > 0) == (t >= 0.5):
-                hits += 1.0 / m
-            if want_delta:
-                p = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
-                d[j] = (p - t) * scale
+            p = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
+            d[j] = (p - t) * scale
     return acc, hits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def row_loss_and_delta(kind, z, d, src, m, labels, targets, loss, scale, want_delta):
+    """The row function of loss `kind` (loss.kind, or a compile-time constant equal to it: then only that
+    loss's call is compiled)."""
+    if kind == CROSS_ENTROPY:
+        return cross_entropy_row(z, d, src, m, labels, loss.label_smoothing, scale, want_delta)
+    if kind == MSE:
+        return mse_row(z, d, src, m, targets, scale, want_delta)
+    if kind == HUBER:
+        return huber_row(z, d, src, m, targets, loss.huber_delta, scale, want_delta)
+    if kind == L1:
+        return l1_row(z, d, src, m, targets, scale, want_delta)
+    if kind == POISSON:
+        return poisson_row(z, d, src, m, targets, scale, want_delta)
+    return bce_row(z, d, src, m, targets, scale, want_delta)
 
 
 @njit(cache=True, nogil=True)
@@ -122,14 +162,14 @@ def delta_scale(loss, weight_total, m):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def weighted_row_loss_and_delta(z, d, src, m, labels, targets, weights, loss, scale, want_delta):
+def weighted_row_loss_and_delta(kind, z, d, src, m, labels, targets, weights, loss, scale, want_delta):
     """row_loss_and_delta for a row of sample weight w = weights[src] (1 when weights is empty): (w x loss,
     hits), the delta scaled by w x scale (float64 scale from delta_scale). A row of weight 0 counts for
     nothing whatever its values: loss 0 and a zero delta, not 0 x an infinite loss (its hits still count,
     as accuracy is unweighted)."""
     w = weights[src] if weights.size else 1.0
     # One inlined copy of the per-row math (each copy is compile time), its delta skipped for a weight of 0.
-    acc, hits = row_loss_and_delta(z, d, src, m, labels, targets, loss, np.float32(w * scale),
+    acc, hits = row_loss_and_delta(kind, z, d, src, m, labels, targets, loss, np.float32(w * scale),
                                    want_delta and w != 0.0)
     if w == 0.0:
         if want_delta:
@@ -168,16 +208,19 @@ def mean_loss(row_loss, n, weight_total, m, loss):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def loss_and_delta(logits, n, m, labels, targets, weights, weight_total, rows, loss, delta, row_loss, row_hits,
-                   want_delta):
-    """Returns the (weighted) mean loss (float64); fills delta with dLoss/dlogits when want_delta."""
+def loss_and_delta(logits, n, m, labels, targets, weights, weight_total, rows, loss, loss_kind, delta, row_loss,
+                   row_hits, want_delta):
+    """Returns the (weighted) mean loss (float64); fills delta with dLoss/dlogits when want_delta. loss_kind:
+    loss.kind, or the caller's compile-time constant equal to it (serial.Uses)."""
     if loss.kind not in (MSE, CROSS_ENTROPY, BCE, POISSON, HUBER, L1):
         raise ValueError("unknown loss code")
+    if loss.kind != loss_kind:
+        raise ValueError("a loss other than the one this pass was compiled for")
     scale = delta_scale(loss, weight_total, m)
     for i in prange(n):
         fp_state = flush_denormals()  # softmax probabilities of hopeless classes are often subnormal
-        row_loss[i], row_hits[i] = weighted_row_loss_and_delta(logits[i * m:(i + 1) * m], delta[i * m:(i + 1) * m],
-                                                               rows[i], m, labels, targets, weights, loss, scale,
-                                                               want_delta)
+        row_loss[i], row_hits[i] = weighted_row_loss_and_delta(loss_kind, logits[i * m:(i + 1) * m],
+                                                               delta[i * m:(i + 1) * m], rows[i], m, labels,
+                                                               targets, weights, loss, scale, want_delta)
         restore(fp_state)
     return mean_loss(row_loss, n, weight_total, m, loss)

@@ -104,8 +104,9 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
             logits = acts[act_off[n_layers]:]
             for i in range(count):
                 z = logits[i * m:(i + 1) * m]
-                row_loss[t0 + i], row_hits[t0 + i] = weighted_row_loss_and_delta(z, z, rows[t0 + i], m, labels,
-                                                                                 targets, weights, loss, scale, True)
+                row_loss[t0 + i], row_hits[t0 + i] = weighted_row_loss_and_delta(loss.kind, z, z, rows[t0 + i], m,
+                                                                                 labels, targets, weights, loss, scale,
+                                                                                 True)
             if weights.size:
                 clear_weightless_rows(acts, act_off, slope_off, dims, rows[t0:t0 + count], weights)
             # (3, 4) backward: the tile's share of [dW; db] into this thread's accumulator, then its delta.

@@ -16,7 +16,7 @@ Shapes (N = rows of the data set, b = batch_rows, S = n_steps; see step.py for t
     lrs      (S,) float64: step s's learning rate (a per-step schedule's, evaluated by the caller)
     key_base int64 in [0, 2^63): step s's dropout key is (key_base + first_step + s) mod 2^63 (Trainer's rule)
     first_step  steps applied before this call (Adam's bias correction counts from first_step + 1)
-    decay_mask  (P,) bool in run_steps_masked's STEP calls (weight decay only where True:
+    decay_mask  (P,) bool in the masked_decay variant's STEP calls (weight decay only where True:
              Trainer(decay_biases=False)), else empty
     acts, scratch, partials, row_loss, row_hits, norm_sums   step.run's workspace for b rows (threads = 1)
     step_loss, step_hits, step_weight  (S,) float64 outputs: each step's (weighted) mean loss, summed
@@ -25,6 +25,9 @@ Returns the number of steps applied: S, or the index of the first step whose los
 update is not applied, its loss is in step_loss). Modes FORWARD, LOSS, GRADIENTS run one pass (S = 1) and
 update nothing.
 """
+import functools
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -45,12 +48,25 @@ def dropout_key(key_base, step_count):
     return np.int64((np.uint64(key_base) + np.uint64(step_count)) & _LOW63)
 
 
-def _run_steps_for(masked_decay):
-    """run_steps compiled for one kind of weight decay: on every parameter (masked_decay False), or only
-    where decay_mask is True (masked_decay True: Trainer(decay_biases=False), the estimators). masked_decay
-    is a constant of the compiled function, so Numba drops the other optimizer pass before compiling
-    (measured for [64, 100, 10], empty cache: 7.4 s -> 6.8-7.1 s), and a network compiles only its own.
-    A Trainer uses one variant for all of its passes (CpuBackend._serial_entry)."""
+class Uses(NamedTuple):
+    """The optional parts of a step that a network's training uses: compile-time constants of its run_steps
+    variant (run_steps_for), so that Numba drops the parts a network does not use before compiling and a
+    first fit compiles only its own (measured for [64, 100, 10], empty cache: with all three parts 11.4 s to
+    the first fit's end; max-norm costs 0.9 s and dropout 0.8 s of it). A Trainer uses one variant for all of
+    its passes (CpuBackend)."""
+    masked_decay: bool  # weight decay only where decay_mask is True (Trainer(decay_biases=False), estimators)
+    max_norm: bool      # the max-norm constraint after every update (settings.max_norm > 0)
+    dropout: bool       # dropout on the hidden layers or the input features (either threshold > 0)
+    slopes: bool        # a hidden activation that stores act'(Z) (gelu, gelu_tanh, silu: activations.py)
+    loss: int           # the loss code (options.LOSSES): only its row function is compiled (loss_delta.py)
+    relu_only: bool     # every hidden layer is relu (the default): relu's code alone, not every activation's
+
+
+@functools.lru_cache(maxsize=None)
+def run_steps_for(uses):
+    """run_steps compiled for one Uses: one dispatcher per variant in a process (Numba's disk cache keys
+    each by the closure's constants, so they share the cache index without clashing)."""
+    masked_decay, constrained, dropout, slopes, loss_kind, relu_only = uses
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
@@ -63,6 +79,11 @@ def _run_steps_for(masked_decay):
         if decay_mask.size != (params.size if masked_decay and mode == STEP else 0):
             raise IndexError("decay_mask must have one entry per parameter in the masked variant's steps, and "
                              "none otherwise")
+        # A part this variant was compiled without must not be asked for: it would be skipped silently.
+        if not constrained and mode == STEP and settings.max_norm > 0:
+            raise ValueError("run_steps: max_norm given to a variant compiled without the constraint")
+        if not dropout and (dropout_threshold > 0 or input_threshold > 0):
+            raise ValueError("run_steps: dropout given to a variant compiled without it")
         # Every array below is the caller's for the whole call: views without reference counting (borrow.py).
         X, labels, targets, weights, order = borrowed(X), borrowed(labels), borrowed(targets), borrowed(weights), \
             borrowed(order)
@@ -77,8 +98,8 @@ def _run_steps_for(masked_decay):
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
             value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activations, loss, params, grads, key, dropout_threshold, input_threshold, acts,
-                               scratch, partials, row_loss, row_hits, 1)
+                               activations, loss, loss_kind, params, grads, relu_only, slopes, dropout, key, dropout_threshold,
+                               input_threshold, acts, scratch, partials, row_loss, row_hits, 1)
             step_loss[s] = value
             step_hits[s] = sum_first(row_hits, batch_rows)
             step_weight[s] = weight
@@ -95,11 +116,8 @@ def _run_steps_for(masked_decay):
                 optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)
             else:
                 optimizer_update(params, grads, moment1, moment2, step_settings, scale)
-            apply_max_norm_serial(params, offsets, dims, settings.max_norm)
+            if constrained:
+                apply_max_norm_serial(params, offsets, dims, settings.max_norm)
         return n_steps
 
     return run_steps
-
-
-run_steps = _run_steps_for(False)
-run_steps_masked = _run_steps_for(True)

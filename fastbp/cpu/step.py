@@ -57,27 +57,31 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
-               grads, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits,
-               threads):
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, loss_kind,
+               params, grads, relu_only, slopes_used, dropout_used, dropout_key, dropout_threshold, input_threshold,
+               acts, scratch, partials, row_loss, row_hits, threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
-    mean loss of the batch (0.0 in FORWARD mode)."""
+    mean loss of the batch (0.0 in FORWARD mode). loss_kind: loss.kind, or a compile-time constant of the
+    caller equal to it (then only that loss is compiled); relu_only, slopes_used, dropout_used: compile-time
+    constants of the caller, True compiles relu alone (every hidden layer must be relu), False leaves out
+    the code of the slope-storing activations (there must be none) or of dropout (the thresholds must be
+    0) before compiling (serial.Uses)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
     slope_off = slope_offsets(dims, activations, n, act_off[-1])
     if acts.size < slope_off[-1]:
         raise IndexError("acts workspace too small for the batch")
-    gather_input(X, rows, acts[:act_off[1]], dropout_key, input_threshold)
-    dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, dropout_key, dropout_threshold,
-                  threads)
+    gather_input(X, rows, acts[:act_off[1]], dropout_used, dropout_key, input_threshold)
+    dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, relu_only, slopes_used,
+                  dropout_used, dropout_key, dropout_threshold, threads)
     if mode == FORWARD:
         return 0.0
     logits = acts[act_off[-2]:act_off[-1]]
     want_delta = mode >= GRADIENTS
-    value = loss_and_delta(logits, n, dims[-1], labels, targets, weights, weight_total, rows, loss, logits, row_loss,
-                           row_hits, want_delta)
+    value = loss_and_delta(logits, n, dims[-1], labels, targets, weights, weight_total, rows, loss, loss_kind, logits,
+                           row_loss, row_hits, want_delta)
     if not want_delta:
         return value
     if weights.size:
@@ -92,7 +96,8 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
                         threads)
         if l > 0:
             propagate_delta(delta, ld_delta, block, a_prev, acts[slope_off[l - 1]:slope_off[l]], n, fan_in, fan_out,
-                            activations[l - 1], l - 1, dropout_key, dropout_threshold, scratch, threads)
+                            activations[l - 1], l - 1, relu_only, slopes_used, dropout_used, dropout_key,
+                            dropout_threshold, scratch, threads)
     return value
 
 
@@ -102,8 +107,8 @@ def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, ac
         row_hits, norm_sums, threads):
     """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                       activations, loss, params, grads, dropout_key, dropout_threshold, input_threshold, acts,
-                       scratch, partials, row_loss, row_hits, threads)
+                       activations, loss, loss.kind, params, grads, False, True, True, dropout_key, dropout_threshold, input_threshold,
+                       acts, scratch, partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
     return value

@@ -1,0 +1,106 @@
+"""serial.run_steps is compiled per serial.Uses, with the optional parts a network does not use left out: such a
+variant compiles none of their code, and refuses (rather than silently skips) a part it was compiled without."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp.cpu.dropout import Thresholds, threshold
+from fastbp.options import ACTIVATIONS, LOSSES, LossSettings
+
+
+def small_trainer(**options):
+    return fastbp.Trainer([5, 8, 3], loss="cross_entropy", seed=0, **options)
+
+
+def run_one_step(t, settings=None, dropout=None):
+    """One training step through train_steps (the serial entry), on 4 rows."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, 4)
+    settings = settings or t._optimizer_settings()
+    return t._backend.train_steps(X, labels, None, None, np.arange(4), 4, 1, settings, np.array([settings.lr]), 0,
+                                  dropout or t._dropout, np.zeros((3, 1)))
+
+
+def test_the_variant_follows_the_configuration():
+    assert small_trainer()._backend._uses == (False, False, False, False, LOSSES["cross_entropy"], True)
+    uses = fastbp.Trainer([5, 8, 4, 3], activation=["relu", "silu"], loss="mse", dropout=0.1, max_norm=2.0,
+                          decay_biases=False, weight_decay=0.1, optimizer="adamw")._backend._uses
+    assert uses == (True, True, True, True, LOSSES["mse"], False)
+    assert small_trainer(input_dropout=0.2)._backend._uses.dropout
+    assert not small_trainer(activation="tanh")._backend._uses.relu_only
+    assert fastbp.Trainer([5, 3])._backend._uses.relu_only  # no hidden layer: nothing but the output's identity
+
+
+@pytest.mark.parametrize("part", ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu"])
+def test_a_variant_refuses_a_part_it_was_compiled_without(part):
+    """Each part asked of a variant compiled without it (the backend's fields changed behind its back): a
+    ValueError before any update, not a step that silently leaves the part out."""
+    t = small_trainer(activation="tanh" if part == "slopes" else "relu")
+    before = t.state.params.copy()
+    settings, dropout = None, None
+    if part == "max_norm":
+        settings = t._optimizer_settings()._replace(max_norm=1.0)
+    elif part == "dropout":
+        dropout = Thresholds(threshold(0.5), 0)
+    elif part == "input_dropout":
+        dropout = Thresholds(0, threshold(0.5))
+    elif part == "slopes":
+        t._backend.activations = np.array([ACTIVATIONS["gelu"], ACTIVATIONS["identity"]], np.int64)
+    elif part == "not_relu":
+        t._backend.activations = np.array([ACTIVATIONS["tanh"], ACTIVATIONS["identity"]], np.int64)
+    else:
+        t._backend.loss = LossSettings(LOSSES["mse"], 1.0, 0.0)
+    with pytest.raises(ValueError, match="compiled"):
+        run_one_step(t, settings, dropout)
+    np.testing.assert_array_equal(t.state.params, before)
+
+
+def test_the_same_step_with_and_without_an_unused_part():
+    """A max-norm bound no weight reaches and a dropout rate of ~0 (threshold 0: no unit dropped) take the
+    variants compiled with those parts: the same bits as the plain variant."""
+    plain, bounded = small_trainer(), small_trainer(max_norm=1e6)
+    assert bounded._backend._uses.max_norm and not plain._backend._uses.max_norm
+    for t in (plain, bounded):
+        run_one_step(t)
+    np.testing.assert_array_equal(plain.state.params, bounded.state.params)
+
+
+def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
+    """On an empty kernel cache (its own NUMBA_CACHE_DIR), a first fit and predict of a ReLU network with
+    cross_entropy compiles the code of that loss and of relu, and none of max-norm, dropout, the other
+    activations or the other losses (each is compile time in a first run)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        import fastbp
+        from fastbp.cpu import activations, delta_backward, dense_forward, dropout, loss_delta, max_norm
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((64, 6)).astype(np.float32)
+        t = fastbp.Trainer([6, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
+        t.fit(X, rng.integers(0, 3, 64), epochs=1, verbose=0)
+        t.predict(X)
+        kernels = {"max_norm": max_norm.apply_max_norm_serial, "drop_block": dense_forward.drop_block,
+                   "gather_row": dense_forward.gather_row, "keeps": dropout.keeps,
+                   "undo_dropout": delta_backward.undo_dropout,
+                   "activate_with_slope": activations.activate_with_slope,
+                   "multiply_derivative_into": delta_backward.multiply_derivative_into,
+                   "multiply_by_derivative": activations.multiply_by_derivative,
+                   "mse_row": loss_delta.mse_row, "bce_row": loss_delta.bce_row,
+                   "poisson_row": loss_delta.poisson_row, "huber_row": loss_delta.huber_row,
+                   "l1_row": loss_delta.l1_row,
+                   "activate_row": activations.activate_row, "cross_entropy_row": loss_delta.cross_entropy_row,
+                   "relu_rows": dense_forward.relu_rows}
+        for name, kernel in kernels.items():
+            print(name, len(kernel.signatures))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    compiled = {name: int(count) for name, count in (line.split() for line in out.stdout.splitlines())}
+    assert compiled.pop("cross_entropy_row") == 1 and compiled.pop("relu_rows") == 1  # what it uses
+    assert compiled == dict.fromkeys(compiled, 0)

@@ -122,8 +122,16 @@ MUTANTS = [
      "        scales[j] = 1.0\n", ["tests/cpu/test_kernels.py", "-k", "several_updates and max_norm"]),
     ("huber_not_clamped", "fastbp/cpu/loss_delta.py", "(diff if inside else (delta if diff > 0 else -delta)) * scale",
      "diff * scale", ["tests/cpu/test_kernels.py", "-k", "loss_gradients and huber"]),
-    ("label_smoothing_delta_unspread", "fastbp/cpu/loss_delta.py", "            spread = np.float32(smoothing / m * scale)\n",
-     "            spread = np.float32(0.0)\n", ["tests/cpu/test_kernels.py", "-k", "loss_gradients and smoothed"]),
+    ("label_smoothing_delta_unspread", "fastbp/cpu/loss_delta.py", "        spread = np.float32(smoothing / m * scale)\n",
+     "        spread = np.float32(0.0)\n", ["tests/cpu/test_kernels.py", "-k", "loss_gradients and smoothed"]),
+    # ---- the serial entry point's variants (serial.Uses) ----
+    ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
+     "tile[i * width + j] if acts[i * (width + 1) + j] > 0 else",
+     "tile[i * width + j] if acts[i * (width + 1) + j] >= 0 else",
+     ["tests/cpu/test_kernels.py", "-k", "several_updates and relu and not leaky"]),
+    ("serial_variant_skips_max_norm", "fastbp/cpu/serial.py", "            if constrained:\n",
+     "            if False:\n",
+     ["tests/cpu/test_kernels.py", "-k", "several_updates and max_norm"]),
     ("class_weight_ignored", "fastbp/class_weights.py", "    weights = table[classes]\n",
      "    weights = np.ones(classes.size)\n", ["tests/test_class_weights.py"]),
 ]

@@ -62,6 +62,8 @@ def breakdown(sizes, batch, loss):
     no_slopes = np.zeros(0, np.float32)  # relu keeps no slope blocks
     settings = trainer._optimizer_settings()
     out = []
+    # The pieces as step.run (the parallel entry point) inlines them: the general activation code
+    # (relu_only False, slopes and dropout compiled in, thresholds 0).
     with backend._kernel_threads() as threads:
         def block(flat, l):
             return flat[offsets[l]:offsets[l + 1]]
@@ -69,12 +71,12 @@ def breakdown(sizes, batch, loss):
         def acts(l):
             return ws.acts[act_off[l]:act_off[l + 1]]
 
-        out.append(("gather", median_time(lambda: gather_input(X, rows, acts(0), 0, 0)), 0))
+        out.append(("gather", median_time(lambda: gather_input(X, rows, acts(0), True, 0, 0)), 0))
         for l in range(L):
             ld = sizes[l + 1] + (1 if l < L - 1 else 0)
             fn = (lambda l=l, ld=ld: dense_layer(acts(l), block(s.params, l), batch, sizes[l], sizes[l + 1],
-                                                 acts(l + 1), ld, no_slopes, act if l < L - 1 else 0, l, 0, 0,
-                                                 threads))
+                                                 acts(l + 1), ld, no_slopes, act if l < L - 1 else 0, l, False, True,
+                                                 True, 0, 0, threads))
             out.append((f"forward {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         logits = acts(L)
         # The loss overwrites the logits with the delta: time it on a fresh copy of the logits each call.
@@ -82,8 +84,8 @@ def breakdown(sizes, batch, loss):
 
         def loss_piece():
             logits[:] = saved
-            loss_and_delta(logits, batch, sizes[-1], labels, targets, np.zeros(0), float(batch), rows, lossc, logits,
-                           ws.row_loss, ws.row_hits, True)
+            loss_and_delta(logits, batch, sizes[-1], labels, targets, np.zeros(0), float(batch), rows, lossc, lossc.kind,
+                           logits, ws.row_loss, ws.row_hits, True)
         copy_s = median_time(lambda: logits.__setitem__(slice(None), saved))
         out.append(("loss", max(median_time(loss_piece) - copy_s, 0.0), 0))
         # Backward pieces in the step's order, each repeated on its own. Repeats of a delta propagation read
@@ -98,7 +100,7 @@ def breakdown(sizes, batch, loss):
             if l > 0:
                 fn = (lambda l=l, ld_delta=ld_delta: propagate_delta(
                     acts(l + 1), ld_delta, block(s.params, l), acts(l), no_slopes, batch, sizes[l], sizes[l + 1],
-                    act, l - 1, 0, 0, ws.scratch, threads))
+                    act, l - 1, False, True, True, 0, 0, ws.scratch, threads))
                 out.append((f"delta {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         out.append(("optimizer", median_time(lambda: optimizer_update(s.params, s.grads, s.moment1, s.moment2,
                                                                      settings, np.float32(1.0))), 0))

@@ -103,7 +103,7 @@ def breakdown(sizes, batch, loss):
                     act, l - 1, False, True, True, 0, 0, ws.scratch, threads))
                 out.append((f"delta {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         out.append(("optimizer", median_time(lambda: optimizer_update(s.params, s.grads, s.moment1, s.moment2,
-                                                                     settings, np.float32(1.0))), 0))
+                                                                     settings, np.float32(1.0), settings.kind)), 0))
     total = sum(t for _, t, _ in out)
     out.append(("sum", total, sum(f for _, _, f in out)))
     out.append(("step", median_time(lambda: trainer.step(X, y)), 0))

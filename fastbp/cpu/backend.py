@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import sample_weights, validation
 from ..sums import sum_first
-from ..options import ACTIVATIONS, LossSettings, OptimizerSettings
+from ..options import ACTIVATIONS, OPTIMIZERS, LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
@@ -92,7 +92,8 @@ class CpuBackend:
                                  dropout=config.dropout > 0 or config.input_dropout > 0,
                                  slopes=any(stores_slope(code) for code in self.activations[:-1]),
                                  loss=int(self.loss.kind),
-                                 relu_only=bool(np.all(self.activations[:-1] == ACTIVATIONS["relu"])))
+                                 relu_only=bool(np.all(self.activations[:-1] == ACTIVATIONS["relu"])),
+                                 optimizer=OPTIMIZERS[config.optimizer])
         # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)

@@ -43,10 +43,13 @@ _scalars = njit(inline="always")(update_rules.scalars)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def optimizer_update(params, grads, moment1, moment2, settings, grad_scale):
+def optimizer_update(params, grads, moment1, moment2, settings, grad_scale, kind):
+    """kind: settings.kind, or a compile-time constant of the caller equal to it (serial.Uses): then only
+    that optimizer's rule is compiled."""
     if settings.kind not in (SGD, ADAM, ADAMW, ADAGRAD, RMSPROP):
         raise ValueError("unknown optimizer code")
-    kind = settings.kind
+    if settings.kind != kind:
+        raise ValueError("an optimizer other than the one this pass was compiled for")
     (lr, wd, mu, nesterov, b1, b2, one_minus_b1, one_minus_b2, alpha, one_minus_alpha, eps, step_size,
      inv_sqrt_bc2, decay) = _scalars(settings)
     # One parallel loop for every optimizer (each extra loop costs a second of first-run compilation);
@@ -60,7 +63,7 @@ def optimizer_update(params, grads, moment1, moment2, settings, grad_scale):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def optimizer_update_masked(params, grads, moment1, moment2, settings, grad_scale, decay_mask):
+def optimizer_update_masked(params, grads, moment1, moment2, settings, grad_scale, decay_mask, kind):
     """optimizer_update with weight decay only where decay_mask (P,) bool is True (decay_masks()).
 
     Its own function, compiled only by the entry point that needs it (step.run_update_masked): a mask test
@@ -68,9 +71,10 @@ def optimizer_update_masked(params, grads, moment1, moment2, settings, grad_scal
     2.0 ms against 0.34 to 0.47 ms for 636k parameters), and a second loop there adds seconds of compile."""
     if settings.kind not in (SGD, ADAM, ADAMW, ADAGRAD, RMSPROP):
         raise ValueError("unknown optimizer code")
+    if settings.kind != kind:
+        raise ValueError("an optimizer other than the one this pass was compiled for")
     if decay_mask.size != params.size:
         raise IndexError("decay_mask must have one entry per parameter")
-    kind = settings.kind
     (lr, wd, mu, nesterov, b1, b2, one_minus_b1, one_minus_b2, alpha, one_minus_alpha, eps, step_size,
      inv_sqrt_bc2, decay) = _scalars(settings)
     no_decay = np.float32(0.0)

@@ -60,13 +60,14 @@ class Uses(NamedTuple):
     slopes: bool        # a hidden activation that stores act'(Z) (gelu, gelu_tanh, silu: activations.py)
     loss: int           # the loss code (options.LOSSES): only its row function is compiled (loss_delta.py)
     relu_only: bool     # every hidden layer is relu (the default): relu's code alone, not every activation's
+    optimizer: int      # the optimizer code (options.OPTIMIZERS): only its update rule is compiled
 
 
 @functools.lru_cache(maxsize=None)
 def run_steps_for(uses):
     """run_steps compiled for one Uses: one dispatcher per variant in a process (Numba's disk cache keys
     each by the closure's constants, so they share the cache index without clashing)."""
-    masked_decay, constrained, dropout, slopes, loss_kind, relu_only = uses
+    masked_decay, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
@@ -98,8 +99,8 @@ def run_steps_for(uses):
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
             value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activations, loss, loss_kind, params, grads, relu_only, slopes, dropout, key, dropout_threshold,
-                               input_threshold, acts, scratch, partials, row_loss, row_hits, 1)
+                               activations, loss, loss_kind, params, grads, relu_only, slopes, dropout, key,
+                               dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, 1)
             step_loss[s] = value
             step_hits[s] = sum_first(row_hits, batch_rows)
             step_weight[s] = weight
@@ -113,9 +114,10 @@ def run_steps_for(uses):
                                               settings.eps_hat, settings.max_norm)
             scale = clip_scale(grads, settings.clip_norm, norm_sums)
             if masked_decay:
-                optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask)
+                optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask,
+                                        optimizer)
             else:
-                optimizer_update(params, grads, moment1, moment2, step_settings, scale)
+                optimizer_update(params, grads, moment1, moment2, step_settings, scale, optimizer)
             if constrained:
                 apply_max_norm_serial(params, offsets, dims, settings.max_norm)
         return n_steps

@@ -52,7 +52,7 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, 
     """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads, then the
     max-norm constraint (when settings.max_norm > 0)."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
-    optimizer_update(params, grads, moment1, moment2, settings, scale)
+    optimizer_update(params, grads, moment1, moment2, settings, scale, settings.kind)
     apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 
@@ -126,7 +126,7 @@ def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, deca
     """run_update with weight decay only where decay_mask (P,) bool is True: Trainer(decay_biases=False)'s
     update, after a GRADIENTS call; its own entry point, compiled only by programs that use it."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
-    optimizer_update_masked(params, grads, moment1, moment2, settings, scale, decay_mask)
+    optimizer_update_masked(params, grads, moment1, moment2, settings, scale, decay_mask, settings.kind)
     apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 

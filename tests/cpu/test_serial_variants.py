@@ -10,7 +10,7 @@ import pytest
 
 import fastbp
 from fastbp.cpu.dropout import Thresholds, threshold
-from fastbp.options import ACTIVATIONS, LOSSES, LossSettings
+from fastbp.options import ACTIVATIONS, LOSSES, OPTIMIZERS, LossSettings
 
 
 def small_trainer(**options):
@@ -28,16 +28,17 @@ def run_one_step(t, settings=None, dropout=None):
 
 
 def test_the_variant_follows_the_configuration():
-    assert small_trainer()._backend._uses == (False, False, False, False, LOSSES["cross_entropy"], True)
+    assert small_trainer()._backend._uses == (False, False, False, False, LOSSES["cross_entropy"], True,
+                                              OPTIMIZERS["adam"])
     uses = fastbp.Trainer([5, 8, 4, 3], activation=["relu", "silu"], loss="mse", dropout=0.1, max_norm=2.0,
                           decay_biases=False, weight_decay=0.1, optimizer="adamw")._backend._uses
-    assert uses == (True, True, True, True, LOSSES["mse"], False)
+    assert uses == (True, True, True, True, LOSSES["mse"], False, OPTIMIZERS["adamw"])
     assert small_trainer(input_dropout=0.2)._backend._uses.dropout
     assert not small_trainer(activation="tanh")._backend._uses.relu_only
     assert fastbp.Trainer([5, 3])._backend._uses.relu_only  # no hidden layer: nothing but the output's identity
 
 
-@pytest.mark.parametrize("part", ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu"])
+@pytest.mark.parametrize("part", ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu", "optimizer"])
 def test_a_variant_refuses_a_part_it_was_compiled_without(part):
     """Each part asked of a variant compiled without it (the backend's fields changed behind its back): a
     ValueError before any update, not a step that silently leaves the part out."""
@@ -52,6 +53,8 @@ def test_a_variant_refuses_a_part_it_was_compiled_without(part):
         dropout = Thresholds(0, threshold(0.5))
     elif part == "slopes":
         t._backend.activations = np.array([ACTIVATIONS["gelu"], ACTIVATIONS["identity"]], np.int64)
+    elif part == "optimizer":
+        settings = t._optimizer_settings()._replace(kind=OPTIMIZERS["sgd"])
     elif part == "not_relu":
         t._backend.activations = np.array([ACTIVATIONS["tanh"], ACTIVATIONS["identity"]], np.int64)
     else:

@@ -84,8 +84,8 @@ def breakdown(sizes, batch, loss):
 
         def loss_piece():
             logits[:] = saved
-            loss_and_delta(logits, batch, sizes[-1], labels, targets, np.zeros(0), float(batch), rows, lossc, lossc.kind,
-                           logits, ws.row_loss, ws.row_hits, True)
+            loss_and_delta(logits, batch, sizes[-1], labels, targets, np.zeros(0), float(batch), rows, lossc,
+                           lossc.kind, logits, ws.row_loss, ws.row_hits, True)
         copy_s = median_time(lambda: logits.__setitem__(slice(None), saved))
         out.append(("loss", max(median_time(loss_piece) - copy_s, 0.0), 0))
         # Backward pieces in the step's order, each repeated on its own. Repeats of a delta propagation read

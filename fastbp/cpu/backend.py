@@ -10,15 +10,16 @@ import numpy as np
 
 from .. import sample_weights, validation
 from ..sums import sum_first
-from ..options import ACTIVATIONS, OPTIMIZERS, LossSettings, OptimizerSettings
+from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
-from .activations import slope_offsets, stores_slope
+from .activations import slope_offsets
 from .dense_forward import activation_offsets
 from .optimizers import NORM_CHUNKS, decay_masks
+from .variants import uses_of
 from .weight_grad import split_batch
 
 _EMPTY_LABELS = np.zeros(0, np.int64)
@@ -88,12 +89,8 @@ class CpuBackend:
         self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
-        self._uses = serial.Uses(masked_decay=bool(self._decay_mask.size), max_norm=bool(config.max_norm),
-                                 dropout=config.dropout > 0 or config.input_dropout > 0,
-                                 slopes=any(stores_slope(code) for code in self.activations[:-1]),
-                                 loss=int(self.loss.kind),
-                                 relu_only=bool(np.all(self.activations[:-1] == ACTIVATIONS["relu"])),
-                                 optimizer=OPTIMIZERS[config.optimizer])
+        # What its kernels use: the entry points are compiled for it alone (variants.py).
+        self._uses = uses_of(config, self.activations, self.loss, self._decay_mask)
         # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)

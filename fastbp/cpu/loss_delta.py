@@ -32,7 +32,7 @@ from .denormals import flush_denormals, restore
 # Each loss's row function is called, not inlined: one compiled copy serves every caller (each inlined copy
 # is compile time in each entry point: inlined, this round's huber, l1 and label smoothing took a cold first
 # fit of [64, 100, 10] from 12-15 s to 11 s; its steps are as fast either way, LLVM inlines the call after
-# linking). One function per loss, so that an entry point compiled for one loss (serial.Uses) compiles only
+# linking). One function per loss, so that an entry point compiled for one loss (variants.Uses) compiles only
 # its own. Each returns (loss, hits) of one row z (m,) and writes its delta, scaled by `scale`, into d (m,)
 # when want_delta (d may be z); src: the row's index in labels / targets.
 
@@ -211,7 +211,7 @@ def mean_loss(row_loss, n, weight_total, m, loss):
 def loss_and_delta(logits, n, m, labels, targets, weights, weight_total, rows, loss, loss_kind, delta, row_loss,
                    row_hits, want_delta):
     """Returns the (weighted) mean loss (float64); fills delta with dLoss/dlogits when want_delta. loss_kind:
-    loss.kind, or the caller's compile-time constant equal to it (serial.Uses)."""
+    loss.kind, or the caller's compile-time constant equal to it (variants.Uses)."""
     if loss.kind not in (MSE, CROSS_ENTROPY, BCE, POISSON, HUBER, L1):
         raise ValueError("unknown loss code")
     if loss.kind != loss_kind:

@@ -44,7 +44,7 @@ _scalars = njit(inline="always")(update_rules.scalars)
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def optimizer_update(params, grads, moment1, moment2, settings, grad_scale, kind):
-    """kind: settings.kind, or a compile-time constant of the caller equal to it (serial.Uses): then only
+    """kind: settings.kind, or a compile-time constant of the caller equal to it (variants.Uses): then only
     that optimizer's rule is compiled."""
     if settings.kind not in (SGD, ADAM, ADAMW, ADAGRAD, RMSPROP):
         raise ValueError("unknown optimizer code")

@@ -26,7 +26,6 @@ update is not applied, its loss is in step_loss). Modes FORWARD, LOSS, GRADIENTS
 update nothing.
 """
 import functools
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -38,6 +37,7 @@ from .borrow import borrowed
 from .max_norm import apply_max_norm_serial
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .step import GRADIENTS, STEP, batch_pass
+from .variants import ANY
 
 _LOW63 = np.uint64(2 ** 63 - 1)
 
@@ -48,25 +48,10 @@ def dropout_key(key_base, step_count):
     return np.int64((np.uint64(key_base) + np.uint64(step_count)) & _LOW63)
 
 
-class Uses(NamedTuple):
-    """The optional parts of a step that a network's training uses: compile-time constants of its run_steps
-    variant (run_steps_for), so that Numba drops the parts a network does not use before compiling and a
-    first fit compiles only its own (measured for [64, 100, 10], empty cache: with all three parts 11.4 s to
-    the first fit's end; max-norm costs 0.9 s and dropout 0.8 s of it). A Trainer uses one variant for all of
-    its passes (CpuBackend)."""
-    masked_decay: bool  # weight decay only where decay_mask is True (Trainer(decay_biases=False), estimators)
-    max_norm: bool      # the max-norm constraint after every update (settings.max_norm > 0)
-    dropout: bool       # dropout on the hidden layers or the input features (either threshold > 0)
-    slopes: bool        # a hidden activation that stores act'(Z) (gelu, gelu_tanh, silu: activations.py)
-    loss: int           # the loss code (options.LOSSES): only its row function is compiled (loss_delta.py)
-    relu_only: bool     # every hidden layer is relu (the default): relu's code alone, not every activation's
-    optimizer: int      # the optimizer code (options.OPTIMIZERS): only its update rule is compiled
-
-
 @functools.lru_cache(maxsize=None)
 def run_steps_for(uses):
-    """run_steps compiled for one Uses: one dispatcher per variant in a process (Numba's disk cache keys
-    each by the closure's constants, so they share the cache index without clashing)."""
+    """run_steps compiled for one variants.Uses: one dispatcher per variant in a process (Numba's disk cache
+    keys each by the closure's constants, so they share the cache index without clashing)."""
     masked_decay, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -85,6 +70,10 @@ def run_steps_for(uses):
             raise ValueError("run_steps: max_norm given to a variant compiled without the constraint")
         if not dropout and (dropout_threshold > 0 or input_threshold > 0):
             raise ValueError("run_steps: dropout given to a variant compiled without it")
+        # The loss and the optimizer: this variant's constants, or the run-time codes in the generic variant
+        # (variants.ANY). Either way the compiled code holds one of the two branches.
+        loss_code = loss_kind if loss_kind != ANY else loss.kind
+        optimizer_code = optimizer if optimizer != ANY else settings.kind
         # Every array below is the caller's for the whole call: views without reference counting (borrow.py).
         X, labels, targets, weights, order = borrowed(X), borrowed(labels), borrowed(targets), borrowed(weights), \
             borrowed(order)
@@ -99,7 +88,7 @@ def run_steps_for(uses):
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
             value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activations, loss, loss_kind, params, grads, relu_only, slopes, dropout, key,
+                               activations, loss, loss_code, params, grads, relu_only, slopes, dropout, key,
                                dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, 1)
             step_loss[s] = value
             step_hits[s] = sum_first(row_hits, batch_rows)
@@ -115,9 +104,9 @@ def run_steps_for(uses):
             scale = clip_scale(grads, settings.clip_norm, norm_sums)
             if masked_decay:
                 optimizer_update_masked(params, grads, moment1, moment2, step_settings, scale, decay_mask,
-                                        optimizer)
+                                        optimizer_code)
             else:
-                optimizer_update(params, grads, moment1, moment2, step_settings, scale, optimizer)
+                optimizer_update(params, grads, moment1, moment2, step_settings, scale, optimizer_code)
             if constrained:
                 apply_max_norm_serial(params, offsets, dims, settings.max_norm)
         return n_steps

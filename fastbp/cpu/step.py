@@ -66,7 +66,7 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
     caller equal to it (then only that loss is compiled); relu_only, slopes_used, dropout_used: compile-time
     constants of the caller, True compiles relu alone (every hidden layer must be relu), False leaves out
     the code of the slope-storing activations (there must be none) or of dropout (the thresholds must be
-    0) before compiling (serial.Uses)."""
+    0) before compiling (variants.Uses)."""
     n = rows.size
     n_layers = dims.size - 1
     act_off = activation_offsets(dims, n)
@@ -107,8 +107,8 @@ def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, ac
         row_hits, norm_sums, threads):
     """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                       activations, loss, loss.kind, params, grads, False, True, True, dropout_key, dropout_threshold, input_threshold,
-                       acts, scratch, partials, row_loss, row_hits, threads)
+                       activations, loss, loss.kind, params, grads, False, True, True, dropout_key, dropout_threshold,
+                       input_threshold, acts, scratch, partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
         update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
     return value

@@ -200,11 +200,9 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_pat
             seen.append([lib.num_threads for lib in _blas_libraries()])
             return compiled(*args)
         return observed
-    if kernel_path == "serial":
-        variant_of = serial.run_steps_for
-        monkeypatch.setattr(serial, "run_steps_for", lambda uses: observing(variant_of(uses)))
-    else:
-        monkeypatch.setattr(step, "run", observing(step.run))
+    module, name = (serial, "run_steps_for") if kernel_path == "serial" else (step, "run_for")
+    variant_of = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda uses: observing(variant_of(uses)))
     t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
     with threadpool_limits(limits=2, user_api="blas"):
         outside = [lib.num_threads for lib in _blas_libraries()]

@@ -154,7 +154,7 @@ class CpuBackend:
         ws = self._workspaces.get(rows.size)
         with self._kernel_threads() as threads:
             # Gradients of narrow networks over long batches: per-thread tiles through all layers (pipeline.py).
-            entry, scratch = step.run, (ws.acts, ws.scratch)
+            entry, scratch = step.run_for(self._uses), (ws.acts, ws.scratch)
             if mode >= step.GRADIENTS and pipeline.fits(s.dims, rows.size, threads):
                 entry, scratch = step.run_pipeline, (ws.weights_t, ws.tiles)
             return entry(mode, X, _EMPTY_LABELS if labels is None else labels,
@@ -185,8 +185,8 @@ class CpuBackend:
         return serial.run_steps_for(self._uses)
 
     def _entry_point(self, n):
-        """The compiled function that steps of n rows run: a serial.run_steps variant or step.run."""
-        return self._serial_entry() if self.takes_serial_path(n) else step.run
+        """The compiled function that steps of n rows run: a serial.run_steps or a step.run variant."""
+        return self._serial_entry() if self.takes_serial_path(n) else step.run_for(self._uses)
 
     def needs_compiling(self, n):
         """Whether the first step of n rows will compile its entry point: not compiled in this process yet,
@@ -211,9 +211,10 @@ class CpuBackend:
             return
         ws = self._workspaces.get(0)
         with self._kernel_threads() as threads:
-            step.run(step.FORWARD, empty_X, _EMPTY_LABELS, _EMPTY_TARGETS, _EMPTY_WEIGHTS, 1.0, no_rows, s.dims,
-                     s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2, _UNUSED_SETTINGS,
-                     0, 0, 0, ws.acts, ws.scratch, ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
+            step.run_for(self._uses)(step.FORWARD, empty_X, _EMPTY_LABELS, _EMPTY_TARGETS, _EMPTY_WEIGHTS, 1.0,
+                                     no_rows, s.dims, s.offsets, self.activations, self.loss, s.params, s.grads,
+                                     s.moment1, s.moment2, _UNUSED_SETTINGS, 0, 0, 0, ws.acts, ws.scratch,
+                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
                     dropout, out):

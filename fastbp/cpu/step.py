@@ -27,6 +27,8 @@ Why one entry point: Numba compiles a parallel kernel again for every jitted fun
 first call of a new program compiles each of them once and then serves predict, evaluate, gradients
 and training steps alike.
 """
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -38,6 +40,7 @@ from .loss_delta import clear_weightless_rows, loss_and_delta
 from .max_norm import apply_max_norm
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
 from .pipeline import pipeline_gradients
+from .variants import ANY
 from .weight_grad import weight_gradient
 
 # What run() does; each mode includes the ones before it.
@@ -48,12 +51,14 @@ STEP = 3       # + the optimizer update, skipped when the loss is not finite
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads):
+def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, optimizer, constrained):
     """Clipping (when settings.clip_norm > 0), then the optimizer rule, from the gradient in grads, then the
-    max-norm constraint (when settings.max_norm > 0)."""
+    max-norm constraint (when settings.max_norm > 0). optimizer: settings.kind or a compile-time constant
+    equal to it; constrained: a compile-time constant, False leaves the max-norm code out (variants.py)."""
     scale = clip_scale(grads, settings.clip_norm, norm_sums)
-    optimizer_update(params, grads, moment1, moment2, settings, scale, settings.kind)
-    apply_max_norm(params, offsets, dims, settings.max_norm, threads)
+    optimizer_update(params, grads, moment1, moment2, settings, scale, optimizer)
+    if constrained:
+        apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -101,24 +106,40 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
     return value
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params, grads,
-        moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss,
-        row_hits, norm_sums, threads):
-    """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
-    value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                       activations, loss, loss.kind, params, grads, False, True, True, dropout_key, dropout_threshold,
-                       input_threshold, acts, scratch, partials, row_loss, row_hits, threads)
-    if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
-    return value
+@functools.lru_cache(maxsize=None)
+def run_for(uses):
+    """run (the parallel entry point) compiled for one variants.Uses; one dispatcher per variant in a process."""
+    _, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+    def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params, grads,
+            moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials,
+            row_loss, row_hits, norm_sums, threads):
+        """Returns the (weighted) mean loss of the batch (0.0 in FORWARD mode)."""
+        # A part this variant was compiled without must not be asked for: it would be skipped silently.
+        if not constrained and mode == STEP and settings.max_norm > 0:
+            raise ValueError("run: max_norm given to a variant compiled without the constraint")
+        if not dropout and (dropout_threshold > 0 or input_threshold > 0):
+            raise ValueError("run: dropout given to a variant compiled without it")
+        # This variant's loss and optimizer, or the run-time codes in the generic variant (variants.ANY).
+        loss_code = loss_kind if loss_kind != ANY else loss.kind
+        optimizer_code = optimizer if optimizer != ANY else settings.kind
+        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
+                           activations, loss, loss_code, params, grads, relu_only, slopes, dropout, dropout_key,
+                           dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads)
+        if mode == STEP and np.isfinite(value):
+            update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, optimizer_code,
+                   constrained)
+        return value
+
+    return run
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
-    update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
+    update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, settings.kind, True)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -142,5 +163,5 @@ def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, of
                                params, grads, dropout_key, dropout_threshold, input_threshold, weights_t, tiles,
                                partials, row_loss, row_hits, threads)
     if mode == STEP and np.isfinite(value):
-        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads)
+        update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, settings.kind, True)
     return value

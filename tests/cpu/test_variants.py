@@ -1,6 +1,7 @@
-"""serial.run_steps is compiled per variants.Uses, with the parts a network does not use left out: such a variant
-compiles none of their code, computes the generic variant's bits (the one the rest of the suite runs: see
-conftest.py), and refuses (rather than silently skips) a part it was compiled without."""
+"""The entry points (serial.run_steps, step.run) are compiled per variants.Uses, with the parts a network does not
+use left out: such a variant compiles none of their code, computes the generic variant's numbers (the one the
+rest of the suite runs: see conftest.py), and refuses (rather than silently skips) a part it was compiled
+without. The parallel variants take ~15 s each to compile: two configurations run on that path."""
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 import fastbp
 from conftest import rel_error
+from fastbp.cpu import backend
 from fastbp.cpu.dropout import Thresholds, threshold
 from fastbp.options import ACTIVATIONS, LOSSES, OPTIMIZERS, LossSettings
 
@@ -26,13 +28,12 @@ def small_trainer(**options):
 
 
 def run_one_step(t, settings=None, dropout=None):
-    """One training step through train_steps (the serial entry), on 4 rows."""
+    """One training step on 4 rows, through the entry point of the path the test runs (kernel_path)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4, 5)).astype(np.float32)
     labels = rng.integers(0, 3, 4)
-    settings = settings or t._optimizer_settings()
-    return t._backend.train_steps(X, labels, None, None, np.arange(4), 4, 1, settings, np.array([settings.lr]), 0,
-                                  dropout or t._dropout, np.zeros((3, 1)))
+    return t._backend.train_step(X, labels, None, np.arange(4), settings or t._optimizer_settings(), 0,
+                                 dropout or t._dropout)
 
 
 def test_the_variant_follows_the_configuration():
@@ -46,10 +47,17 @@ def test_the_variant_follows_the_configuration():
     assert fastbp.Trainer([5, 3])._backend._uses.relu_only  # no hidden layer: nothing but the output's identity
 
 
-@pytest.mark.parametrize("part", ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu", "optimizer"])
-def test_a_variant_refuses_a_part_it_was_compiled_without(part):
+PARTS = ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu", "optimizer"]
+
+
+# On the parallel path, every part but the slopes (whose check needs a tanh network's variant: 15 s more
+# to compile for the same check in the same kernel, dense_layer, as the serial path's).
+@pytest.mark.parametrize("part, path", [(part, "serial") for part in PARTS]
+                         + [(part, "parallel") for part in PARTS if part != "slopes"])
+def test_a_variant_refuses_a_part_it_was_compiled_without(monkeypatch, part, path):
     """Each part asked of a variant compiled without it (the backend's fields changed behind its back): a
     ValueError before any update, not a step that silently leaves the part out."""
+    monkeypatch.setattr(backend, "SERIAL_WORK", 2 ** 62 if path == "serial" else 0)
     t = small_trainer(activation="tanh" if part == "slopes" else "relu")
     before = t.state.params.copy()
     settings, dropout = None, None
@@ -90,13 +98,15 @@ EQUIVALENT = {
 }
 
 
-@pytest.mark.parametrize("case", EQUIVALENT)
-def test_a_variant_computes_the_generic_variants_bits(rng, monkeypatch, case):
+@pytest.mark.parametrize("case, path", [(case, "serial") for case in EQUIVALENT]
+                         + [("relu_ce_adam", "parallel"), ("mixed_huber_rmsprop", "parallel")])
+def test_a_variant_computes_the_generic_variants_numbers(rng, monkeypatch, case, path):
     """A fit in chunks, predict and evaluate through a network's own variant and through the generic one:
     the same parameters, moments, losses and predictions to float32 rounding. Not always bit for bit: LLVM
     contracts and vectorizes the leaner code differently under the kernels' fastmath flags (adamw, adagrad,
     measured: 1 ulp here and there)."""
     sizes, options = EQUIVALENT[case]
+    monkeypatch.setattr(backend, "SERIAL_WORK", 2 ** 62 if path == "serial" else 0)
     X = rng.standard_normal((45, sizes[0])).astype(np.float32)
     loss = options["loss"]
     y = (rng.integers(0, sizes[-1], 45) if loss == "cross_entropy"

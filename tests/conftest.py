@@ -7,7 +7,7 @@ if os.environ.get("FASTBP_TEST_REAL_GPU") != "1":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 # One generic compiled entry point for the suite's hundreds of configurations, instead of one variant per
-# configuration (cpu/variants.py); tests/cpu/test_serial_variants.py checks the variants against it.
+# configuration (cpu/variants.py); tests/cpu/test_variants.py checks the variants against it.
 os.environ.setdefault("FASTBP_SPECIALIZE", "0")
 
 import numpy as np  # noqa: E402

@@ -106,9 +106,15 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, dims, offs
     return value
 
 
-@functools.lru_cache(maxsize=None)
 def run_for(uses):
-    """run (the parallel entry point) compiled for one variants.Uses; one dispatcher per variant in a process."""
+    """run (the parallel entry point) compiled for one variants.Uses; one dispatcher per variant in a process.
+    Masked weight decay is not run's (a masked update is its own entry point, run_update_masked): networks
+    that differ only there share a variant."""
+    return _run_for(uses._replace(masked_decay=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _run_for(uses):
     _, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)

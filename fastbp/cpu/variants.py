@@ -1,13 +1,14 @@
-"""What a network's training uses, for compiling the one-thread entry point per configuration.
+"""What a network's training uses, for compiling the entry points per configuration.
 
-serial.run_steps inlines every kernel, and each kernel branches on the activation, the loss, the
-optimizer, dropout and max-norm. Branches on run-time values compile every case, and a case a network
-never takes is compile time in its first run all the same. So run_steps is compiled once per Uses
-(serial.run_steps_for): its fields are constants of the compiled function, and Numba's dead-branch
-pruning removes the untaken cases before it types and compiles them (the flags travel as arguments
-through the inlined kernels: dense_forward.dense_layer, delta_backward.propagate_delta,
-loss_delta.loss_and_delta, optimizers.optimizer_update). A variant refuses, with a ValueError, a part it
-was compiled without, rather than skipping it.
+The entry points (serial.run_steps, one thread; step.run, parallel) inline every kernel, and each kernel
+branches on the activation, the loss, the optimizer, dropout and max-norm. Branches on run-time values
+compile every case, and a case a network never takes is compile time in its first run all the same. So
+each entry point is compiled once per Uses (serial.run_steps_for, step.run_for): its fields are constants
+of the compiled function, and Numba's dead-branch pruning removes the untaken cases before it types and
+compiles them (the flags travel as arguments through the inlined kernels: dense_forward.dense_layer,
+delta_backward.propagate_delta, loss_delta.loss_and_delta, optimizers.optimizer_update). A variant
+refuses, with a ValueError, a part it was compiled without, rather than skipping it. (The per-thread
+pipeline, step.run_pipeline, and the update-only entry points stay generic: fewer networks take them.)
 
 The generic variant (generic_uses) compiles every case, with the loss and the optimizer read at run time:
 one compile serves every configuration. A process that trains many configurations (a search over
@@ -15,11 +16,12 @@ activations, losses and optimizers; this project's test suite) sets FASTBP_SPECI
 alone, instead of one variant for each configuration. Both compute the same numbers to float32 rounding
 (the variants only leave out code that a configuration never runs), though not always the same bits:
 LLVM contracts and vectorizes the leaner code differently under the kernels' fastmath flags
-(tests/cpu/test_serial_variants.py). A Trainer uses one variant for all of its passes, so its steps,
+(tests/cpu/test_variants.py). A Trainer uses one variant for all of its passes, so its steps,
 chunked or not, and its predictions stay bit for bit reproducible.
 
-Measured for a new process's first fit and predict of [64, 100, 10] on an empty kernel cache (README,
-"Small networks"): 9.1-11.2 s against 11.4-14.2 s with every case compiled, interleaved runs.
+Measured on an empty kernel cache, interleaved with the code before the variants (README, "Small
+networks"): a new process's import, first fit and predict of [64, 100, 10] (serial path) 6.4-6.6 s
+against 8.2-8.7 s; of [784, 800, 10] with batch 128 (parallel path) 17.5-20 s against 25-26 s.
 """
 import os
 from typing import NamedTuple

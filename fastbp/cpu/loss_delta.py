@@ -53,20 +53,30 @@ def cross_entropy_row(z, d, src, m, labels, smoothing, scale, want_delta):
             zmax = z[j]
             best = j
     hits = 1.0 if best == label else 0.0
-    total = np.float32(0.0)
-    for j in range(m):
-        total += np.exp(z[j] - zmax)
-    acc = np.float64(zmax) + np.log(np.float64(total)) - (1.0 - smoothing) * np.float64(z[label])
+    z_label = np.float64(z[label])
+    z_sum = 0.0
     if smoothing > 0:  # the targets' share e / m on every class
-        z_sum = 0.0
         for j in range(m):
             z_sum += np.float64(z[j])
+    # Each exp once (a scalar libm call: most of this row's time): with a delta to write, it is kept in d,
+    # which may be z itself, so every read of z comes before this loop.
+    total = np.float32(0.0)
+    if want_delta:
+        for j in range(m):
+            e = np.exp(z[j] - zmax)
+            d[j] = e
+            total += e
+    else:
+        for j in range(m):
+            total += np.exp(z[j] - zmax)
+    acc = np.float64(zmax) + np.log(np.float64(total)) - (1.0 - smoothing) * z_label
+    if smoothing > 0:
         acc -= smoothing / m * z_sum
     if want_delta:
         inv_total = np.float32(1.0) / total
         spread = np.float32(smoothing / m * scale)
         for j in range(m):
-            d[j] = np.exp(z[j] - zmax) * inv_total * scale - spread
+            d[j] = d[j] * inv_total * scale - spread
         d[label] -= np.float32((1.0 - smoothing) * scale)
     return acc, hits
 

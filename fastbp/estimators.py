@@ -46,7 +46,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
-from . import class_weights, distributed, lbfgs, sources
+from . import class_weights, distributed, lbfgs, row_order, sources
 from .callbacks import Callback
 from .keywords import suggest_keywords
 from .trainer import Trainer
@@ -523,23 +523,25 @@ class _ScikitLearnLoss(Callback):
         trainer._step_log = []
 
     def on_epoch_end(self, epoch, logs, trainer):
-        losses, rows, weights = (np.array(column, np.float64) for column in zip(*trainer._step_log))
-        trainer._step_log.clear()
-        n = rows.sum()
-        logs["loss"] = float(np.dot(losses, rows)) / n * self.scale + self.offset
+        # Python's sums over the log's (loss, rows, weight) tuples: a small data set's epoch is one or two
+        # steps, for which building arrays costs more than the step's own arithmetic.
+        steps = trainer._step_log
+        n = float(sum(rows for _, rows, _ in steps))
+        logs["loss"] = sum(loss * rows for loss, rows, _ in steps) / n * self.scale + self.offset
         if self.alpha:
-            if self.weight_total is not None:
-                weights = weights * (self.weight_total / weights.sum())  # the weights as the user gave them
+            # The weights as the user gave them: the Trainer scaled them (sample_weights.normalized).
+            factor = 1.0 if self.weight_total is None else self.weight_total / sum(w for _, _, w in steps)
             squares = self._squares(trainer)
-            rows_per_weight = float(np.sum(rows / np.where(weights > 0, weights, rows))) / n
+            rows_per_weight = sum(rows / (w * factor) if w > 0 else 1.0 for _, rows, w in steps) / n
             logs["loss"] += 0.25 * self.alpha * (self.squares_before + squares) * rows_per_weight
             self.squares_before = squares
+        steps.clear()
 
     def on_train_end(self, trainer):
         trainer._step_log = None
 
 
-class _ScikitLearnOrder:
+class _ScikitLearnOrder(row_order.OwnOrder):
     """scikit-learn's batches for fit(shuffle=...) (row_order.py): every epoch, the last epoch's order (at
     first 0..n-1) shuffled with random_state as its _fit_stochastic does (sklearn.utils.shuffle, whose
     draw is random_state.shuffle(0..n-1); called directly, without its 0.1 ms of argument checks), cut
@@ -555,9 +557,9 @@ class _ScikitLearnOrder:
     def __call__(self, n):
         if self.rows is None or self.rows.size != n:
             self.rows = np.arange(n, dtype=np.int64)
-        permutation = np.arange(n)
-        self.random_state.shuffle(permutation)
-        self.rows = self.rows[permutation]
+        # Shuffling the rows in place makes the swaps that shuffling 0..n-1 would (they depend on n and
+        # the draws only): the same order, and the same draws taken from random_state.
+        self.random_state.shuffle(self.rows)
         order = self.rows.copy()
         whole = n - n % self.batch_size
         if self.batch_size > 1:

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import sources
-from .options import CLASSIFICATION_LOSSES, float32_number
+from .options import CLASSIFICATION_LOSSES, OptimizerSettings, float32_number
 
 # A chunk aims at this long: progress and Ctrl-C answer within about a tenth of a second.
 CHUNK_SECONDS = 0.05
@@ -72,7 +72,7 @@ class ChunkedEpochs:
             began = time.perf_counter()
             with t._guard.lock:
                 lrs = self._learning_rates(t.state.step_count, n_steps)
-                settings = t._optimizer_settings()._replace(lr=float(lrs[0]))
+                settings = OptimizerSettings.for_step(t.config, float(lrs[0]), t.state.step_count + 1)
                 done = backend.train_steps(source.X, source.labels, source.targets, source.weights,
                                            order[step * batch:step * batch + n_steps * rows], rows, n_steps,
                                            settings, lrs, self.key_base, t._dropout, self.outputs)

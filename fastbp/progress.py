@@ -39,13 +39,13 @@ class EpochProgress:
 
     def end_epoch(self, epoch, logs, seconds, samples=None):
         """samples: the epoch's rows when they were not known at the start (a stream)."""
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         if self.bar is not None:
             # The metrics go on a line of their own: as the bar's postfix, a terminal of 80 columns cut
             # them off (accuracy and val_accuracy were lost).
             self.bar.close()
             self.bar = None
         if self.bar_wanted or self.lines_wanted:
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
             print(f"epoch {epoch + 1}/{self.epochs}: {metrics}  {(samples or self.n) / seconds:,.0f} samples/s",
                   file=self.stream, flush=True)
 

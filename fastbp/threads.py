@@ -55,7 +55,7 @@ _blas = None
 _openmp = None
 
 
-def _blas_libraries():
+def blas_libraries():
     """The BLAS libraries loaded when first asked (SciPy's, which the kernels call, among them)."""
     global _blas
     if _blas is None:
@@ -150,7 +150,7 @@ def _openblas_setters():
     if _local_setters is None:
         import ctypes
         setters = []
-        for lib in _blas_libraries():
+        for lib in blas_libraries():
             setter = getattr(getattr(lib, "dynlib", None), "openblas_set_num_threads_local", None)
             if setter is not None:
                 setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
@@ -174,7 +174,7 @@ class blas_single_threaded:
 
     def __enter__(self):
         global _active, _saved_counts, _saved_local
-        libs, setters = _blas_libraries(), _openblas_setters()
+        libs, setters = blas_libraries(), _openblas_setters()
         with _lock:
             # The counts are read before OpenBLAS's setter runs and restored after it is undone: in the
             # builds seen here both act on the same process-wide number.
@@ -198,7 +198,7 @@ class blas_single_threaded:
             _active -= 1
             if _active == 0:
                 if _saved_counts_active[0]:
-                    for lib, n in zip(_blas_libraries(), _saved_counts):
+                    for lib, n in zip(blas_libraries(), _saved_counts):
                         lib.set_num_threads(n)
                     _saved_counts_active[0] = False
                 for setter, previous in zip(_openblas_setters(), _saved_local):

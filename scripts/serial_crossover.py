@@ -4,7 +4,7 @@ For networks of several widths and batch sizes, times a training step both ways 
 serial path as fit runs it (chunks of steps in one call, loop.py) and the parallel path as fit runs it
 (one compiled call per step, every thread). Prints the work per step (batch x the network's weights and
 biases, in multiply-adds) and the ratio, sorted by work: the crossover is where the ratio passes 1,
-and backend.SERIAL_WORK is set from it. Run it with nothing else on the machine:
+and backend.serial_work() is set from it (per BLAS kernel type: run it with each). Run it with nothing else on the machine:
 
     python scripts/serial_crossover.py
 """
@@ -53,7 +53,7 @@ def main():
     for work, sizes, batch, serial, parallel in sorted(rows):
         print(f"{work:12,d} {str(sizes):<22} {batch:5d} {serial * 1e6:10.1f} {parallel * 1e6:12.1f} "
               f"{parallel / serial:16.2f}")
-    print(f"backend.SERIAL_WORK = {saved:,}: steps below it take the serial path")
+    print(f"backend.serial_work() = {cpu_backend.serial_work():,}: steps below it take the serial path")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,30 @@ def test_what_takes_chunks():
     assert loop.runs_in_chunks(t, t._source(X, np.zeros(40)), 8)
 
 
+class _FakeBlas:
+    def __init__(self, architecture):
+        self.architecture = architecture
+
+
+@pytest.mark.parametrize("kernels, expected", [(["SkylakeX", "SkylakeX"], cpu_backend.SERIAL_WORK_AVX512),
+                                               (["Cooperlake"], cpu_backend.SERIAL_WORK_AVX512),
+                                               (["SkylakeX", "Haswell"], cpu_backend.SERIAL_WORK_OTHER),
+                                               (["Haswell"], cpu_backend.SERIAL_WORK_OTHER),
+                                               ([None], cpu_backend.SERIAL_WORK_OTHER),  # not an OpenBLAS
+                                               ([], cpu_backend.SERIAL_WORK_OTHER)])
+def test_serial_work_follows_the_blas_kernels(monkeypatch, kernels, expected):
+    """The one-thread crossover is the one measured for the loaded BLAS's kernels; SERIAL_WORK overrides it."""
+    monkeypatch.setattr(cpu_backend, "SERIAL_WORK", None)
+    monkeypatch.setattr(cpu_backend, "_detected_serial_work", None)
+    monkeypatch.setattr(cpu_backend, "blas_libraries", lambda: [_FakeBlas(k) for k in kernels])
+    assert cpu_backend.serial_work() == expected
+    t = fastbp.Trainer([32, 256, 256, 1], batch_size=64, loss="mse")  # 4.77 M multiply-adds per step
+    assert t._backend.takes_serial_path(64) == (expected > 64 * t._backend._macs_per_row
+                                                 or t._backend.threads == 1 or fastbp.threads.kernel_threads(None) == 1)
+    monkeypatch.setattr(cpu_backend, "SERIAL_WORK", 123)
+    assert cpu_backend.serial_work() == 123
+
+
 def test_micro_batches_train_step_by_step_to_the_same_numbers(rng, monkeypatch):
     sizes = [8, 16, 2]
     X, y = data(rng, sizes, 60, "mse")

@@ -149,8 +149,8 @@ def test_sparse_input_trains_as_its_dense_copy():
 def test_blas_thread_setting_survives_concurrent_trainers():
     import threading
     from threadpoolctl import threadpool_info
-    from fastbp.threads import _blas_libraries
-    before = [lib.num_threads for lib in _blas_libraries()]
+    from fastbp.threads import blas_libraries
+    before = [lib.num_threads for lib in blas_libraries()]
     errors = []
 
     def train(seed):
@@ -167,7 +167,7 @@ def test_blas_thread_setting_survives_concurrent_trainers():
     for th in threads:
         th.join()
     assert not errors
-    assert [lib.num_threads for lib in _blas_libraries()] == before
+    assert [lib.num_threads for lib in blas_libraries()] == before
     assert threadpool_info()  # the libraries are still there and answer
 
 
@@ -192,12 +192,12 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_pat
     the user's setting."""
     from threadpoolctl import threadpool_limits
     from fastbp.cpu import serial, step
-    from fastbp.threads import _blas_libraries
+    from fastbp.threads import blas_libraries
     seen = []
 
     def observing(compiled):
         def observed(*args):
-            seen.append([lib.num_threads for lib in _blas_libraries()])
+            seen.append([lib.num_threads for lib in blas_libraries()])
             return compiled(*args)
         return observed
     module, name = (serial, "run_steps_for") if kernel_path == "serial" else (step, "run_for")
@@ -205,10 +205,10 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_pat
     monkeypatch.setattr(module, name, lambda uses: observing(variant_of(uses)))
     t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
     with threadpool_limits(limits=2, user_api="blas"):
-        outside = [lib.num_threads for lib in _blas_libraries()]
+        outside = [lib.num_threads for lib in blas_libraries()]
         t.step(X_OK, np.arange(len(X_OK)) % 3)
         t.predict(X_OK)
-        assert [lib.num_threads for lib in _blas_libraries()] == outside
+        assert [lib.num_threads for lib in blas_libraries()] == outside
     assert outside and all(n == 2 for n in outside)  # so that one thread inside means something
     assert len(seen) == 2 and all(n == 1 for counts in seen for n in counts)
 

@@ -12,7 +12,7 @@ from .. import sample_weights, validation
 from ..sums import sum_first
 from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
-from ..threads import blas_single_threaded, kernel_threads
+from ..threads import blas_libraries, blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
@@ -26,10 +26,33 @@ _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 _EMPTY_WEIGHTS = np.zeros(0, np.float64)
 _NO_DECAY_MASK = np.zeros(0, np.bool_)
+# Below serial_work() multiply-adds per step (batch rows x the network's weights and biases), steps run on
+# one thread with no parallel region (serial.py). The crossover depends on the BLAS's kernels: measured by
+# scripts/serial_crossover.py on the 2-core Zen 5 VM (README, "Small networks"), near 6 M multiply-adds with
+# OpenBLAS's AVX-512 kernels and near 3 M with its AVX2 ones. SERIAL_WORK, when set, overrides it (tests,
+# scripts).
+SERIAL_WORK = None
+SERIAL_WORK_AVX512 = 6 * 2 ** 20
+SERIAL_WORK_OTHER = 3 * 2 ** 20
+# OpenBLAS's names (threadpoolctl's "architecture") for its AVX-512 kernels.
+_AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+_detected_serial_work = None
+
+
+def serial_work():
+    """SERIAL_WORK, or the crossover for the loaded BLAS: SERIAL_WORK_AVX512 when every loaded OpenBLAS runs
+    AVX-512 kernels (found once, through threadpoolctl), else SERIAL_WORK_OTHER."""
+    global _detected_serial_work
+    if SERIAL_WORK is not None:
+        return SERIAL_WORK
+    if _detected_serial_work is None:
+        kernels = [str(getattr(lib, "architecture", "")).lower() for lib in blas_libraries()]
+        _detected_serial_work = SERIAL_WORK_AVX512 if kernels and all(k in _AVX512_KERNELS for k in kernels) \
+            else SERIAL_WORK_OTHER
+    return _detected_serial_work
+
+
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
-# Below this many multiply-adds per step (batch rows x the network's weights and biases), steps run on one
-# thread with no parallel region (serial.py): measured crossover, see the README's "Small networks".
-SERIAL_WORK = 4 * 2 ** 20
 _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, weight_decay=0.0,
                                      momentum=0.0, nesterov=False, step=1, alpha=0.0, clip_norm=0.0,
                                      eps_hat=False, max_norm=0.0)
@@ -91,7 +114,7 @@ class CpuBackend:
         self._decay_mask = decay_masks(state, config)
         # What its kernels use: the entry points are compiled for it alone (variants.py).
         self._uses = uses_of(config, self.activations, self.loss, self._decay_mask)
-        # Multiply-adds per batch row of a step's products: what decides the serial path (SERIAL_WORK).
+        # Multiply-adds per batch row of a step's products: what decides the serial path (serial_work()).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
         self._batch_size = config.batch_size
@@ -130,8 +153,8 @@ class CpuBackend:
 
     def takes_serial_path(self, n):
         """Whether batches of n rows run on one thread with no parallel region (serial.py): below
-        SERIAL_WORK multiply-adds per step, or when the kernels get one thread anyway."""
-        return n * self._macs_per_row < SERIAL_WORK or kernel_threads(self.threads) == 1
+        serial_work() multiply-adds per step, or when the kernels get one thread anyway."""
+        return n * self._macs_per_row < serial_work() or kernel_threads(self.threads) == 1
 
     def _serial_for(self, mode, n):
         """Whether a pass of n rows runs serial.run_steps: a training or gradient pass when its own work is

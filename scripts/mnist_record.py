@@ -68,7 +68,7 @@ def main():
     print(f"{len(X)} training rows; {what} on {len(X_eval)} rows; {args.ensemble} x {args.epochs} epochs",
           flush=True)
     start = time.perf_counter()
-    summed = np.zeros((len(X_eval), 10))  # the finished members' predicted probabilities, summed
+    summed = np.zeros((len(X_eval), 10))  # the finished networks' predicted probabilities, summed
     for member in range(args.ensemble):
         t = trainer(args.epochs, len(X), args.seed + member, args.dropout, args.input_dropout, args.max_norm,
                     args.lr, args.label_smoothing)
@@ -80,9 +80,9 @@ def main():
             error = 1.0 - t.evaluate(X_eval, y_eval)["accuracy"]
             print(f"network {member + 1}, epoch {done}: training loss {history.history['loss'][-1]:.4f}, "
                   f"{what} {100 * error:.2f}%, {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-        summed += t.predict(X_eval)
-        error = float(np.mean(summed.argmax(axis=1) != y_eval))
         if args.ensemble > 1:
+            summed += t.predict(X_eval)
+            error = float(np.mean(summed.argmax(axis=1) != y_eval))
             print(f"mean of networks 1-{member + 1}: {what} {100 * error:.2f}%", flush=True)
     print(f"{what}: {100 * error:.2f}%")
 

@@ -118,6 +118,38 @@ def test_mnist_example_script_on_an_idx_directory(tmp_path):
     assert float(fastbp_line.split()[1]) > 0.5  # test accuracy column (chance: 0.1)
 
 
+def test_mnist_record_script_ensemble(tmp_path):
+    """scripts/mnist_record.py --ensemble 2 on a small MNIST-like directory with test files: it trains on
+    every training row and its last line is the test error of the two networks' mean probabilities, the
+    same as the script's own networks trained here give."""
+    import importlib.util
+    import pathlib
+    X, y = datasets.make_classification(n_samples=400, n_features=784, n_classes=10, seed=1)
+    images = np.clip(X * 40 + 128, 0, 255).astype(np.uint8).reshape(400, 28, 28)
+    for prefix, sl in (("train", slice(0, 300)), ("t10k", slice(300, 400))):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[sl], compress=True)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", y[sl].astype(np.uint8), compress=True)
+    script = pathlib.Path(__file__).parents[1] / "scripts" / "mnist_record.py"
+    result = subprocess.run([sys.executable, str(script), "--mnist-dir", str(tmp_path), "--epochs", "1",
+                             "--ensemble", "2", "--seed", "3", "--report-every", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("300 training rows; test error on 100 rows; 2 x 1 epochs")
+    assert [line.replace(":", ",").split(",")[0] for line in lines[1:-1]] == [
+        "network 1", "mean of networks 1-1", "network 2", "mean of networks 1-2"]
+    spec = importlib.util.spec_from_file_location("mnist_record", script)
+    record = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record)
+    X_train, y_train, X_test, y_test, _ = record.load(tmp_path)
+    mean = np.zeros((100, 10))
+    for seed in (3, 4):
+        t = record.trainer(1, len(X_train), seed)
+        t.fit(X_train, y_train, epochs=1, verbose=0)
+        mean += t.predict(X_test)
+    assert lines[-1] == f"test error: {100 * np.mean(mean.argmax(axis=1) != y_test):.2f}%"
+
+
 def test_bench_command_runs_and_reports_the_losses_agree(tmp_path):
     """`python -m fastbp bench --all` (the README's benchmark command) on a small custom network, one short
     round: every peer's row with its memory, fastbp's first fit timed with the kernel cache empty and warm,

@@ -3,8 +3,9 @@
 - to_torch(trainer) -> torch.nn.Sequential of Linear layers with each hidden layer's activation after it (the
   output layer linear, as in fastbp: the loss holds the softmax or sigmoid), float32, the same weights
   (Linear.weight is W^T: PyTorch stores (fan_out, fan_in)).
-- from_torch(model, **options) -> Trainer: the reverse, for such a Sequential (a fine-tuned model coming
-  back, or one built in PyTorch); options are the Trainer's own (loss, optimizer, lr, ...).
+- from_torch(model, **options) -> (sizes, params, options): the reverse, for such a Sequential (a fine-tuned
+  model coming back, or one built in PyTorch), what Trainer.from_torch builds its Trainer from; options are
+  the Trainer's own (loss, optimizer, lr, ...).
 - to_onnx(trainer, path, probabilities=True): an ONNX model (opset 17) of Gemm + activation nodes (GELU and
   SiLU, which opset 17 lacks, composed of Erf/Tanh/Sigmoid and arithmetic), input
   "input" (batch, sizes[0]) float32 with a free batch dimension, output "output": with probabilities,
@@ -159,16 +160,16 @@ def _host_array(tensor, index, what, torch):
 
 
 def from_torch(model, **options):
-    from .trainer import Trainer
+    """(sizes, [(W, b) per layer], options) of a Trainer holding the model's network: the options given,
+    with the model's activation unless they name the same one. Trainer.from_torch builds it (this module
+    does not import the Trainer)."""
     params, activation = layers_of(model)
     if "activation" in options and (_hidden_activations(params, options["activation"])
                                     != _hidden_activations(params, activation)):
         raise ValueError(f"activation={options['activation']!r}, but the model's is {activation!r}")
     options.setdefault("activation", activation)
     sizes = [params[0][0].shape[0]] + [W.shape[1] for W, _ in params]
-    trainer = Trainer(sizes, **options)
-    trainer.set_params(params)
-    return trainer
+    return sizes, params, options
 
 
 def _composed_activation(name, x, out, tag, helper, numpy_helper):

@@ -823,7 +823,10 @@ class Trainer:
         """A Trainer holding the weights of a torch.nn.Sequential of Linear layers with one kind of activation
         (ReLU, LeakyReLU(0.01), Tanh, Sigmoid, Identity) between them and a Linear last; options: the
         Trainer's (loss, optimizer, lr, ...). ValueError for a model fastbp cannot represent."""
-        return export.from_torch(model, **options)
+        sizes, params, options = export.from_torch(model, **options)
+        trainer = cls(sizes, **options)
+        trainer.set_params(params)
+        return trainer
 
     def to_onnx(self, path, probabilities=True):
         """Writes an ONNX model (Gemm + activation nodes, a free batch dimension) to path, atomically:

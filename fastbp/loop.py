@@ -1,11 +1,14 @@
-"""fit's epoch in compiled chunks: many steps per call into compiled code, Python only between chunks.
+"""fit's epochs (run_epochs), and their steps in compiled chunks: many steps per call into compiled code,
+Python only between chunks.
 
-Where the backend offers it (the CPU backend's serial path, cpu/serial.py, for networks whose step is
-small: CpuBackend.takes_serial_path) and the data sit in memory in one process, an epoch runs as a few
-calls of backend.train_steps, each taking a chunk of the epoch's batches in the epoch's order. Between
-chunks, and only there, Python shows progress and delivers a Ctrl-C, so the state is always that of a
-whole number of steps. Chunks are sized from the last chunk's speed to take about CHUNK_SECONDS, so
-progress and Ctrl-C answer within about a tenth of a second.
+run_epochs is the loop Trainer.fit runs once its arguments are checked: per epoch, the rows' order, the
+batches, progress, validation, the schedule and the callbacks; every step is Trainer._train_rows's, or a
+chunk's. Where the backend offers it (the CPU backend's serial path, cpu/serial.py, for networks whose step
+is small: CpuBackend.takes_serial_path) and the data sit in memory in one process, an epoch runs as a few
+calls of backend.train_steps (ChunkedEpochs), each taking a chunk of the epoch's batches in the epoch's
+order. Between chunks, and only there, Python shows progress and delivers a Ctrl-C, so the state is always
+that of a whole number of steps. Chunks are sized from the last chunk's speed to take about CHUNK_SECONDS,
+so progress and Ctrl-C answer within about a tenth of a second.
 
 The steps are those of the step-at-a-time loop (Trainer._train_rows), bit for bit: the same function
 computes each step whichever loop called it (Trainer.step on a small network goes through train_steps
@@ -18,8 +21,12 @@ import time
 
 import numpy as np
 
-from . import sources
+from . import callbacks as callback_tools
+from . import row_order, sources
+from .guard import whole_steps
+from .history import History
 from .options import CLASSIFICATION_LOSSES, OptimizerSettings, float32_number
+from .progress import EpochProgress
 
 # A chunk aims at this long: progress and Ctrl-C answer within about a tenth of a second.
 CHUNK_SECONDS = 0.05
@@ -96,3 +103,85 @@ class ChunkedEpochs:
             progress.batch_done(done * rows, loss_sum / weight_seen if weight_seen else 0.0)
             interrupts.deliver()  # a Ctrl-C during the chunk lands here, after its whole steps
         return loss_sum, weight_seen, hits, seen
+
+
+def run_epochs(trainer, X, train, val, parts, val_parts, stream, epochs, initial_epoch, batch_size, steps_per_epoch,
+               shuffle, verbose, callbacks):
+    """fit's epochs, once Trainer.fit has checked its arguments and every rank agrees on them: the History.
+    train: the training source (None for a stream X, whose batches come from X); val: the validation source
+    or stream, or None; parts, val_parts: the ranks' row parts (distributed.py; None for streams); each
+    epoch's batches run in compiled chunks where they can (ChunkedEpochs), else step by step
+    (Trainer._train_rows); progress, the schedule and the callbacks run between them."""
+    n = None if stream else parts.n_total
+    history = History()
+    progress = EpochProgress(verbose if trainer._comm.is_root else 0, epochs, n)
+    classification = trainer.config.loss in CLASSIFICATION_LOSSES
+    trainer.stop_training = False
+    chunked = None if stream or not runs_in_chunks(trainer, train, batch_size) else \
+        ChunkedEpochs(trainer, train, batch_size)
+    prepare = getattr(trainer._backend, "prepare", None)
+    if prepare is not None and not stream:  # compiled (or loaded) now, not counted in the first epoch's speed
+        step_rows = min(batch_size, train.n_rows)
+        if trainer._backend.needs_compiling(step_rows):
+            progress.compiling()
+        prepare(step_rows)
+    with trainer._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
+        callback_tools.call(callbacks, "on_train_begin", trainer)
+    with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
+        try:
+            for epoch in range(initial_epoch, epochs):
+                if trainer.schedule is not None and trainer.schedule.interval == "epoch":
+                    trainer.lr = trainer.schedule.lr(trainer.config.lr, epoch)
+                epoch_lr = trainer._lr
+                start_time = time.perf_counter()
+                progress.start_epoch(epoch)
+                if stream:
+                    batches = trainer._stream_batches(X, steps_per_epoch, "stream step")
+                else:
+                    order = row_order.epoch_order(shuffle, trainer._rng, n, trainer._comm)
+                    batches = () if chunked else trainer._array_batches(train, order, batch_size, parts)
+                loss_sum = hits = weight_seen = 0.0  # weight: rows, or their summed sample weights
+                seen = 0
+                if chunked:  # many steps per compiled call
+                    loss_sum, weight_seen, hits, seen = chunked.epoch(order, progress, interrupts)
+                for source, rows, batch_parts in batches:
+                    loss, batch_hits, weight = trainer._train_rows(source, rows, batch_parts, interrupts)
+                    if trainer._step_log is not None:
+                        trainer._step_log.append((loss, rows.size, weight))
+                    interrupts.deliver()  # a Ctrl-C during the step lands here, after it
+                    loss_sum += loss * weight
+                    weight_seen += weight
+                    hits += batch_hits
+                    seen += rows.size
+                    progress.batch_done(rows.size, loss_sum / weight_seen if weight_seen else 0.0)
+                if seen == 0:
+                    raise ValueError(f"the stream yielded no batches in epoch {epoch + 1} (a generator is "
+                                     "used up after one pass: give steps_per_epoch, or an iterable that "
+                                     "starts over, such as a list or a data loader)")
+                seconds = time.perf_counter() - start_time
+                trainer.epochs_done = epoch + 1
+                logs = {"loss": loss_sum / weight_seen if weight_seen else 0.0}
+                if classification:
+                    logs["accuracy"] = hits / seen
+                if val is not None:
+                    scores = (trainer._evaluate_stream(val) if val_parts is None else
+                              trainer._evaluate(val, val_parts, "the validation data"))
+                    logs.update({"val_" + k: v for k, v in scores.items()})
+                progress.end_epoch(epoch, logs, seconds, seen)
+                history.record(epoch, **logs, lr=epoch_lr)
+                with trainer._comm.agreement():
+                    if trainer.schedule is not None:
+                        trainer.schedule.on_epoch_end(logs)
+                    callback_tools.call(callbacks, "on_epoch_end", epoch, logs, trainer)
+                # The same decision on every rank.
+                trainer.stop_training = trainer._comm.any_(trainer.stop_training)
+                if trainer.stop_training:
+                    break
+        finally:
+            progress.abort()
+            trainer._backend.release_data()
+            for source in (train, val):
+                getattr(source, "close", lambda: None)()
+    with trainer._comm.agreement():
+        callback_tools.call(callbacks, "on_train_end", trainer)
+    return history

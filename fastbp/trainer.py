@@ -1,7 +1,6 @@
 """The public Trainer: validation, batching and the training loop, on top of a backend's compiled kernels."""
 import copy
 import numbers
-import time
 import warnings
 
 import numpy as np
@@ -10,9 +9,7 @@ from . import callbacks as callback_tools
 from . import (checkpoint, class_weights, distributed, export, loop, row_order, sample_weights, schedules, sources,
                threads as thread_limits, validation)
 from .guard import CallGuard, whole_steps
-from .history import History
 from .keywords import suggest_keywords
-from .progress import EpochProgress
 from .cpu.dropout import NO_DROPOUT, Thresholds, offset_key, threshold as dropout_threshold
 from .options import CLASSIFICATION_LOSSES, Config, OptimizerSettings, finite_number, float32_number, positive_int
 from .state import NetworkState, layer_offsets
@@ -556,78 +553,8 @@ class Trainer:
             parts = None
         val_parts = None if val is None or sources.is_stream(val, None) else \
             self._comm.row_parts(val.n_rows, sharded)
-        n = None if stream else parts.n_total
-        history = History()
-        progress = EpochProgress(verbose if self._comm.is_root else 0, epochs, n)
-        classification = self.config.loss in CLASSIFICATION_LOSSES
-        self.stop_training = False
-        chunked = None if stream or not loop.runs_in_chunks(self, train, batch_size) else \
-            loop.ChunkedEpochs(self, train, batch_size)
-        prepare = getattr(self._backend, "prepare", None)
-        if prepare is not None and not stream:  # compiled (or loaded) now, not counted in the first epoch's speed
-            step_rows = min(batch_size, train.n_rows)
-            if self._backend.needs_compiling(step_rows):
-                progress.compiling()
-            prepare(step_rows)
-        with self._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
-            callback_tools.call(callbacks, "on_train_begin", self)
-        with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
-            try:
-                for epoch in range(int(initial_epoch), epochs):
-                    if self.schedule is not None and self.schedule.interval == "epoch":
-                        self.lr = self.schedule.lr(self.config.lr, epoch)
-                    epoch_lr = self._lr
-                    start_time = time.perf_counter()
-                    progress.start_epoch(epoch)
-                    if stream:
-                        batches = self._stream_batches(X, steps_per_epoch, "stream step")
-                    else:
-                        order = row_order.epoch_order(shuffle, self._rng, n, self._comm)
-                        batches = () if chunked else self._array_batches(train, order, batch_size, parts)
-                    loss_sum = hits = weight_seen = 0.0  # weight: rows, or their summed sample weights
-                    seen = 0
-                    if chunked:  # many steps per compiled call (loop.py)
-                        loss_sum, weight_seen, hits, seen = chunked.epoch(order, progress, interrupts)
-                    for source, rows, batch_parts in batches:
-                        loss, batch_hits, weight = self._train_rows(source, rows, batch_parts, interrupts)
-                        if self._step_log is not None:
-                            self._step_log.append((loss, rows.size, weight))
-                        interrupts.deliver()  # a Ctrl-C during the step lands here, after it
-                        loss_sum += loss * weight
-                        weight_seen += weight
-                        hits += batch_hits
-                        seen += rows.size
-                        progress.batch_done(rows.size, loss_sum / weight_seen if weight_seen else 0.0)
-                    if seen == 0:
-                        raise ValueError(f"the stream yielded no batches in epoch {epoch + 1} (a generator is "
-                                         "used up after one pass: give steps_per_epoch, or an iterable that "
-                                         "starts over, such as a list or a data loader)")
-                    seconds = time.perf_counter() - start_time
-                    self.epochs_done = epoch + 1
-                    logs = {"loss": loss_sum / weight_seen if weight_seen else 0.0}
-                    if classification:
-                        logs["accuracy"] = hits / seen
-                    if val is not None:
-                        scores = (self._evaluate_stream(val) if val_parts is None else
-                                  self._evaluate(val, val_parts, "the validation data"))
-                        logs.update({"val_" + k: v for k, v in scores.items()})
-                    progress.end_epoch(epoch, logs, seconds, seen)
-                    history.record(epoch, **logs, lr=epoch_lr)
-                    with self._comm.agreement():
-                        if self.schedule is not None:
-                            self.schedule.on_epoch_end(logs)
-                        callback_tools.call(callbacks, "on_epoch_end", epoch, logs, self)
-                    self.stop_training = self._comm.any_(self.stop_training)  # the same decision on every rank
-                    if self.stop_training:
-                        break
-            finally:
-                progress.abort()
-                self._backend.release_data()
-                for source in (train, val):
-                    getattr(source, "close", lambda: None)()
-        with self._comm.agreement():
-            callback_tools.call(callbacks, "on_train_end", self)
-        return history
+        return loop.run_epochs(self, X, train, val, parts, val_parts, stream, epochs, int(initial_epoch), batch_size,
+                               steps_per_epoch, shuffle, verbose, callbacks)
 
     # ---- inference and inspection ----
 

@@ -18,7 +18,7 @@ cache) and the epilogue multiplies it by act'(A_prev) while writing it over A_pr
 import numpy as np
 from numba import njit, prange
 
-from ._jit import FASTMATH, RELU
+from ._jit import FASTMATH
 from .activations import KNOWN, multiply_by_derivative, stores_slope
 from .blas import NO_TRANS, TRANS, gemm, part
 from .denormals import flush_denormals, restore

@@ -16,6 +16,7 @@ minutes on 50,000 rows, 42 on 60,000, on the 2-core Zen 5 VM of the README).
 
 --ensemble K trains K such networks one after the other (seeds seed, seed + 1, ...), each for --epochs
 epochs, and classifies by the mean of their predicted probabilities; K x epochs is what sets the time.
+--hidden sets the hidden layers' widths (default 1024 1024 1024).
 """
 import argparse
 import time
@@ -38,9 +39,10 @@ def load(mnist_dir):
     return X, y, np.ascontiguousarray(X_test.reshape(len(X_test), -1), np.float32), y_test, "test error"
 
 
-def trainer(epochs, n_rows, seed, dropout=0.5, input_dropout=0.2, max_norm=3.5, lr=0.05, label_smoothing=0.0):
+def trainer(epochs, n_rows, seed, dropout=0.5, input_dropout=0.2, max_norm=3.5, lr=0.05, label_smoothing=0.0,
+            hidden=HIDDEN):
     steps = epochs * -(-n_rows // BATCH)
-    return fastbp.Trainer([784, *HIDDEN, 10], activation="relu", loss="cross_entropy", optimizer="sgd", lr=lr,
+    return fastbp.Trainer([784, *hidden, 10], activation="relu", loss="cross_entropy", optimizer="sgd", lr=lr,
                           momentum=0.95, nesterov=True, batch_size=BATCH, dropout=dropout, input_dropout=input_dropout,
                           max_norm=max_norm or None, label_smoothing=label_smoothing, seed=seed,
                           schedule=schedules.CosineWarmup(steps, warmup=steps // 20))
@@ -59,11 +61,13 @@ def main():
     parser.add_argument("--max-norm", type=float, default=3.5, help="max-norm constraint c (0: none)")
     parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    parser.add_argument("--hidden", type=int, nargs="+", default=HIDDEN, metavar="WIDTH",
+                        help="hidden layers' widths")
     parser.add_argument("--ensemble", type=int, default=1, metavar="K",
                         help="networks trained one after the other; their mean probabilities classify")
     args = parser.parse_args()
-    if args.ensemble < 1 or args.epochs < 1:
-        parser.error("--ensemble and --epochs must be at least 1")
+    if args.ensemble < 1 or args.epochs < 1 or min(args.hidden) < 1:
+        parser.error("--ensemble, --epochs and every --hidden width must be at least 1")
     X, y, X_eval, y_eval, what = load(args.mnist_dir)
     print(f"{len(X)} training rows; {what} on {len(X_eval)} rows; {args.ensemble} x {args.epochs} epochs",
           flush=True)
@@ -71,7 +75,7 @@ def main():
     summed = np.zeros((len(X_eval), 10))  # the finished networks' predicted probabilities, summed
     for member in range(args.ensemble):
         t = trainer(args.epochs, len(X), args.seed + member, args.dropout, args.input_dropout, args.max_norm,
-                    args.lr, args.label_smoothing)
+                    args.lr, args.label_smoothing, args.hidden)
         done = 0
         while done < args.epochs:
             chunk = min(args.report_every or args.epochs, args.epochs - done)

@@ -1,4 +1,5 @@
-"""The public Trainer: validation, batching and the training loop, on top of a backend's compiled kernels."""
+"""The public Trainer: validation, batching, one step, checkpoints and export, on top of a backend's compiled
+kernels; fit's epochs run in loop.py."""
 import copy
 import numbers
 import warnings

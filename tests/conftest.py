@@ -10,8 +10,16 @@ if os.environ.get("FASTBP_TEST_REAL_GPU") != "1":
 # configuration (cpu/variants.py); tests/cpu/test_variants.py checks the variants against it.
 os.environ.setdefault("FASTBP_SPECIALIZE", "0")
 
+import signal  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and hands
+# that on to every subprocess: the Ctrl-C tests would see no KeyboardInterrupt and their children would
+# never stop. They test fastbp's handling of Ctrl-C, so the suite runs under Python's default handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "tanh", "sigmoid"]
 # The activations whose derivative the kernels take from A (elu, softplus) or store in the forward pass

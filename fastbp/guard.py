@@ -13,7 +13,6 @@ between whole steps.
   ~10 us), not once per step.
 """
 import _signal  # signal's C functions: the signal module wraps each call in enum conversions (~5 us)
-import contextlib
 import signal
 import threading
 
@@ -24,23 +23,36 @@ class CallGuard:
         self._trainer_thread = None  # ident of the thread inside fit/step, if any
         self._depth = 0
 
-    @contextlib.contextmanager
     def training(self, what):
-        """Marks the calling thread as the one training for the block; RuntimeError if another thread is."""
-        me = threading.get_ident()
-        with self.lock:
-            if self._trainer_thread not in (None, me):
-                raise RuntimeError(f"{what} called while another thread is training this Trainer; train one model "
-                                   "from one thread at a time (predict and evaluate may be called from any thread)")
-            self._trainer_thread = me
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._trainer_thread = None
+        """Context manager marking the calling thread as the one training for the block; RuntimeError if
+        another thread is. what: the call's name, for the message."""
+        return _Training(self, what)
+
+
+class _Training:
+    """CallGuard.training's block (a class, not a generator: entered on every Trainer.step)."""
+
+    def __init__(self, guard, what):
+        self.guard, self.what = guard, what
+
+    def __enter__(self):
+        guard, me = self.guard, threading.get_ident()
+        with guard.lock:
+            if guard._trainer_thread not in (None, me):
+                raise RuntimeError(f"{self.what} called while another thread is training this Trainer; train one "
+                                   "model from one thread at a time (predict and evaluate may be called from any "
+                                   "thread)")
+            guard._trainer_thread = me
+            guard._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        guard = self.guard
+        with guard.lock:
+            guard._depth -= 1
+            if guard._depth == 0:
+                guard._trainer_thread = None
+        return False
 
 
 class whole_steps:

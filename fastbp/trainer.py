@@ -1,6 +1,7 @@
 """The public Trainer: validation, batching, one step, checkpoints and export, on top of a backend's compiled
 kernels; fit's epochs run in loop.py."""
 import copy
+import math
 import numbers
 import warnings
 
@@ -271,25 +272,39 @@ class Trainer:
         (interrupts: the caller's guard.whole_steps, which holds back Ctrl-C), and other threads wait for
         the lock meanwhile."""
         with self._guard.lock:
-            if self.schedule is not None and self.schedule.interval == "step":
-                self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
             local, _, first = (rows, 1.0, 0) if parts is None else parts.mine(rows)
             chunk = self._chunk_rows(local.size)
             if self._comm.size == 1 and local.size <= chunk:  # one compiled call: gradient and update fused
                 X, labels, targets, weights, kernel_rows = source.take(local)
-                loss = self._backend.train_step(X, labels, targets, kernel_rows, self._optimizer_settings(),
-                                                self._dropout_key(), self._dropout, weights)
+                loss = self._fused_step(X, labels, targets, kernel_rows, weights)
                 hits = self._backend.last_hits(local.size) if self.config.loss in CLASSIFICATION_LOSSES else 0.0
-                weight = source.row_weight(local)
+                return loss, hits, source.row_weight(local)
+            self._follow_step_schedule()
+            loss, hits, weight = self._summed_gradients(source, local, first, chunk, self._dropout, interrupts)
+            if np.isfinite(loss):
+                self._backend.apply_update(self._optimizer_settings())
             else:
-                loss, hits, weight = self._summed_gradients(source, local, first, chunk, self._dropout, interrupts)
-                if np.isfinite(loss):
-                    self._backend.apply_update(self._optimizer_settings())
-            if not np.isfinite(loss):
-                # The update was skipped (by the compiled step itself on the fused path).
                 self._raise_non_finite_loss(loss)
             self.state.step_count += 1
         return float(loss), hits, weight
+
+    def _follow_step_schedule(self):
+        """A per-step schedule's learning rate for the step about to run."""
+        if self.schedule is not None and self.schedule.interval == "step":
+            self.lr = self.schedule.lr(self.config.lr, self.state.step_count)
+
+    def _fused_step(self, X, labels, targets, rows, weights):
+        """One step on the checked batch X[rows] in one compiled call (gradient and update fused; one process,
+        the caller holding the lock); returns its loss. A loss that is not finite raises, its update not
+        applied (the compiled step skips it)."""
+        self._follow_step_schedule()
+        loss = self._backend.train_step(X, labels, targets, rows, self._optimizer_settings(), self._dropout_key(),
+                                        self._dropout, weights)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            self._raise_non_finite_loss(loss)
+        self.state.step_count += 1
+        return loss
 
     def _summed_gradients(self, source, local_rows, first, chunk, dropout, interrupts=None):
         """The mean gradient of a batch, left in the backend's gradient buffer; returns the batch's (mean
@@ -367,6 +382,10 @@ class Trainer:
         With comm, every rank calls step: sharded=False, each with the same whole batch (each computes its
         part); sharded=True, each with its own rows of the batch."""
         with self._guard.training("step"), self._guard.lock, whole_steps() as interrupts:
+            if sample_weight is None and self._comm.size == 1:
+                batch = self._small_host_batch(xb, yb)
+                if batch is not None:
+                    return self._fused_step(*batch, np.arange(batch[0].shape[0], dtype=np.int64), None)
             with self._comm.agreement():
                 n_rows = validation.row_count(xb)
                 if n_rows:
@@ -378,6 +397,19 @@ class Trainer:
                 return self._train_rows(source, rows, parts, interrupts)[0]
             finally:
                 self._backend.release_data()
+
+    def _small_host_batch(self, xb, yb):
+        """Trainer.step's quick route, for the common call: (X, labels, targets) checked as _checked does,
+        when xb is already a C-contiguous float32 NumPy array (n, sizes[0]) whose step runs in one compiled
+        call on a backend that reads host arrays; else None (the general route: conversions, memory-mapped
+        and GPU data, micro-batches). It skips what such a batch does not need (the data source, the row
+        parts, the memory look-ups): a few microseconds a call, on steps of about as many."""
+        if not (self._backend.reads_host_arrays and type(xb) is np.ndarray and xb.dtype == np.float32
+                and xb.ndim == 2 and xb.flags.c_contiguous and xb.shape[0] > 0 and xb.shape[1] == self.sizes[0]
+                and self._chunk_rows(xb.shape[0]) >= xb.shape[0]):
+            return None
+        validation.check_finite(xb, "X")  # its type, shape and layout are checked above
+        return (xb,) + self._backend.checks.targets_for(self.config.loss, yb, xb.shape[0], self.sizes[-1])
 
     def _validation_source(self, train, validation_data, validation_split):
         """(training source, validation source or None) from the checked training data."""
@@ -586,23 +618,29 @@ class Trainer:
                         parts.append(self._backend.logits(chunk, np.arange(hi - lo, dtype=np.int64)))
                     else:
                         parts.append(self._backend.logits(X, rows))
-                logits = np.concatenate(parts)
+                logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
             finally:
                 self._backend.release_data()
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs are reported just below
-            if self.config.loss == "cross_entropy":
-                logits -= logits.max(axis=1, keepdims=True)
-                np.exp(logits, out=logits)
-                logits /= logits.sum(axis=1, keepdims=True)
-            elif self.config.loss == "bce":
-                logits = (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid without overflow
-            elif self.config.loss == "poisson":
-                np.exp(logits, out=logits)  # the rates; beyond float32's range: the error below
+        if self.config.loss in ("cross_entropy", "bce", "poisson"):  # the others' outputs are the logits
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite outputs are reported just below
+                logits = self._outputs_from_logits(logits)
         if not np.isfinite(logits).all():
             row = int(np.argwhere(~np.isfinite(logits))[0, 0])
             raise FloatingPointError(f"the network's output is not finite (first at row {row}): inputs too large "
                                      "for float32, or diverged parameters")
         return logits
+
+    def _outputs_from_logits(self, logits):
+        """predict's outputs from the logits (n, out) float32 (overwritten): softmax rows for cross_entropy,
+        sigmoids for bce, exp for poisson."""
+        if self.config.loss == "cross_entropy":
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=1, keepdims=True)
+            return logits
+        if self.config.loss == "bce":
+            return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)  # sigmoid without overflow
+        return np.exp(logits, out=logits)  # the rates; beyond float32's range: predict's error
 
     def _evaluate(self, source, parts, what="the data"):
         """Loss and accuracy over the data set that parts describes (with comm: each rank computes its

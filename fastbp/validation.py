@@ -67,7 +67,7 @@ def _as_numeric_array(value, name):
 _SMALL_CHECK = 4096
 
 
-def _check_finite(arr, name, first_row=0):
+def check_finite(arr, name, first_row=0):
     """ValueError naming the first NaN or infinity; arr's row 0 is row first_row of the caller's data."""
     if arr.dtype.kind != "f":
         return
@@ -98,16 +98,18 @@ def features(X, n_features, name="X", first_row=0):
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features per row but the network takes {n_features} "
                          f"(sizes[0])")
-    _check_finite(arr, name, first_row)
+    check_finite(arr, name, first_row)
     return _to_float32(arr, name, first_row)
 
 
 def _to_float32(arr, name, first_row=0):
     """C-contiguous float32; values beyond float32's range would become inf, and are refused."""
+    if arr.dtype == np.float32 and arr.flags.c_contiguous:  # nothing to convert (no errstate block: ~1 us)
+        return arr
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.dtype != np.float32:
-        _check_finite(out, name + " (converted to float32)", first_row)
+        check_finite(out, name + " (converted to float32)", first_row)
     return out
 
 
@@ -123,18 +125,26 @@ def class_labels(y, n_rows, n_classes, name="y", first_row=0):
         raise ValueError(f"{name} has {arr.shape[0]} labels but X has {n_rows} rows")
     if arr.dtype == np.bool_:
         raise TypeError(f"{name} must hold integer class labels, got booleans")
-    if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(arr, name, first_row)
+    if arr.dtype.kind == "f":
+        check_finite(arr, name, first_row)
         if not np.array_equal(arr, np.round(arr)):
             row = int(np.flatnonzero(arr != np.round(arr))[0]) + first_row
             raise ValueError(f"{name} must hold integer class labels; found non-integer values (first at row {row})")
-    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        row = int(np.flatnonzero((arr < 0) | (arr >= n_classes))[0])
-        raise ValueError(f"{name} has label {arr[row]} out of range (at row {row + first_row}): labels must be in "
-                         f"[0, {n_classes - 1}] for {n_classes} output classes")
-    # Always a copy: the kernels index memory with these labels, so they must not change after this check
-    # (a callback relabelling y in place, another thread, the caller's validation_data).
-    return np.array(arr, dtype=np.int64, order="C", copy=True)
+        if np.abs(arr).max(initial=0) >= n_classes:  # also keeps huge floats from wrapping in the int64 copy
+            _raise_label_out_of_range(arr, name, n_classes, first_row)
+    # Always a copy, checked after it is made: the kernels index memory with these labels, so they must not
+    # change after this check (a callback relabelling y in place, another thread, the caller's validation_data).
+    labels = np.array(arr, dtype=np.int64, order="C", copy=True)
+    # One comparison for both bounds: a negative label read as uint64 is 2^63 or more.
+    if (labels.view(np.uint64) >= n_classes).any():
+        _raise_label_out_of_range(labels, name, n_classes, first_row)
+    return labels
+
+
+def _raise_label_out_of_range(labels, name, n_classes, first_row):
+    row = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+    raise ValueError(f"{name} has label {labels[row]} out of range (at row {row + first_row}): labels must be in "
+                     f"[0, {n_classes - 1}] for {n_classes} output classes")
 
 
 def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, first_row=0, counts=False):
@@ -154,7 +164,7 @@ def regression_targets(y, n_rows, n_outputs, name="y", probabilities=False, firs
                          f"got shape {arr.shape}{hint}")
     if arr.shape[0] != n_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_rows} rows")
-    _check_finite(arr, name, first_row)
+    check_finite(arr, name, first_row)
     out = _to_float32(arr, name, first_row)
     if probabilities and out.size and (out.min() < 0 or out.max() > 1):
         row = int(np.argwhere((out < 0) | (out > 1))[0, 0]) + first_row
@@ -199,7 +209,7 @@ def parameter_list(params, sizes):
             raise ValueError(f"params[{l}] W has shape {W.shape}, expected {want_w}{hint}")
         if b.shape != want_b:
             raise ValueError(f"params[{l}] b has shape {b.shape}, expected {want_b}")
-        _check_finite(W, f"params[{l}] W")
-        _check_finite(b, f"params[{l}] b")
+        check_finite(W, f"params[{l}] W")
+        check_finite(b, f"params[{l}] b")
         checked.append((_to_float32(W, f"params[{l}] W"), _to_float32(b, f"params[{l}] b")))
     return checked

@@ -148,6 +148,57 @@ def test_divergence_stops_with_last_finite_parameters():
         assert np.array_equal(W, W0) and np.array_equal(b, b0)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_step_quick_route_gives_the_general_routes_bits(loss):
+    """Trainer.step's route for ready float32 arrays (no conversion, no data source) against the general
+    route taken by the same values as float64 and as a Fortran-ordered float32 array: the same losses and
+    parameters bit for bit, with dropout and a per-step schedule (both follow the step count)."""
+    rng = np.random.default_rng(3)
+    sizes = [5, 33, 3]
+
+    def trainer():
+        return fastbp.Trainer(sizes, loss=loss, seed=1, dropout=0.2, input_dropout=0.1,
+                              schedule=fastbp.schedules.StepDecay(2, gamma=0.5, interval="step"))
+    quick, general, fortran = trainer(), trainer(), trainer()
+    for n in (1, 3, 33, 1, 3):
+        X = rng.standard_normal((n, sizes[0])).astype(np.float32)
+        y = rng.integers(0, 3, n) if loss == "cross_entropy" else rng.standard_normal((n, 3)).astype(np.float32)
+        losses = [quick.step(X, y), general.step(X.astype(np.float64), y), fortran.step(np.asfortranarray(X), y)]
+        assert losses[0] == losses[1] == losses[2]
+    assert quick.step_count == general.step_count == fortran.step_count == 5
+    for other in (general, fortran):
+        for (W, b), (W2, b2) in zip(quick.params, other.params):
+            assert np.array_equal(W, W2) and np.array_equal(b, b2)
+
+
+def test_step_quick_route_refuses_bad_batches_before_any_update():
+    """What the quick route checks itself (X is float32 and C-ordered, so it skips the conversion's checks):
+    each refusal names the problem and leaves the parameters and the step count as they were."""
+    t = fastbp.Trainer([4, 8, 3], loss="cross_entropy", seed=0)
+    X = np.ones((3, 4), np.float32)
+    t.step(X, np.array([0, 1, 2]))
+    before = t.params
+    bad = [(np.where(np.eye(3, 4, dtype=bool), np.float32(np.nan), X), np.array([0, 1, 2]), "X contains NaN"),
+           (np.full((3, 4), np.inf, np.float32), np.array([0, 1, 2]), "X contains NaN or infinity"),
+           (X, np.array([0, 3, 1]), "label 3 out of range"),
+           (X, np.array([0, -1, 1]), "label -1 out of range"),
+           (X, np.array([0.0, 1.5, 1.0]), "non-integer"),
+           (X, np.array([0, 1]), "2 labels but X has 3 rows"),
+           (np.ones((3, 5), np.float32), np.array([0, 1, 2]), "5 features per row")]
+    for xb, yb, message in bad:
+        with pytest.raises(ValueError, match=message):
+            t.step(xb, yb)
+    assert t.step_count == 1
+    for (W, b), (W0, b0) in zip(t.params, before):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+    r = fastbp.Trainer([4, 2], loss="bce", seed=0)
+    with pytest.raises(ValueError, match=r"bce must lie in \[0, 1\]"):
+        r.step(X, np.full((3, 2), 2.0, np.float32))
+    with pytest.raises(ValueError, match="y contains NaN"):
+        r.step(X, np.full((3, 2), np.nan, np.float32))
+    assert r.step_count == 0
+
+
 def test_lr_can_change_between_steps():
     t = fastbp.Trainer([2, 2], optimizer="sgd", lr=0.1, seed=0)
     t.lr = 0.0

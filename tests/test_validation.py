@@ -203,7 +203,10 @@ def test_blas_runs_single_threaded_while_the_kernels_run(monkeypatch, kernel_pat
     module, name = (serial, "run_steps_for") if kernel_path == "serial" else (step, "run_for")
     variant_of = getattr(module, name)
     monkeypatch.setattr(module, name, lambda uses: observing(variant_of(uses)))
-    t = fastbp.Trainer([4, 16, 3], loss="cross_entropy", seed=0)
+    t = fastbp.Trainer([4, 128, 3], loss="cross_entropy", seed=0)
+    # Wide enough that the serial path calls BLAS on these rows (narrower steps make no BLAS call, and
+    # leave its threads alone).
+    assert t._backend._blas_free_rows < len(X_OK)
     with threadpool_limits(limits=2, user_api="blas"):
         outside = [lib.num_threads for lib in blas_libraries()]
         t.step(X_OK, np.arange(len(X_OK)) % 3)

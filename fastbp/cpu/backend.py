@@ -14,6 +14,7 @@ from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_libraries, blas_single_threaded, kernel_threads
 from . import pipeline, serial, step, threading_layer
+from .blas import SMALL_MACS
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
 from .activations import slope_offsets
@@ -102,6 +103,7 @@ class Workspace:
 class CpuBackend:
     """threads: Trainer(threads=...), None to follow the process's limits (threads.kernel_threads)."""
     checks = validation  # the Trainer validates data with these
+    reads_host_arrays = True  # its kernels take the checked NumPy arrays as they are
 
     def __init__(self, config, state, threads=None):
         self.state = state
@@ -116,6 +118,10 @@ class CpuBackend:
         self._uses = uses_of(config, self.activations, self.loss, self._decay_mask)
         # Multiply-adds per batch row of a step's products: what decides the serial path (serial_work()).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
+        # Batches of up to this many rows make no BLAS call on the serial path: each of their products is
+        # small enough for blas.small_gemm's loops (a bound on every product's multiply-adds, bias column
+        # included), so they skip the BLAS thread limit's 2 us a call.
+        self._blas_free_rows = SMALL_MACS // int(max((state.dims[:-1] + 1) * (state.dims[1:] + 1)))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
         self._batch_size = config.batch_size
 
@@ -194,7 +200,8 @@ class CpuBackend:
         float64 for each step's loss, hits and weight. Returns the steps applied."""
         s = self.state
         ws = self._workspaces.get(batch_rows)
-        with blas_single_threaded(calling_thread_only=True):
+        no_blas = batch_rows <= self._blas_free_rows
+        with contextlib.nullcontext() if no_blas else blas_single_threaded(calling_thread_only=True):
             return self._serial_entry()(mode, X, _EMPTY_LABELS if labels is None else labels,
                                     _EMPTY_TARGETS if targets is None else targets,
                                     _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,

@@ -93,6 +93,7 @@ class CudaBackend:
     """fused: None chooses by the network's widths; True or False forces a path (tests, benchmarks)."""
 
     checks = device_data  # the Trainer validates data with these: NumPy or GPU arrays
+    reads_host_arrays = False  # a step's data goes through sources.py, which copies it to the device
 
     def __init__(self, config, state, fused=None):
         self.state = state

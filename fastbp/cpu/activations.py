@@ -22,6 +22,7 @@ from numba import njit
 
 from ._jit import (ELU, FASTMATH, GELU, GELU_TANH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, SLOPE, SOFTPLUS,
                    TANH)
+from .vector_math import exp32, tanh32
 
 KNOWN = (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU, GELU_TANH, SILU)
 _INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
@@ -52,16 +53,17 @@ def slope_offsets(dims, activations, n, start):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _sigmoid(v):
-    if v >= 0:
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
-    e = np.exp(v)
-    return e / (np.float32(1.0) + e)
+    """1 / (1 + exp(-v)) for v >= 0, e / (1 + e) with e = exp(v) below (no overflow); both sides computed
+    and one selected, so that a loop of these vectorizes (vector_math.py)."""
+    e = exp32(-abs(v))
+    one_plus_e = np.float32(1.0) + e
+    return np.float32(1.0) / one_plus_e if v >= 0 else e / one_plus_e
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _sigmoid_product(v):
     """sigmoid(v) sigmoid(-v) = e / (1 + e)^2 with e = exp(-|v|): no 1 - sigmoid(v) cancellation."""
-    e = np.exp(-abs(v))
+    e = exp32(-abs(v))
     return e / ((np.float32(1.0) + e) * (np.float32(1.0) + e))
 
 
@@ -94,7 +96,7 @@ def activate_row(row, activation):
             row[j] = v if v > 0 else np.float32(SLOPE) * v
     elif activation == TANH:
         for j in range(row.size):
-            row[j] = np.tanh(row[j])
+            row[j] = tanh32(row[j])
     elif activation == SIGMOID:
         for j in range(row.size):
             row[j] = _sigmoid(row[j])

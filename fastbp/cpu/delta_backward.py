@@ -56,8 +56,10 @@ def multiply_derivative_rows(acts, tile, rows, width, activation):
 def relu_derivative_rows(acts, tile, rows, width):
     """multiply_derivative_rows for relu alone: what a network whose hidden layers are all relu compiles."""
     for i in range(rows):
+        a = acts[i * (width + 1):i * (width + 1) + width]
+        d = tile[i * width:(i + 1) * width]
         for j in range(width):
-            acts[i * (width + 1) + j] = tile[i * width + j] if acts[i * (width + 1) + j] > 0 else np.float32(0.0)
+            a[j] = d[j] if a[j] > 0 else np.float32(0.0)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

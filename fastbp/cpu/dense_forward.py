@@ -80,8 +80,9 @@ def activate_rows(z, ld, r0, r1, c0, c1, activation):
 def relu_rows(z, ld, r0, r1, c0, c1):
     """activate_rows for relu alone: what a network whose hidden layers are all relu compiles instead."""
     for i in range(r0, r1):
-        for j in range(i * ld + c0, i * ld + c1):
-            z[j] = max(z[j], np.float32(0.0))
+        row = z[i * ld + c0:i * ld + c1]
+        for j in range(row.size):  # from 0 (see activate_block)
+            row[j] = max(row[j], np.float32(0.0))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -90,8 +91,9 @@ def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
     ld_slope) <- act'(z[r0:r1, c0:c1])."""
     if stores_slope(activation):
         for i in range(r0, r1):
-            for j in range(c0, c1):
-                z[i * ld + j], slopes[i * ld_slope + j] = activate_with_slope(z[i * ld + j], activation)
+            row, slope = z[i * ld + c0:i * ld + c1], slopes[i * ld_slope + c0:i * ld_slope + c1]
+            for j in range(row.size):  # from 0: an index that cannot be negative lets the loop vectorize
+                row[j], slope[j] = activate_with_slope(row[j], activation)
     else:
         activate_rows(z, ld, r0, r1, c0, c1, activation)
 

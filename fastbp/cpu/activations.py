@@ -67,21 +67,41 @@ def _sigmoid_product(v):
     return e / ((np.float32(1.0) + e) * (np.float32(1.0) + e))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def activate_with_slope(v, activation):
-    """(act(v), act'(v)) for the slope-storing activations; v float32."""
-    if activation == GELU:
-        phi = np.float32(0.5) * math.erfc(-v * _INV_SQRT2)
-        return v * phi, phi + v * np.exp(np.float32(-0.5) * v * v) * _INV_SQRT_2PI
-    if activation == GELU_TANH:
-        w = min(max(v, np.float32(-12.0)), np.float32(12.0))
-        du = _GELU_K * (np.float32(1.0) + np.float32(3.0) * _GELU_C * w * w)
-        two_u = np.float32(2.0) * _GELU_K * (w + _GELU_C * w * w * w)
-        s = _sigmoid(two_u)
-        return v * s, s + w * np.float32(2.0) * _sigmoid_product(two_u) * du
-    # SILU
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _gelu_with_slope(v):
+    phi = np.float32(0.5) * math.erfc(-v * _INV_SQRT2)
+    return v * phi, phi + v * np.exp(np.float32(-0.5) * v * v) * _INV_SQRT_2PI
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _gelu_tanh_with_slope(v):
+    w = min(max(v, np.float32(-12.0)), np.float32(12.0))
+    du = _GELU_K * (np.float32(1.0) + np.float32(3.0) * _GELU_C * w * w)
+    two_u = np.float32(2.0) * _GELU_K * (w + _GELU_C * w * w * w)
+    s = _sigmoid(two_u)
+    return v * s, s + w * np.float32(2.0) * _sigmoid_product(two_u) * du
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _silu_with_slope(v):
     s = _sigmoid(v)
     return v * s, s + v * _sigmoid_product(v)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def activate_row_with_slope(row, slope, activation):
+    """In place on row (k,) float32: act(row), and slope (k,) float32 <- act'(row) for the slope-storing
+    activations. The choice of activation is made once per row, outside the loops, so that each loop
+    vectorizes (gelu's erfc is a libm call: its loop stays scalar)."""
+    if activation == GELU:
+        for j in range(row.size):
+            row[j], slope[j] = _gelu_with_slope(row[j])
+    elif activation == GELU_TANH:
+        for j in range(row.size):
+            row[j], slope[j] = _gelu_tanh_with_slope(row[j])
+    else:  # SILU
+        for j in range(row.size):
+            row[j], slope[j] = _silu_with_slope(row[j])
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

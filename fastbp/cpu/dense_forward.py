@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY, RELU
-from .activations import KNOWN, activate_row, activate_with_slope, stores_slope
+from .activations import KNOWN, activate_row, activate_row_with_slope, stores_slope
 from .blas import NO_TRANS, gemm_block, part, split_rows
 from .denormals import flush_denormals, restore
 from .dropout import INPUT_LAYER, keeps
@@ -81,7 +81,7 @@ def relu_rows(z, ld, r0, r1, c0, c1):
     """activate_rows for relu alone: what a network whose hidden layers are all relu compiles instead."""
     for i in range(r0, r1):
         row = z[i * ld + c0:i * ld + c1]
-        for j in range(row.size):  # from 0 (see activate_block)
+        for j in range(row.size):  # from 0: an index that cannot be negative lets the loop vectorize
             row[j] = max(row[j], np.float32(0.0))
 
 
@@ -91,9 +91,8 @@ def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
     ld_slope) <- act'(z[r0:r1, c0:c1])."""
     if stores_slope(activation):
         for i in range(r0, r1):
-            row, slope = z[i * ld + c0:i * ld + c1], slopes[i * ld_slope + c0:i * ld_slope + c1]
-            for j in range(row.size):  # from 0: an index that cannot be negative lets the loop vectorize
-                row[j], slope[j] = activate_with_slope(row[j], activation)
+            activate_row_with_slope(z[i * ld + c0:i * ld + c1], slopes[i * ld_slope + c0:i * ld_slope + c1],
+                                    activation)
     else:
         activate_rows(z, ld, r0, r1, c0, c1, activation)
 

@@ -144,7 +144,7 @@ def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
     script = textwrap.dedent("""
         import numpy as np
         import fastbp
-        from fastbp.cpu import activations, delta_backward, dense_forward, dropout, loss_delta, max_norm
+        from fastbp.cpu import activations, delta_backward, dense_forward, dropout, loss_delta, max_norm, vector_math
         rng = np.random.default_rng(0)
         X = rng.standard_normal((64, 6)).astype(np.float32)
         t = fastbp.Trainer([6, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
@@ -153,7 +153,8 @@ def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
         kernels = {"max_norm": max_norm.apply_max_norm_serial, "drop_block": dense_forward.drop_block,
                    "gather_row": dense_forward.gather_row, "keeps": dropout.keeps,
                    "undo_dropout": delta_backward.undo_dropout,
-                   "activate_with_slope": activations.activate_with_slope,
+                   "activate_row_with_slope": activations.activate_row_with_slope,
+                   "exp32": vector_math.exp32, "tanh32": vector_math.tanh32,
                    "multiply_derivative_into": delta_backward.multiply_derivative_into,
                    "multiply_by_derivative": activations.multiply_by_derivative,
                    "mse_row": loss_delta.mse_row, "bce_row": loss_delta.bce_row,

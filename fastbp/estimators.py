@@ -46,9 +46,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
-from . import class_weights, distributed, lbfgs, row_order, sources
+from . import class_weights, distributed, lbfgs, loop, row_order, sources
 from .callbacks import Callback
 from .keywords import suggest_keywords
+from .sums import squared_weights
 from .trainer import Trainer
 
 # scikit-learn's activation names, and fastbp's own. fastbp's estimators also take a list of them, one per
@@ -458,6 +459,16 @@ class _ScikitLearnStopping(Callback):
         self.best_params = None
         self.samples = est.t_
 
+    def _epochs_ahead(self, trainer):
+        """Epochs that may run before this callback could act (loop.epochs_at_once): it stops, or lowers the
+        learning rate, only once the count of epochs without improvement exceeds n_iter_no_change, which
+        takes at least n_iter_no_change + 1 - count more epochs. With early stopping (the parameters of the
+        best epoch are kept) or invscaling (a new rate every epoch) it acts after every epoch."""
+        est = self.est
+        if est.early_stopping or (self.sgd and est.learning_rate == "invscaling"):
+            return 1
+        return est.n_iter_no_change + 1 - self.no_improvement
+
     def on_epoch_end(self, epoch, logs, trainer):
         est = self.est
         self.samples += self.n_samples
@@ -507,32 +518,37 @@ class _ScikitLearnLoss(Callback):
     def __init__(self, scale, offset, alpha, weight_total=None):
         self.scale, self.offset, self.alpha, self.weight_total = scale, offset, alpha, weight_total
         self.squares_before = None
-        self.weights = []
 
-    def _squares(self, trainer):
-        """The sum of the squared weights (not biases), in float64, read in place: trainer.params would copy
-        every array, at a cost comparable to a small network's whole epoch."""
+    @staticmethod
+    def _squares(trainer):
+        """The sum of the squared weights (not biases), in float64, read in place (sums.squared_weights,
+        which the kernels call too where fit runs several epochs at once)."""
         with trainer._guard.lock:
             trainer._backend.pull()
-            return sum(float(np.dot(W64, W64)) for W64 in (W.astype(np.float64) for W in self.weights))
+            state = trainer.state
+            return squared_weights(state.params, state.offsets, state.dims)
 
     def on_train_begin(self, trainer):
-        state = trainer.state
-        self.weights = [W.reshape(-1) for W, _ in state.layer_views(state.params)]  # views of the flat buffer
         self.squares_before = self._squares(trainer) if self.alpha else 0.0
         trainer._step_log = []
 
+    @staticmethod
+    def _epochs_ahead(trainer):
+        """Any number of epochs may run before on_epoch_end (loop.epochs_at_once): it reads the step log,
+        whose last entry of an epoch then carries the squared weights at its end."""
+        return loop.MAX_EPOCHS_AT_ONCE
+
     def on_epoch_end(self, epoch, logs, trainer):
-        # Python's sums over the log's (loss, rows, weight) tuples: a small data set's epoch is one or two
-        # steps, for which building arrays costs more than the step's own arithmetic.
+        # Python's sums over the log's (loss, rows, weight, squares) tuples: a small data set's epoch is one
+        # or two steps, for which building arrays costs more than the step's own arithmetic.
         steps = trainer._step_log
-        n = float(sum(rows for _, rows, _ in steps))
-        logs["loss"] = sum(loss * rows for loss, rows, _ in steps) / n * self.scale + self.offset
+        n = float(sum(step[1] for step in steps))
+        logs["loss"] = sum(step[0] * step[1] for step in steps) / n * self.scale + self.offset
         if self.alpha:
             # The weights as the user gave them: the Trainer scaled them (sample_weights.normalized).
-            factor = 1.0 if self.weight_total is None else self.weight_total / sum(w for _, _, w in steps)
-            squares = self._squares(trainer)
-            rows_per_weight = sum(rows / (w * factor) if w > 0 else 1.0 for _, rows, w in steps) / n
+            factor = 1.0 if self.weight_total is None else self.weight_total / sum(step[2] for step in steps)
+            squares = steps[-1][3] if steps[-1][3] is not None else self._squares(trainer)
+            rows_per_weight = sum(step[1] / (step[2] * factor) if step[2] > 0 else 1.0 for step in steps) / n
             logs["loss"] += 0.25 * self.alpha * (self.squares_before + squares) * rows_per_weight
             self.squares_before = squares
         steps.clear()
@@ -552,14 +568,18 @@ class _ScikitLearnOrder(row_order.OwnOrder):
 
     def __init__(self, random_state, batch_size):
         self.random_state, self.batch_size = random_state, batch_size
-        self.rows = None
+        self.rows = self.in_order = None
 
     def __call__(self, n):
         if self.rows is None or self.rows.size != n:
             self.rows = np.arange(n, dtype=np.int64)
+            self.in_order = np.arange(n, dtype=np.int64)
+            self.in_order.flags.writeable = False
         # Shuffling the rows in place makes the swaps that shuffling 0..n-1 would (they depend on n and
         # the draws only): the same order, and the same draws taken from random_state.
         self.random_state.shuffle(self.rows)
+        if self.batch_size >= n:  # one batch: its rows in increasing order, whatever the draw
+            return self.in_order
         order = self.rows.copy()
         whole = n - n % self.batch_size
         if self.batch_size > 1:
@@ -573,6 +593,10 @@ class _Record(Callback):
 
     def __init__(self):
         self.logs = []
+
+    @staticmethod
+    def _epochs_ahead(trainer):
+        return loop.MAX_EPOCHS_AT_ONCE  # it only reads the logs
 
     def on_epoch_end(self, epoch, logs, trainer):
         self.logs.append(logs)
@@ -597,6 +621,10 @@ class _Progress(Callback):
 
     def __init__(self, validation):
         self.validation = validation
+
+    @staticmethod
+    def _epochs_ahead(trainer):
+        return loop.MAX_EPOCHS_AT_ONCE  # it only prints the logs
 
     def on_epoch_end(self, epoch, logs, trainer):
         print(f"Iteration {epoch + 1}, loss = {logs['loss']:.8f}")

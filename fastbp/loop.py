@@ -10,6 +10,12 @@ order. Between chunks, and only there, Python shows progress and delivers a Ctrl
 that of a whole number of steps. Chunks are sized from the last chunk's speed to take about CHUNK_SECONDS,
 so progress and Ctrl-C answer within about a tenth of a second.
 
+Where every epoch is whole batches and nothing needs Python between epochs (no validation, schedule,
+progress or callback of the user's; the estimators' own callbacks say how many epochs may pass before they
+act: epochs_at_once), several epochs run in one call (ChunkedEpochs.whole_epochs): their orders drawn up
+front, in the same order of draws, and each epoch's bookkeeping done after the call. A small data set's
+epoch is one or two steps, and the Python around an epoch cost more than its arithmetic.
+
 The steps are those of the step-at-a-time loop (Trainer._train_rows), bit for bit: the same function
 computes each step whichever loop called it (Trainer.step on a small network goes through train_steps
 too), the learning rate of a per-step schedule is evaluated for each step ahead of the chunk, the dropout
@@ -32,6 +38,8 @@ from .progress import EpochProgress
 CHUNK_SECONDS = 0.05
 # The first chunk of a fit, before its speed is known.
 FIRST_CHUNK_STEPS = 16
+# Most epochs one compiled call runs (epochs_at_once): the chunk's step budget decides below it.
+MAX_EPOCHS_AT_ONCE = 64
 # The dropout key's multiplier (Trainer._dropout_key: seed x this + step count, modulo 2^63).
 _KEY_MULTIPLIER = 0x9E3779B97F4A7C15
 
@@ -50,7 +58,8 @@ class ChunkedEpochs:
     def __init__(self, trainer, source, batch_size):
         self.trainer, self.source, self.batch_size = trainer, source, batch_size
         self.steps_per_chunk = FIRST_CHUNK_STEPS
-        self.outputs = np.zeros((3, FIRST_CHUNK_STEPS), np.float64)  # each step's loss, hits, weight
+        # Each step's loss, hits, weight, and the squared weights after an epoch's last step (whole_epochs).
+        self.outputs = np.zeros((4, FIRST_CHUNK_STEPS), np.float64)
         self.key_base = (trainer._dropout_seed * _KEY_MULTIPLIER) % 2 ** 63
 
     def _learning_rates(self, first_step, n_steps):
@@ -61,11 +70,65 @@ class ChunkedEpochs:
             return np.full(n_steps, t.lr)
         return np.array([float32_number("lr", schedule.lr(t.config.lr, first_step + s)) for s in range(n_steps)])
 
+    @property
+    def whole_batches(self):
+        """Whether every epoch is whole batches only (no shorter last batch): then several epochs can run
+        as one chunk (whole_epochs)."""
+        return self.source.n_rows % self.batch_size == 0
+
+    def _call(self, order, rows, n_steps, epoch_steps=0):
+        """One compiled call of n_steps steps of `rows` rows from order; returns the steps applied (the
+        outputs in self.outputs). The step count and a per-step schedule's learning rate move with them."""
+        t, source = self.trainer, self.source
+        if self.outputs.shape[1] < n_steps:
+            self.outputs = np.zeros((4, n_steps), np.float64)
+        with t._guard.lock:
+            lrs = self._learning_rates(t.state.step_count, n_steps)
+            settings = OptimizerSettings.for_step(t.config, float(lrs[0]), t.state.step_count + 1)
+            done = t._backend.train_steps(source.X, source.labels, source.targets, source.weights, order, rows,
+                                          n_steps, settings, lrs, self.key_base, t._dropout, self.outputs,
+                                          epoch_steps)
+            t.state.step_count += done
+            if t.schedule is not None and t.schedule.interval == "step":
+                t.lr = lrs[min(done, n_steps - 1)]
+        return done
+
+    def whole_epochs(self, orders, squares):
+        """len(orders) epochs of whole batches (whole_batches), each order that epoch's rows, in one compiled
+        call. Returns (finished, failed): for each epoch finished, (loss x weight summed over its steps,
+        weight, hits, rows, its steps' step-log entries), added up as epoch() adds them; failed: the loss of
+        the step that was not finite (its update not applied, the epochs before it finished), or None.
+        squares: whether the epoch's last step-log entry carries the squared weights after it (the
+        estimators' loss: Trainer._step_log)."""
+        t, batch = self.trainer, self.batch_size
+        classification = t.config.loss in CLASSIFICATION_LOSSES
+        epoch_steps = self.source.n_rows // batch
+        n_steps = epoch_steps * len(orders)
+        began = time.perf_counter()
+        done = self._call(np.concatenate(orders), batch, n_steps, epoch_steps if squares else 0)
+        if done == n_steps:
+            elapsed = time.perf_counter() - began
+            self.steps_per_chunk = max(1, min(2 * n_steps, int(n_steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+        losses, step_hits, weights, step_squares = (row.tolist() for row in self.outputs[:, :done])
+        finished = []
+        for first in range(0, done - epoch_steps + 1, epoch_steps):
+            loss_sum = weight_seen = hits = 0.0
+            records = []
+            for s in range(first, first + epoch_steps):  # the step loop's order of sums
+                loss_sum += losses[s] * weights[s]
+                weight_seen += weights[s]
+                hits += step_hits[s] if classification else 0.0
+                records.append((losses[s], batch, weights[s], None))
+            if squares:
+                records[-1] = records[-1][:3] + (step_squares[first + epoch_steps - 1],)
+            finished.append((loss_sum, weight_seen, hits, epoch_steps * batch, records))
+        return finished, (self.outputs[0, done] if done < n_steps else None)
+
     def epoch(self, order, progress, interrupts):
         """Every batch of `order` (the epoch's rows, in order), in chunks; returns (loss x weight summed over
         steps, weight, hits, rows) as the step-at-a-time loop adds them up. A step whose loss is not finite
         raises FloatingPointError (its update not applied, the steps before it kept)."""
-        t, backend, source, batch = self.trainer, self.trainer._backend, self.source, self.batch_size
+        t, batch = self.trainer, self.batch_size
         classification = t.config.loss in CLASSIFICATION_LOSSES
         full_steps, tail = divmod(order.size, batch)
         loss_sum = weight_seen = hits = 0.0
@@ -74,25 +137,15 @@ class ChunkedEpochs:
         while step < full_steps or (tail and step == full_steps):
             rows = batch if step < full_steps else tail
             n_steps = min(self.steps_per_chunk, full_steps - step) if step < full_steps else 1
-            if self.outputs.shape[1] < n_steps:
-                self.outputs = np.zeros((3, n_steps), np.float64)
             began = time.perf_counter()
-            with t._guard.lock:
-                lrs = self._learning_rates(t.state.step_count, n_steps)
-                settings = OptimizerSettings.for_step(t.config, float(lrs[0]), t.state.step_count + 1)
-                done = backend.train_steps(source.X, source.labels, source.targets, source.weights,
-                                           order[step * batch:step * batch + n_steps * rows], rows, n_steps,
-                                           settings, lrs, self.key_base, t._dropout, self.outputs)
-                t.state.step_count += done
-                if t.schedule is not None and t.schedule.interval == "step":
-                    t.lr = lrs[min(done, n_steps - 1)]
-            losses, step_hits, weights = (column.tolist() for column in self.outputs[:, :done])
+            done = self._call(order[step * batch:step * batch + n_steps * rows], rows, n_steps)
+            losses, step_hits, weights = (column.tolist() for column in self.outputs[:3, :done])
             for loss, weight, step_hit in zip(losses, weights, step_hits):  # the step loop's order of sums
                 loss_sum += loss * weight
                 weight_seen += weight
                 hits += step_hit if classification else 0.0
                 if t._step_log is not None:
-                    t._step_log.append((loss, rows, weight))
+                    t._step_log.append((loss, rows, weight, None))
             seen += done * rows
             step += done
             if done < n_steps:
@@ -103,6 +156,24 @@ class ChunkedEpochs:
             progress.batch_done(done * rows, loss_sum / weight_seen if weight_seen else 0.0)
             interrupts.deliver()  # a Ctrl-C during the chunk lands here, after its whole steps
         return loss_sum, weight_seen, hits, seen
+
+
+def epochs_at_once(trainer, chunked, verbose, val, callbacks, shuffle, epochs_left):
+    """How many epochs fit runs in one compiled call from here: 1, unless its epochs run in chunks of whole
+    batches only (ChunkedEpochs.whole_batches), silently, with no validation or schedule, in fastbp's own
+    orders (shuffle True or False, or a row_order.OwnOrder: a function of the user's is called once per
+    epoch, between epochs), and every callback says how many epochs may pass before it acts on the trainer
+    (its _epochs_ahead(trainer): the estimators' own; any other callback, and any callback of the user's,
+    gets its epochs one at a time). Bounded by the chunk's step budget (CHUNK_SECONDS), so that Ctrl-C
+    still answers within about a tenth of a second."""
+    if (chunked is None or verbose or val is not None or trainer.schedule is not None or not chunked.whole_batches
+            or epochs_left < 2 or not (isinstance(shuffle, bool) or isinstance(shuffle, row_order.OwnOrder))):
+        return 1
+    group = min(epochs_left, MAX_EPOCHS_AT_ONCE, chunked.steps_per_chunk * chunked.batch_size // chunked.source.n_rows)
+    for cb in callbacks:
+        ahead = getattr(cb, "_epochs_ahead", None)
+        group = min(group, ahead(trainer) if ahead is not None else 1)
+    return max(1, group)
 
 
 def run_epochs(trainer, X, train, val, parts, val_parts, stream, epochs, initial_epoch, batch_size, steps_per_epoch,
@@ -127,9 +198,51 @@ def run_epochs(trainer, X, train, val, parts, val_parts, stream, epochs, initial
         prepare(step_rows)
     with trainer._comm.agreement():  # with comm, a callback failing on one rank fails on every rank
         callback_tools.call(callbacks, "on_train_begin", trainer)
+    def end_epoch(epoch, loss_sum, weight_seen, hits, seen, seconds, epoch_lr):
+        """An epoch's logs, validation, progress line, history and callbacks; returns whether to stop."""
+        trainer.epochs_done = epoch + 1
+        logs = {"loss": loss_sum / weight_seen if weight_seen else 0.0}
+        if classification:
+            logs["accuracy"] = hits / seen
+        if val is not None:
+            scores = (trainer._evaluate_stream(val) if val_parts is None else
+                      trainer._evaluate(val, val_parts, "the validation data"))
+            logs.update({"val_" + k: v for k, v in scores.items()})
+        progress.end_epoch(epoch, logs, seconds, seen)
+        history.record(epoch, **logs, lr=epoch_lr)
+        with trainer._comm.agreement():
+            if trainer.schedule is not None:
+                trainer.schedule.on_epoch_end(logs)
+            callback_tools.call(callbacks, "on_epoch_end", epoch, logs, trainer)
+        # The same decision on every rank.
+        trainer.stop_training = trainer._comm.any_(trainer.stop_training)
+        return trainer.stop_training
+
     with whole_steps() as interrupts:  # Ctrl-C lands between steps (deliver), never inside one
         try:
-            for epoch in range(initial_epoch, epochs):
+            epoch = initial_epoch
+            while epoch < epochs:
+                group = epochs_at_once(trainer, chunked, verbose, val, callbacks, shuffle, epochs - epoch)
+                if group > 1:  # several epochs in one compiled call, then each one's bookkeeping
+                    epoch_lr, start_time = trainer._lr, time.perf_counter()
+                    orders = [row_order.epoch_order(shuffle, trainer._rng, n, trainer._comm) for _ in range(group)]
+                    finished, failed = chunked.whole_epochs(orders, squares=trainer._step_log is not None)
+                    seconds = (time.perf_counter() - start_time) / group
+                    for index, (loss_sum, weight_seen, hits, seen, records) in enumerate(finished):
+                        progress.start_epoch(epoch)
+                        if trainer._step_log is not None:
+                            trainer._step_log.extend(records)
+                        stop = end_epoch(epoch, loss_sum, weight_seen, hits, seen, seconds, epoch_lr)
+                        epoch += 1
+                        if stop and index < group - 1:
+                            raise RuntimeError(f"a callback stopped training after epoch {epoch} of a group of "
+                                               f"{group} run at once, though it allowed them (_epochs_ahead)")
+                    if failed is not None:
+                        trainer._raise_non_finite_loss(failed)
+                    interrupts.deliver()  # a Ctrl-C during the group lands here, after its epochs' bookkeeping
+                    if trainer.stop_training:
+                        break
+                    continue
                 if trainer.schedule is not None and trainer.schedule.interval == "epoch":
                     trainer.lr = trainer.schedule.lr(trainer.config.lr, epoch)
                 epoch_lr = trainer._lr
@@ -147,7 +260,7 @@ def run_epochs(trainer, X, train, val, parts, val_parts, stream, epochs, initial
                 for source, rows, batch_parts in batches:
                     loss, batch_hits, weight = trainer._train_rows(source, rows, batch_parts, interrupts)
                     if trainer._step_log is not None:
-                        trainer._step_log.append((loss, rows.size, weight))
+                        trainer._step_log.append((loss, rows.size, weight, None))
                     interrupts.deliver()  # a Ctrl-C during the step lands here, after it
                     loss_sum += loss * weight
                     weight_seen += weight
@@ -158,25 +271,9 @@ def run_epochs(trainer, X, train, val, parts, val_parts, stream, epochs, initial
                     raise ValueError(f"the stream yielded no batches in epoch {epoch + 1} (a generator is "
                                      "used up after one pass: give steps_per_epoch, or an iterable that "
                                      "starts over, such as a list or a data loader)")
-                seconds = time.perf_counter() - start_time
-                trainer.epochs_done = epoch + 1
-                logs = {"loss": loss_sum / weight_seen if weight_seen else 0.0}
-                if classification:
-                    logs["accuracy"] = hits / seen
-                if val is not None:
-                    scores = (trainer._evaluate_stream(val) if val_parts is None else
-                              trainer._evaluate(val, val_parts, "the validation data"))
-                    logs.update({"val_" + k: v for k, v in scores.items()})
-                progress.end_epoch(epoch, logs, seconds, seen)
-                history.record(epoch, **logs, lr=epoch_lr)
-                with trainer._comm.agreement():
-                    if trainer.schedule is not None:
-                        trainer.schedule.on_epoch_end(logs)
-                    callback_tools.call(callbacks, "on_epoch_end", epoch, logs, trainer)
-                # The same decision on every rank.
-                trainer.stop_training = trainer._comm.any_(trainer.stop_training)
-                if trainer.stop_training:
+                if end_epoch(epoch, loss_sum, weight_seen, hits, seen, time.perf_counter() - start_time, epoch_lr):
                     break
+                epoch += 1
         finally:
             progress.abort()
             trainer._backend.release_data()

@@ -132,8 +132,10 @@ class Trainer:
         self.memory_budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
         self._said_micro_batch = False
         self._grad_total = None
-        # None, or a list to which fit appends (loss, rows, weight) of each step: what the estimators
-        # need to report an epoch's loss as scikit-learn averages it (by rows, not by sample weights).
+        # None, or a list to which fit appends (loss, rows, weight, squares) of each step: what the
+        # estimators need to report an epoch's loss as scikit-learn averages it (by rows, not by sample
+        # weights). squares: the squared weights after the step (sums.squared_weights) where fit ran
+        # several epochs at once (loop.py), on an epoch's last step; else None.
         self._step_log = None
         self.config = Config(sizes=sizes, activation=activation, loss=loss, optimizer=optimizer, lr=lr,
                              batch_size=batch_size, device=device, seed=seed, weight_decay=weight_decay,

@@ -133,6 +133,57 @@ def test_a_non_finite_loss_mid_chunk_keeps_the_steps_before_it(rng, monkeypatch)
     assert_same_state(*states)
 
 
+def test_whole_epochs_at_once_are_the_step_loop_bit_for_bit(rng, monkeypatch):
+    """Epochs of whole batches, no callback, no validation: several epochs per compiled call. The same bits
+    as the step loop and as one epoch per call: parameters, moments, each epoch's loss and accuracy; with
+    dropout, sample weights and a shuffle each epoch (its draws taken up front, in the same order)."""
+    sizes = [6, 12, 3]
+    X, y = data(rng, sizes, 40, "cross_entropy")
+    w = rng.random(40)
+    kw = dict(epochs=9, fit_kw=dict(sample_weight=w), batch_size=8, loss="cross_entropy", dropout=0.2)
+    grouped, h_grouped, most = fit(True, monkeypatch, sizes, X, y, **kw)
+    assert most > 40 // 8  # more steps in one call than an epoch has
+    with monkeypatch.context() as m:
+        m.setattr(loop, "MAX_EPOCHS_AT_ONCE", 1)
+        single, h_single, most_single = fit(True, monkeypatch, sizes, X, y, **kw)
+    assert most_single <= 40 // 8
+    stepwise, h_stepwise, _ = fit(False, monkeypatch, sizes, X, y, **kw)
+    for other, h_other in ((single, h_single), (stepwise, h_stepwise)):
+        assert_same_state(grouped, other)
+        assert h_grouped == h_other
+    assert grouped.epochs_done == 9 and len(h_grouped["loss"]) == 9
+
+
+def test_a_callback_of_the_users_gets_its_epochs_one_at_a_time(rng, monkeypatch):
+    """A callback sees the parameters of its own epoch's end (any callback without _epochs_ahead: fit runs
+    one epoch per call for it), the same as with the step loop."""
+    sizes = [6, 12, 3]
+    X, y = data(rng, sizes, 40, "cross_entropy")
+    seen = {True: [], False: []}
+    for chunked in (True, False):
+        cb = LambdaCallback(lambda epoch, logs, trainer, c=chunked: seen[c].append(trainer._flat_params()))
+        _, _, most = fit(chunked, monkeypatch, sizes, X, y, epochs=4, batch_size=8, loss="cross_entropy",
+                         fit_kw=dict(callbacks=[cb]))
+        assert most <= 40 // 8
+    assert len(seen[True]) == 4 and all(np.array_equal(a, b) for a, b in zip(seen[True], seen[False]))
+
+
+def test_a_callback_that_breaks_its_epochs_ahead_promise_is_an_error(rng, monkeypatch):
+    """A callback that allows several epochs at once (_epochs_ahead) but stops training before the last of
+    them: fit says so rather than leaving trained epochs out of the history."""
+    class Broken:
+        def _epochs_ahead(self, trainer):
+            return 5
+
+        def on_epoch_end(self, epoch, logs, trainer):
+            trainer.stop_training = True
+    sizes = [6, 12, 3]
+    X, y = data(rng, sizes, 40, "cross_entropy")
+    with pytest.raises(RuntimeError, match="_epochs_ahead"):
+        fit(True, monkeypatch, sizes, X, y, epochs=9, batch_size=8, loss="cross_entropy",
+            fit_kw=dict(callbacks=[Broken()]))
+
+
 def test_what_takes_chunks():
     small = fastbp.Trainer([8, 32, 1], batch_size=1)
     assert small._backend.takes_serial_path(1)

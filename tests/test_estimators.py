@@ -132,6 +132,33 @@ def test_tol_and_n_iter_no_change_stop_where_scikit_learn_stops():
         assert ours.n_iter_ == theirs.n_iter_ == patience + 2
 
 
+@pytest.mark.parametrize("options", [
+    dict(tol=1e-2, max_iter=300),  # stops by tol, in groups of up to n_iter_no_change + 1 epochs
+    dict(solver="sgd", learning_rate="adaptive", tol=1e-3, max_iter=120),  # rate divided by 5 at group ends
+    dict(solver="sgd", learning_rate_init=50.0, max_iter=40),  # diverges mid-group
+    dict(max_iter=60, alpha=0.3, n_iter_no_change=2),
+], ids=["tol", "adaptive", "diverges", "alpha"])
+def test_several_epochs_per_call_give_the_one_epoch_loops_bits(monkeypatch, options):
+    """On data whose epochs are whole batches (here one batch of all 120 rows), fit runs several epochs per
+    compiled call, its callbacks then seeing each epoch's logs in turn (loop.epochs_at_once): the same
+    n_iter_, loss curve (the alpha term's squared weights taken inside the call) and weights as one epoch
+    per call."""
+    from fastbp import loop
+    X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    runs = []
+    for most in (loop.MAX_EPOCHS_AT_ONCE, 1):
+        monkeypatch.setattr(loop, "MAX_EPOCHS_AT_ONCE", most)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est = fastbp.MLPClassifier(hidden_layer_sizes=(9,), random_state=0, **options).fit(X, y)
+        runs.append(est)
+    grouped, single = runs
+    assert grouped.n_iter_ == single.n_iter_ > 2
+    np.testing.assert_array_equal(grouped.loss_curve_, single.loss_curve_)
+    for a, b in zip(grouped.coefs_ + grouped.intercepts_, single.coefs_ + single.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
 def lbfgs_objective(est, X, y, scale, sample_weight=None):
     """scikit-learn's L-BFGS objective at the estimator's parameters, in float64: the (weighted) data loss
     (x scale) plus alpha / (2 n) x the squared weights (n: the rows, or the sample weights' sum)."""

@@ -27,6 +27,7 @@ _EMPTY_LABELS = np.zeros(0, np.int64)
 _EMPTY_TARGETS = np.zeros((0, 0), np.float32)
 _EMPTY_WEIGHTS = np.zeros(0, np.float64)
 _NO_DECAY_MASK = np.zeros(0, np.bool_)
+_NO_SQUARES = np.zeros(0, np.float64)  # serial.run_steps' epoch_squares when no epoch asks for them
 # Below serial_work() multiply-adds per step (batch rows x the network's weights and biases), steps run on
 # one thread with no parallel region (serial.py). The crossover depends on the BLAS's kernels: measured by
 # scripts/serial_crossover.py on the 2-core Zen 5 VM (README, "Small networks"), near 6 M multiply-adds with
@@ -195,9 +196,10 @@ class CpuBackend:
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def _run_steps(self, mode, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                   first_step, dropout, out):
+                   first_step, dropout, out, epoch_steps=0, epoch_phase=0):
         """serial.run_steps on this backend's state and the workspace for batch_rows rows; out: (3, >= n_steps)
-        float64 for each step's loss, hits and weight. Returns the steps applied."""
+        float64 for each step's loss, hits and weight, or (4, >= n_steps) with epoch_steps > 0 for the squared
+        weights after each epoch's last step too (serial.py). Returns the steps applied."""
         s = self.state
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows
@@ -208,7 +210,8 @@ class CpuBackend:
                                     s.dims, s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1,
                                     s.moment2, settings, lrs, key_base, first_step, dropout.hidden, dropout.inputs,
                                     self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
-                                    ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2])
+                                    ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2],
+                                    epoch_steps, epoch_phase, out[3] if epoch_steps > 0 else _NO_SQUARES)
 
     def _serial_entry(self):
         """This network's variant of serial.run_steps: compiled with the parts its configuration uses."""
@@ -247,16 +250,18 @@ class CpuBackend:
                                      ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                    dropout, out):
+                    dropout, out, epoch_steps=0, epoch_phase=0):
         """n_steps training steps in one compiled call (serial.run_steps; only where takes_serial_path(batch_rows)):
         step s on rows order[s * batch_rows:(s + 1) * batch_rows] of X (N, d0) float32 with labels (N,) int64 or
         targets (N, d_L) float32 and weights (N,) float64 or None; lrs (n_steps,) float64 each step's learning
         rate; settings: the first step's OptimizerSettings (its step count and the options); key_base: the
         dropout key of step count 0. Fills out (3, >= n_steps) float64 with each step's loss, hits and weight;
         returns the steps applied (fewer than n_steps when a step's loss was not finite: its update is not
-        applied)."""
+        applied). epoch_steps > 0: the steps are whole epochs of epoch_steps steps, the first being step
+        epoch_phase of its epoch, and out (4, >= n_steps) also gets the squared weights (sums.squared_weights)
+        after each epoch's last step, in row 3."""
         return self._run_steps(step.STEP, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs,
-                               key_base, settings.step - 1, dropout, out)
+                               key_base, settings.step - 1, dropout, out, epoch_steps, epoch_phase)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout=NO_DROPOUT,
                    weights=None):

@@ -21,6 +21,10 @@ Shapes (N = rows of the data set, b = batch_rows, S = n_steps; see step.py for t
     acts, scratch, partials, row_loss, row_hits, norm_sums   step.run's workspace for b rows (threads = 1)
     step_loss, step_hits, step_weight  (S,) float64 outputs: each step's (weighted) mean loss, summed
              hits (sums.sum_first of row_hits) and weight (its rows, or its summed sample weights)
+    epoch_steps, epoch_phase, epoch_squares  with epoch_steps > 0 (several epochs of epoch_steps steps
+             each in one call, the first step being step epoch_phase of its epoch): after each epoch's last
+             step s, epoch_squares[s] (S,) float64 <- sums.squared_weights of the parameters (the
+             estimators' alpha term); other entries untouched. epoch_steps = 0: none, epoch_squares unread
 Returns the number of steps applied: S, or the index of the first step whose loss is not finite (its
 update is not applied, its loss is in step_loss). Modes FORWARD, LOSS, GRADIENTS run one pass (S = 1) and
 update nothing.
@@ -31,7 +35,7 @@ import numpy as np
 from numba import njit
 
 from ..options import OptimizerSettings
-from ..sums import sum_at, sum_first
+from ..sums import squared_weights, sum_at, sum_first
 from ._jit import ERROR_MODEL, FASTMATH
 from .borrow import borrowed
 from .max_norm import apply_max_norm_serial
@@ -58,9 +62,10 @@ def run_steps_for(uses):
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
                   params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold,
                   input_threshold, decay_mask, acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss,
-                  step_hits, step_weight):
+                  step_hits, step_weight, epoch_steps, epoch_phase, epoch_squares):
         if order.size < n_steps * batch_rows or lrs.size < n_steps or step_loss.size < n_steps \
-                or step_hits.size < n_steps or step_weight.size < n_steps:
+                or step_hits.size < n_steps or step_weight.size < n_steps \
+                or (epoch_steps > 0 and epoch_squares.size < n_steps):
             raise IndexError("run_steps: order, lrs or the step outputs are shorter than n_steps")
         if decay_mask.size != (params.size if masked_decay and mode == STEP else 0):
             raise IndexError("decay_mask must have one entry per parameter in the masked variant's steps, and "
@@ -109,6 +114,8 @@ def run_steps_for(uses):
                 optimizer_update(params, grads, moment1, moment2, step_settings, scale, optimizer_code)
             if constrained:
                 apply_max_norm_serial(params, offsets, dims, settings.max_norm)
+            if epoch_steps > 0 and (epoch_phase + s + 1) % epoch_steps == 0:
+                epoch_squares[s] = squared_weights(params, offsets, dims)
         return n_steps
 
     return run_steps

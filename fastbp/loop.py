@@ -10,10 +10,10 @@ order. Between chunks, and only there, Python shows progress and delivers a Ctrl
 that of a whole number of steps. Chunks are sized from the last chunk's speed to take about CHUNK_SECONDS,
 so progress and Ctrl-C answer within about a tenth of a second.
 
-Where every epoch is whole batches and nothing needs Python between epochs (no validation, schedule,
-progress or callback of the user's; the estimators' own callbacks say how many epochs may pass before they
-act: epochs_at_once), several epochs run in one call (ChunkedEpochs.whole_epochs): their orders drawn up
-front, in the same order of draws, and each epoch's bookkeeping done after the call. A small data set's
+Where nothing needs Python between epochs (no validation, schedule, progress or callback of the user's;
+the estimators' own callbacks say how many epochs may pass before they act: epochs_at_once), several
+epochs run in one call (ChunkedEpochs.whole_epochs), each with its shorter last batch: their orders drawn
+up front, in the same order of draws, and each epoch's bookkeeping done after the call. A small data set's
 epoch is one or two steps, and the Python around an epoch cost more than its arithmetic.
 
 The steps are those of the step-at-a-time loop (Trainer._train_rows), bit for bit: the same function
@@ -70,14 +70,9 @@ class ChunkedEpochs:
             return np.full(n_steps, t.lr)
         return np.array([float32_number("lr", schedule.lr(t.config.lr, first_step + s)) for s in range(n_steps)])
 
-    @property
-    def whole_batches(self):
-        """Whether every epoch is whole batches only (no shorter last batch): then several epochs can run
-        as one chunk (whole_epochs)."""
-        return self.source.n_rows % self.batch_size == 0
-
-    def _call(self, order, rows, n_steps, epoch_steps=0):
-        """One compiled call of n_steps steps of `rows` rows from order; returns the steps applied (the
+    def _call(self, order, rows, n_steps, epoch_rows=0, squares=False):
+        """One compiled call of n_steps steps of `rows` rows from order (with epoch_rows, whole epochs of that
+        many rows, each with its shorter last batch: backend.train_steps); returns the steps applied (the
         outputs in self.outputs). The step count and a per-step schedule's learning rate move with them."""
         t, source = self.trainer, self.source
         if self.outputs.shape[1] < n_steps:
@@ -87,25 +82,29 @@ class ChunkedEpochs:
             settings = OptimizerSettings.for_step(t.config, float(lrs[0]), t.state.step_count + 1)
             done = t._backend.train_steps(source.X, source.labels, source.targets, source.weights, order, rows,
                                           n_steps, settings, lrs, self.key_base, t._dropout, self.outputs,
-                                          epoch_steps)
+                                          epoch_rows, squares)
             t.state.step_count += done
             if t.schedule is not None and t.schedule.interval == "step":
                 t.lr = lrs[min(done, n_steps - 1)]
         return done
 
+    @property
+    def steps_per_epoch(self):
+        return -(-self.source.n_rows // self.batch_size)
+
     def whole_epochs(self, orders, squares):
-        """len(orders) epochs of whole batches (whole_batches), each order that epoch's rows, in one compiled
-        call. Returns (finished, failed): for each epoch finished, (loss x weight summed over its steps,
-        weight, hits, rows, its steps' step-log entries), added up as epoch() adds them; failed: the loss of
-        the step that was not finite (its update not applied, the epochs before it finished), or None.
-        squares: whether the epoch's last step-log entry carries the squared weights after it (the
-        estimators' loss: Trainer._step_log)."""
-        t, batch = self.trainer, self.batch_size
+        """len(orders) epochs, each order that epoch's rows, in one compiled call. Returns (finished,
+        failed): for each epoch finished, (loss x weight summed over its steps, weight, hits, rows, its
+        steps' step-log entries), added up as epoch() adds them; failed: the loss of the step that was not
+        finite (its update not applied, the epochs before it finished), or None. squares: whether the
+        epoch's last step-log entry carries the squared weights after it (the estimators' loss:
+        Trainer._step_log)."""
+        t, batch, n = self.trainer, self.batch_size, self.source.n_rows
         classification = t.config.loss in CLASSIFICATION_LOSSES
-        epoch_steps = self.source.n_rows // batch
+        epoch_steps = self.steps_per_epoch
         n_steps = epoch_steps * len(orders)
         began = time.perf_counter()
-        done = self._call(np.concatenate(orders), batch, n_steps, epoch_steps if squares else 0)
+        done = self._call(np.concatenate(orders), batch, n_steps, n, squares)
         if done == n_steps:
             elapsed = time.perf_counter() - began
             self.steps_per_chunk = max(1, min(2 * n_steps, int(n_steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
@@ -114,14 +113,15 @@ class ChunkedEpochs:
         for first in range(0, done - epoch_steps + 1, epoch_steps):
             loss_sum = weight_seen = hits = 0.0
             records = []
-            for s in range(first, first + epoch_steps):  # the step loop's order of sums
+            for j in range(epoch_steps):  # the step loop's order of sums
+                s = first + j
                 loss_sum += losses[s] * weights[s]
                 weight_seen += weights[s]
                 hits += step_hits[s] if classification else 0.0
-                records.append((losses[s], batch, weights[s], None))
+                records.append((losses[s], min(batch, n - j * batch), weights[s], None))
             if squares:
                 records[-1] = records[-1][:3] + (step_squares[first + epoch_steps - 1],)
-            finished.append((loss_sum, weight_seen, hits, epoch_steps * batch, records))
+            finished.append((loss_sum, weight_seen, hits, n, records))
         return finished, (self.outputs[0, done] if done < n_steps else None)
 
     def epoch(self, order, progress, interrupts):
@@ -159,17 +159,17 @@ class ChunkedEpochs:
 
 
 def epochs_at_once(trainer, chunked, verbose, val, callbacks, shuffle, epochs_left):
-    """How many epochs fit runs in one compiled call from here: 1, unless its epochs run in chunks of whole
-    batches only (ChunkedEpochs.whole_batches), silently, with no validation or schedule, in fastbp's own
+    """How many epochs fit runs in one compiled call from here: 1, unless its epochs run in chunks
+    (ChunkedEpochs), silently, with no validation or schedule, in fastbp's own
     orders (shuffle True or False, or a row_order.OwnOrder: a function of the user's is called once per
     epoch, between epochs), and every callback says how many epochs may pass before it acts on the trainer
     (its _epochs_ahead(trainer): the estimators' own; any other callback, and any callback of the user's,
     gets its epochs one at a time). Bounded by the chunk's step budget (CHUNK_SECONDS), so that Ctrl-C
     still answers within about a tenth of a second."""
-    if (chunked is None or verbose or val is not None or trainer.schedule is not None or not chunked.whole_batches
-            or epochs_left < 2 or not (isinstance(shuffle, bool) or isinstance(shuffle, row_order.OwnOrder))):
+    if (chunked is None or verbose or val is not None or trainer.schedule is not None or epochs_left < 2
+            or not (isinstance(shuffle, bool) or isinstance(shuffle, row_order.OwnOrder))):
         return 1
-    group = min(epochs_left, MAX_EPOCHS_AT_ONCE, chunked.steps_per_chunk * chunked.batch_size // chunked.source.n_rows)
+    group = min(epochs_left, MAX_EPOCHS_AT_ONCE, chunked.steps_per_chunk // chunked.steps_per_epoch)
     for cb in callbacks:
         ahead = getattr(cb, "_epochs_ahead", None)
         group = min(group, ahead(trainer) if ahead is not None else 1)

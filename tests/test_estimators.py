@@ -137,12 +137,12 @@ def test_tol_and_n_iter_no_change_stop_where_scikit_learn_stops():
     dict(solver="sgd", learning_rate="adaptive", tol=1e-3, max_iter=120),  # rate divided by 5 at group ends
     dict(solver="sgd", learning_rate_init=50.0, max_iter=40),  # diverges mid-group
     dict(max_iter=60, alpha=0.3, n_iter_no_change=2),
-], ids=["tol", "adaptive", "diverges", "alpha"])
+    dict(max_iter=60, alpha=0.3, batch_size=50),  # epochs of 50 + 50 + 20 rows
+], ids=["tol", "adaptive", "diverges", "alpha", "short-last-batch"])
 def test_several_epochs_per_call_give_the_one_epoch_loops_bits(monkeypatch, options):
-    """On data whose epochs are whole batches (here one batch of all 120 rows), fit runs several epochs per
-    compiled call, its callbacks then seeing each epoch's logs in turn (loop.epochs_at_once): the same
-    n_iter_, loss curve (the alpha term's squared weights taken inside the call) and weights as one epoch
-    per call."""
+    """fit runs several epochs per compiled call, its callbacks then seeing each epoch's logs in turn
+    (loop.epochs_at_once): the same n_iter_, loss curve (the alpha term's squared weights taken inside the
+    call) and weights as one epoch per call."""
     from fastbp import loop
     X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
     runs = []

@@ -196,10 +196,10 @@ class CpuBackend:
                          ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def _run_steps(self, mode, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                   first_step, dropout, out, epoch_steps=0, epoch_phase=0):
+                   first_step, dropout, out, epoch_rows=0, squares=False):
         """serial.run_steps on this backend's state and the workspace for batch_rows rows; out: (3, >= n_steps)
-        float64 for each step's loss, hits and weight, or (4, >= n_steps) with epoch_steps > 0 for the squared
-        weights after each epoch's last step too (serial.py). Returns the steps applied."""
+        float64 for each step's loss, hits and weight, or (4, >= n_steps) with squares for the squared weights
+        after each epoch's last step too (epoch_rows > 0: see serial.py). Returns the steps applied."""
         s = self.state
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows
@@ -211,7 +211,7 @@ class CpuBackend:
                                     s.moment2, settings, lrs, key_base, first_step, dropout.hidden, dropout.inputs,
                                     self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
                                     ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2],
-                                    epoch_steps, epoch_phase, out[3] if epoch_steps > 0 else _NO_SQUARES)
+                                    epoch_rows, out[3] if squares else _NO_SQUARES)
 
     def _serial_entry(self):
         """This network's variant of serial.run_steps: compiled with the parts its configuration uses."""
@@ -250,18 +250,18 @@ class CpuBackend:
                                      ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, threads)
 
     def train_steps(self, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
-                    dropout, out, epoch_steps=0, epoch_phase=0):
+                    dropout, out, epoch_rows=0, squares=False):
         """n_steps training steps in one compiled call (serial.run_steps; only where takes_serial_path(batch_rows)):
         step s on rows order[s * batch_rows:(s + 1) * batch_rows] of X (N, d0) float32 with labels (N,) int64 or
         targets (N, d_L) float32 and weights (N,) float64 or None; lrs (n_steps,) float64 each step's learning
         rate; settings: the first step's OptimizerSettings (its step count and the options); key_base: the
         dropout key of step count 0. Fills out (3, >= n_steps) float64 with each step's loss, hits and weight;
         returns the steps applied (fewer than n_steps when a step's loss was not finite: its update is not
-        applied). epoch_steps > 0: the steps are whole epochs of epoch_steps steps, the first being step
-        epoch_phase of its epoch, and out (4, >= n_steps) also gets the squared weights (sums.squared_weights)
-        after each epoch's last step, in row 3."""
+        applied). epoch_rows > 0: order holds whole epochs of epoch_rows rows, each cut into batches of
+        batch_rows with a shorter last one where they do not divide (serial.py); squares: out (4, >= n_steps)
+        also gets the squared weights (sums.squared_weights) after each epoch's last step, in row 3."""
         return self._run_steps(step.STEP, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs,
-                               key_base, settings.step - 1, dropout, out, epoch_steps, epoch_phase)
+                               key_base, settings.step - 1, dropout, out, epoch_rows, squares)
 
     def train_step(self, X, labels, targets, rows, settings: OptimizerSettings, dropout_key=0, dropout=NO_DROPOUT,
                    weights=None):

@@ -21,10 +21,12 @@ Shapes (N = rows of the data set, b = batch_rows, S = n_steps; see step.py for t
     acts, scratch, partials, row_loss, row_hits, norm_sums   step.run's workspace for b rows (threads = 1)
     step_loss, step_hits, step_weight  (S,) float64 outputs: each step's (weighted) mean loss, summed
              hits (sums.sum_first of row_hits) and weight (its rows, or its summed sample weights)
-    epoch_steps, epoch_phase, epoch_squares  with epoch_steps > 0 (several epochs of epoch_steps steps
-             each in one call, the first step being step epoch_phase of its epoch): after each epoch's last
-             step s, epoch_squares[s] (S,) float64 <- sums.squared_weights of the parameters (the
-             estimators' alpha term); other entries untouched. epoch_steps = 0: none, epoch_squares unread
+    epoch_rows  0: step s trains on order[s * b:(s + 1) * b], as above. > 0: order holds whole epochs of
+             epoch_rows rows each (several epochs in one call), each cut into batches of b rows, its last
+             one shorter where b does not divide epoch_rows; the call starts at an epoch's first step
+    epoch_squares  (S,) float64, or empty for none: with epoch_rows > 0, after each epoch's last step s,
+             epoch_squares[s] <- sums.squared_weights of the parameters (the estimators' alpha term); the
+             other entries are left as they are
 Returns the number of steps applied: S, or the index of the first step whose loss is not finite (its
 update is not applied, its loss is in step_loss). Modes FORWARD, LOSS, GRADIENTS run one pass (S = 1) and
 update nothing.
@@ -62,10 +64,15 @@ def run_steps_for(uses):
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
                   params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold,
                   input_threshold, decay_mask, acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss,
-                  step_hits, step_weight, epoch_steps, epoch_phase, epoch_squares):
-        if order.size < n_steps * batch_rows or lrs.size < n_steps or step_loss.size < n_steps \
-                or step_hits.size < n_steps or step_weight.size < n_steps \
-                or (epoch_steps > 0 and epoch_squares.size < n_steps):
+                  step_hits, step_weight, epoch_rows, epoch_squares):
+        # Steps per epoch (epoch_rows > 0), and where the last step ends in order.
+        epoch_steps = (epoch_rows + batch_rows - 1) // batch_rows if epoch_rows > 0 else 0
+        end = n_steps * batch_rows
+        if epoch_rows > 0 and n_steps > 0:
+            last = n_steps - 1
+            end = (last // epoch_steps) * epoch_rows + min(epoch_rows, (last % epoch_steps + 1) * batch_rows)
+        if order.size < end or lrs.size < n_steps or step_loss.size < n_steps or step_hits.size < n_steps \
+                or step_weight.size < n_steps or 0 < epoch_squares.size < n_steps:
             raise IndexError("run_steps: order, lrs or the step outputs are shorter than n_steps")
         if decay_mask.size != (params.size if masked_decay and mode == STEP else 0):
             raise IndexError("decay_mask must have one entry per parameter in the masked variant's steps, and "
@@ -88,15 +95,20 @@ def run_steps_for(uses):
         dims, offsets, decay_mask, lrs = borrowed(dims), borrowed(offsets), borrowed(decay_mask), borrowed(lrs)
         activations = borrowed(activations)
         for s in range(n_steps):
-            rows = order[s * batch_rows:(s + 1) * batch_rows]
-            weight = sum_at(weights, rows) if weights.size else np.float64(batch_rows)
+            start, count = s * batch_rows, batch_rows
+            if epoch_rows > 0:
+                start = (s // epoch_steps) * epoch_rows + (s % epoch_steps) * batch_rows
+                count = min(batch_rows, epoch_rows - (s % epoch_steps) * batch_rows)
+            rows = order[start:start + count]
+            weight = sum_at(weights, rows) if weights.size else np.float64(count)
             weight_total = weight if weight > 0 else 1.0  # sample_weights.batch_total
             key = dropout_key(key_base, first_step + s)
-            value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, dims, offsets,
-                               activations, loss, loss_code, params, grads, relu_only, slopes, dropout, key,
-                               dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, 1)
+            value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, batch_rows,
+                               dims, offsets, activations, loss, loss_code, params, grads, relu_only, slopes,
+                               dropout, key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss,
+                               row_hits, 1)
             step_loss[s] = value
-            step_hits[s] = sum_first(row_hits, batch_rows)
+            step_hits[s] = sum_first(row_hits, count)
             step_weight[s] = weight
             if mode != STEP:
                 return 1
@@ -114,7 +126,7 @@ def run_steps_for(uses):
                 optimizer_update(params, grads, moment1, moment2, step_settings, scale, optimizer_code)
             if constrained:
                 apply_max_norm_serial(params, offsets, dims, settings.max_norm)
-            if epoch_steps > 0 and (epoch_phase + s + 1) % epoch_steps == 0:
+            if epoch_squares.size and epoch_rows > 0 and (s + 1) % epoch_steps == 0:
                 epoch_squares[s] = squared_weights(params, offsets, dims)
         return n_steps
 

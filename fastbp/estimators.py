@@ -568,18 +568,16 @@ class _ScikitLearnOrder(row_order.OwnOrder):
 
     def __init__(self, random_state, batch_size):
         self.random_state, self.batch_size = random_state, batch_size
-        self.rows = self.in_order = None
+        self.rows = None
 
     def __call__(self, n):
         if self.rows is None or self.rows.size != n:
             self.rows = np.arange(n, dtype=np.int64)
-            self.in_order = np.arange(n, dtype=np.int64)
-            self.in_order.flags.writeable = False
         # Shuffling the rows in place makes the swaps that shuffling 0..n-1 would (they depend on n and
         # the draws only): the same order, and the same draws taken from random_state.
         self.random_state.shuffle(self.rows)
         if self.batch_size >= n:  # one batch: its rows in increasing order, whatever the draw
-            return self.in_order
+            return np.arange(n, dtype=np.int64)
         order = self.rows.copy()
         whole = n - n % self.batch_size
         if self.batch_size > 1:

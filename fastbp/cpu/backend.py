@@ -13,7 +13,7 @@ from ..sums import sum_first
 from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_libraries, blas_single_threaded, kernel_threads
-from . import pipeline, serial, step, threading_layer
+from . import pipeline, serial, split_threads, step, threading_layer
 from .blas import SMALL_MACS
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
@@ -36,6 +36,14 @@ _NO_SQUARES = np.zeros(0, np.float64)  # serial.run_steps' epoch_squares when no
 SERIAL_WORK = None
 SERIAL_WORK_AVX512 = 6 * 2 ** 20
 SERIAL_WORK_OTHER = 3 * 2 ** 20
+# From SPLIT_WORK multiply-adds per step up to serial_work(), a training step's batch is split into parts
+# that the kernel threads share (serial.py's split steps), each part at least MIN_PART_ROWS rows: measured
+# by scripts/serial_crossover.py (README, "Small networks").
+SPLIT_WORK = 512 * 2 ** 10
+MIN_PART_ROWS = 8
+# Calls of fewer steps run a split step's parts on the calling thread alone (the same numbers: the parts
+# decide them, not the threads): waking a helper thread costs tens of microseconds, a step's worth.
+MIN_SHARED_STEPS = 4
 # OpenBLAS's names (threadpoolctl's "architecture") for its AVX-512 kernels.
 _AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 _detected_serial_work = None
@@ -99,6 +107,26 @@ class Workspace:
         self.row_hits = np.zeros(n, np.float64)
         self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
         self.logits = slice(int(act_off[-2]), int(act_off[-1]))
+        # serial.run_steps' arguments for one part: the workspace as its only row, and no other part.
+        self.one_part = (self.acts.reshape(1, -1), self.scratch.reshape(1, -1), self.partials.reshape(1, -1),
+                         self.row_loss.reshape(1, -1), self.row_hits.reshape(1, -1))
+        self.no_part_grads = np.zeros((0, 0), np.float32)
+        self.part_values = np.zeros((1, 3), np.float64)
+        self.claims = np.zeros(serial.CLAIM_SLOTS, np.int64)
+
+
+class SplitWorkspace:
+    """Scratch memory for steps of n rows split into `parts` (serial.py): a Workspace of ceil(n / parts)
+    rows per part, stacked row by row, and every part's gradient but the first (which goes to grads)."""
+
+    def __init__(self, dims, activations, n, parts, n_params):
+        each = [Workspace(dims, activations, -(-n // parts)) for _ in range(parts)]
+        self.parts = tuple(np.stack([getattr(w, name) for w in each])
+                           for name in ("acts", "scratch", "partials", "row_loss", "row_hits"))
+        self.part_grads = np.zeros((parts - 1, n_params), np.float32)
+        self.part_values = np.zeros((parts, 3), np.float64)
+        self.claims = np.zeros(serial.CLAIM_SLOTS, np.int64)
+        self.norm_sums = each[0].norm_sums
 
 
 class CpuBackend:
@@ -124,6 +152,9 @@ class CpuBackend:
         # included), so they skip the BLAS thread limit's 2 us a call.
         self._blas_free_rows = SMALL_MACS // int(max((state.dims[:-1] + 1) * (state.dims[1:] + 1)))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
+        self._split_workspaces = WorkspaceCache(lambda key: SplitWorkspace(state.dims, self.activations, *key,
+                                                                           state.params.size))
+        self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
         self._batch_size = config.batch_size
 
     memory_name = "memory"
@@ -163,6 +194,16 @@ class CpuBackend:
         serial_work() multiply-adds per step, or when the kernels get one thread anyway."""
         return n * self._macs_per_row < serial_work() or kernel_threads(self.threads) == 1
 
+    def split_parts(self, mode, n, settings):
+        """How many parts a serial-path pass of n rows is split into (serial.py): 1 below SPLIT_WORK
+        multiply-adds, on one kernel thread, for passes that do not train, and with clipping or max-norm
+        (they need the whole gradient or update); else one per kernel thread, at most one per MIN_PART_ROWS
+        rows."""
+        if n * self._macs_per_row < SPLIT_WORK or n < 2 * MIN_PART_ROWS or mode != step.STEP \
+                or settings.clip_norm > 0 or settings.max_norm > 0:
+            return 1
+        return max(1, min(kernel_threads(self.threads), n // MIN_PART_ROWS))
+
     def _serial_for(self, mode, n):
         """Whether a pass of n rows runs serial.run_steps: a training or gradient pass when its own work is
         small (takes_serial_path), a forward or loss pass (predict, evaluate) also whenever this network's
@@ -178,7 +219,9 @@ class CpuBackend:
             out = self._step_outputs
             self._run_steps(mode, X, labels, targets, weights, rows, rows.size, 1, settings,
                             np.array([settings.lr]), key_base, first_step, dropout, out)
+            self._hits = (rows.size, float(out[1, 0]))
             return float(out[0, 0])
+        self._hits = None
         s = self.state
         weight_total = sample_weights.batch_total(weights, rows)
         ws = self._workspaces.get(rows.size)
@@ -197,21 +240,28 @@ class CpuBackend:
 
     def _run_steps(self, mode, X, labels, targets, weights, order, batch_rows, n_steps, settings, lrs, key_base,
                    first_step, dropout, out, epoch_rows=0, squares=False):
-        """serial.run_steps on this backend's state and the workspace for batch_rows rows; out: (3, >= n_steps)
-        float64 for each step's loss, hits and weight, or (4, >= n_steps) with squares for the squared weights
-        after each epoch's last step too (epoch_rows > 0: see serial.py). Returns the steps applied."""
+        """serial.run_steps on this backend's state and the workspace for batch_rows rows, its steps split
+        into split_parts() parts; out: (3, >= n_steps) float64 for each step's loss, hits and weight, or
+        (4, >= n_steps) with squares for the squared weights after each epoch's last step too (epoch_rows > 0:
+        see serial.py). Returns the steps applied."""
         s = self.state
+        parts = self.split_parts(mode, batch_rows, settings)
+        args = (mode, X, _EMPTY_LABELS if labels is None else labels, _EMPTY_TARGETS if targets is None else targets,
+                _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps, s.dims, s.offsets,
+                self.activations, self.loss, s.params, s.grads, s.moment1, s.moment2, settings, lrs, key_base,
+                first_step, dropout.hidden, dropout.inputs, self._decay_mask if mode == step.STEP else _NO_DECAY_MASK)
+        outputs = (out[0], out[1], out[2], epoch_rows, out[3] if squares else _NO_SQUARES)
+        if parts > 1:
+            ws = self._split_workspaces.get((batch_rows, parts))
+            threads = parts if n_steps >= MIN_SHARED_STEPS else 1
+            with blas_single_threaded(calling_thread_only=threads == 1):  # each of the threads calls BLAS
+                return split_threads.run_split(self._serial_entry(), threads, (*args, *ws.parts, ws.norm_sums,
+                                               *outputs, ws.part_grads, ws.part_values, ws.claims), ws.claims, n_steps)
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows
         with contextlib.nullcontext() if no_blas else blas_single_threaded(calling_thread_only=True):
-            return self._serial_entry()(mode, X, _EMPTY_LABELS if labels is None else labels,
-                                    _EMPTY_TARGETS if targets is None else targets,
-                                    _EMPTY_WEIGHTS if weights is None else weights, order, batch_rows, n_steps,
-                                    s.dims, s.offsets, self.activations, self.loss, s.params, s.grads, s.moment1,
-                                    s.moment2, settings, lrs, key_base, first_step, dropout.hidden, dropout.inputs,
-                                    self._decay_mask if mode == step.STEP else _NO_DECAY_MASK, ws.acts, ws.scratch,
-                                    ws.partials, ws.row_loss, ws.row_hits, ws.norm_sums, out[0], out[1], out[2],
-                                    epoch_rows, out[3] if squares else _NO_SQUARES)
+            return self._serial_entry()(*args, *ws.one_part, ws.norm_sums, *outputs, ws.no_part_grads,
+                                        ws.part_values, ws.claims)
 
     def _serial_entry(self):
         """This network's variant of serial.run_steps: compiled with the parts its configuration uses."""
@@ -306,7 +356,9 @@ class CpuBackend:
 
     def last_hits(self, n):
         """Correct predictions (summed per-row accuracy) of the last loss or step call on n rows."""
-        return sum_first(self._workspaces[n].row_hits, n)  # in the order serial.run_steps adds them
+        if self._hits is not None and self._hits[0] == n:  # a serial-path pass: as serial.run_steps added them
+            return self._hits[1]
+        return sum_first(self._workspaces[n].row_hits, n)
 
     def last_logits(self, n):
         """(n, d_L) view of the logits the last forward or loss call on n rows left in its workspace."""

@@ -52,15 +52,31 @@ def runs_in_chunks(trainer, source, batch_size):
             and trainer._chunk_rows(min(batch_size, source.n_rows)) >= min(batch_size, source.n_rows))
 
 
+def running_sum(start, values):
+    """start + values[0] + values[1] + ... as float64, added left to right (np.add.accumulate is sequential,
+    unlike np.sum): the bits of a Python loop of `total += value`, without its microsecond per step."""
+    return float(np.add.accumulate(np.concatenate(([start], values)))[-1])
+
+
 class ChunkedEpochs:
     """Runs fit's epochs of one source in chunks of steps; keeps the chunk size and output buffers."""
 
     def __init__(self, trainer, source, batch_size):
         self.trainer, self.source, self.batch_size = trainer, source, batch_size
-        self.steps_per_chunk = FIRST_CHUNK_STEPS
+        # The chunk size the trainer's last fit with this batch size arrived at (a first fit's starts small).
+        self._sizes = trainer.__dict__.setdefault("_chunk_steps", {})
+        self.steps_per_chunk = self._sizes.get(batch_size, FIRST_CHUNK_STEPS)
         # Each step's loss, hits, weight, and the squared weights after an epoch's last step (whole_epochs).
         self.outputs = np.zeros((4, FIRST_CHUNK_STEPS), np.float64)
         self.key_base = (trainer._dropout_seed * _KEY_MULTIPLIER) % 2 ** 63
+
+    def _measured(self, n_steps, elapsed):
+        """The next chunk's size after n_steps whole steps took `elapsed` seconds: CHUNK_SECONDS' worth, at
+        most twice the larger of the last chunk and the planned size (an epoch's end cuts a chunk short);
+        remembered for the trainer's next fit with this batch size."""
+        self.steps_per_chunk = max(1, min(2 * max(n_steps, self.steps_per_chunk),
+                                          int(n_steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+        self._sizes[self.batch_size] = self.steps_per_chunk
 
     def _learning_rates(self, first_step, n_steps):
         """(n_steps,) float64: the learning rate of each step, as _train_rows would set it."""
@@ -106,8 +122,7 @@ class ChunkedEpochs:
         began = time.perf_counter()
         done = self._call(np.concatenate(orders), batch, n_steps, n, squares)
         if done == n_steps:
-            elapsed = time.perf_counter() - began
-            self.steps_per_chunk = max(1, min(2 * n_steps, int(n_steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+            self._measured(n_steps, time.perf_counter() - began)
         losses, step_hits, weights, step_squares = (row.tolist() for row in self.outputs[:, :done])
         finished = []
         for first in range(0, done - epoch_steps + 1, epoch_steps):
@@ -139,20 +154,19 @@ class ChunkedEpochs:
             n_steps = min(self.steps_per_chunk, full_steps - step) if step < full_steps else 1
             began = time.perf_counter()
             done = self._call(order[step * batch:step * batch + n_steps * rows], rows, n_steps)
-            losses, step_hits, weights = (column.tolist() for column in self.outputs[:3, :done])
-            for loss, weight, step_hit in zip(losses, weights, step_hits):  # the step loop's order of sums
-                loss_sum += loss * weight
-                weight_seen += weight
-                hits += step_hit if classification else 0.0
-                if t._step_log is not None:
-                    t._step_log.append((loss, rows, weight, None))
+            losses, step_hits, weights = self.outputs[:3, :done]
+            # The step loop's sums, in its order: one float64 addition per step, left to right.
+            loss_sum = running_sum(loss_sum, losses * weights)
+            weight_seen = running_sum(weight_seen, weights)
+            hits = running_sum(hits, step_hits) if classification else hits
+            if t._step_log is not None:
+                t._step_log.extend((loss, rows, weight, None) for loss, weight in zip(losses.tolist(), weights.tolist()))
             seen += done * rows
             step += done
             if done < n_steps:
                 t._raise_non_finite_loss(self.outputs[0, done])
             if rows == batch and done:
-                elapsed = time.perf_counter() - began
-                self.steps_per_chunk = max(1, min(2 * n_steps, int(n_steps * CHUNK_SECONDS / max(elapsed, 1e-6))))
+                self._measured(n_steps, time.perf_counter() - began)
             progress.batch_done(done * rows, loss_sum / weight_seen if weight_seen else 0.0)
             interrupts.deliver()  # a Ctrl-C during the chunk lands here, after its whole steps
         return loss_sum, weight_seen, hits, seen

@@ -155,6 +155,7 @@ class CpuBackend:
         self._split_workspaces = WorkspaceCache(lambda key: SplitWorkspace(state.dims, self.activations, *key,
                                                                            state.params.size))
         self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
+        self._prepared = set()  # the batch sizes prepare() has compiled or loaded the entry point of
         self._batch_size = config.batch_size
 
     memory_name = "memory"
@@ -275,6 +276,8 @@ class CpuBackend:
         """Whether the first step of n rows will compile its entry point: not compiled in this process yet,
         and not in Numba's on-disk cache (its index file is missing; a cache of another version or machine
         is not told apart, and then it compiles after all)."""
+        if n in self._prepared:
+            return False
         entry = self._entry_point(n)
         if entry.signatures:
             return False
@@ -286,8 +289,11 @@ class CpuBackend:
     def prepare(self, n):
         """Compiles, or loads from the cache, the entry point of steps of n rows, by a call on no rows:
         fit calls it before its first epoch so that compilation is not counted in the epoch's speed."""
+        if n in self._prepared:  # a later fit's: compiled already (its call costs tens of microseconds)
+            return
         s, empty_X = self.state, np.zeros((0, int(self.state.dims[0])), np.float32)
         no_rows = np.zeros(0, np.int64)
+        self._prepared.add(n)
         if self.takes_serial_path(n):
             self._run_steps(step.STEP, empty_X, None, None, None, no_rows, 0, 0, _UNUSED_SETTINGS, np.zeros(0), 0,
                             0, NO_DROPOUT, np.zeros((3, 0)))

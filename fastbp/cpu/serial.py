@@ -105,9 +105,10 @@ def run_steps_for(uses):
         # raised halfway would leave the others waiting for its task.
         part_rows = (batch_rows + parts - 1) // parts  # the rows each part's workspace is laid out for
         act_off = activation_offsets(dims, part_rows)
+        slope_off = slope_offsets(dims, activations, part_rows, act_off[-1])
         if parts < 1 or scratch.shape[0] != parts or partials.shape[0] != parts or row_loss.shape[0] != parts \
                 or row_hits.shape[0] != parts or row_loss.shape[1] < part_rows or row_hits.shape[1] < part_rows \
-                or acts.shape[1] < slope_offsets(dims, activations, part_rows, act_off[-1])[-1] \
+                or acts.shape[1] < slope_off[-1] \
                 or part_grads.shape[0] != parts - 1 or (parts > 1 and part_grads.shape[1] != params.size) \
                 or part_values.shape[0] < parts or part_values.shape[1] < 3 or claims.size < CLAIM_SLOTS:
             raise IndexError("run_steps: a part's workspace does not match the parts and the batch rows")
@@ -161,9 +162,9 @@ def run_steps_for(uses):
                 value, hits = 0.0, 0.0
                 if hi > lo:
                     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows[lo:hi],
-                                       part_rows, dims, offsets, activations, loss, loss_code, params, part_grad,
-                                       relu_only, slopes, dropout, key, dropout_threshold, input_threshold, acts[r],
-                                       scratch[r], partials[r], row_loss[r], row_hits[r], 1)
+                                       part_rows, act_off, slope_off, dims, offsets, activations, loss, loss_code,
+                                       params, part_grad, relu_only, slopes, dropout, key, dropout_threshold,
+                                       input_threshold, acts[r], scratch[r], partials[r], row_loss[r], row_hits[r], 1)
                     hits = sum_first(row_hits[r], hi - lo)
                 else:  # an epoch's last batch with fewer rows than parts: this part adds nothing
                     part_grad[:] = 0.0

@@ -62,9 +62,9 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, dims, offsets, activations, loss,
-               loss_kind, params, grads, relu_only, slopes_used, dropout_used, dropout_key, dropout_threshold,
-               input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, act_off, slope_off, dims, offsets,
+               activations, loss, loss_kind, params, grads, relu_only, slopes_used, dropout_used, dropout_key,
+               dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
     mean loss of the batch (0.0 in FORWARD mode). loss_kind: loss.kind, or a compile-time constant of the
@@ -73,13 +73,15 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_row
     the code of the slope-storing activations (there must be none) or of dropout (the thresholds must be
     0) before compiling (variants.Uses). layout_rows >= rows.size: the rows acts is laid out for (its
     blocks' starts, and the ones columns the workspace set there: backend.Workspace); a shorter batch (an
-    epoch's last, in serial.run_steps) uses the first rows.size rows of each block."""
+    epoch's last, in serial.run_steps) uses the first rows.size rows of each block; act_off and slope_off:
+    activation_offsets and slope_offsets for layout_rows (computed once by a caller that runs many batches:
+    two allocations a step cost a tenth of a one-row step)."""
     n = rows.size
     if layout_rows < n:
         raise IndexError("batch_pass: the workspace is laid out for fewer rows than the batch has")
     n_layers = dims.size - 1
-    act_off = activation_offsets(dims, layout_rows)
-    slope_off = slope_offsets(dims, activations, layout_rows, act_off[-1])
+    if act_off.size != n_layers + 2 or slope_off.size != n_layers + 1 or act_off[1] != layout_rows * (dims[0] + 1):
+        raise IndexError("batch_pass: act_off and slope_off are not the offsets of the workspace's layout")
     if acts.size < slope_off[-1]:
         raise IndexError("acts workspace too small for the batch")
     gather_input(X, rows, acts[:act_off[1]], dropout_used, dropout_key, input_threshold)
@@ -134,10 +136,12 @@ def _run_for(uses):
         # This variant's loss and optimizer, or the run-time codes in the generic variant (variants.ANY).
         loss_code = loss_kind if loss_kind != ANY else loss.kind
         optimizer_code = optimizer if optimizer != ANY else settings.kind
-        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, rows.size, dims,
-                           offsets, activations, loss, loss_code, params, grads, relu_only, slopes, dropout,
-                           dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss,
-                           row_hits, threads)
+        act_off = activation_offsets(dims, rows.size)
+        slope_off = slope_offsets(dims, activations, rows.size, act_off[-1])
+        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, rows.size, act_off,
+                           slope_off, dims, offsets, activations, loss, loss_code, params, grads, relu_only, slopes,
+                           dropout, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials,
+                           row_loss, row_hits, threads)
         if mode == STEP and np.isfinite(value):
             update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, optimizer_code,
                    constrained)

@@ -4,6 +4,7 @@ Inputs arrive validated and converted by the Trainer (see validation.py); nothin
 """
 import contextlib
 import os
+import time
 
 import numba
 import numpy as np
@@ -44,6 +45,9 @@ MIN_PART_ROWS = 8
 # Calls of fewer steps run a split step's parts on the calling thread alone (the same numbers: the parts
 # decide them, not the threads): waking a helper thread costs tens of microseconds, a step's worth.
 MIN_SHARED_STEPS = 4
+# After a split call's thread waited for a descheduled one (the CPU shared with other jobs: claims.RETIRE),
+# calls run their parts on the calling thread alone for this long before trying two threads again.
+ALONE_SECONDS = 2.0
 # OpenBLAS's names (threadpoolctl's "architecture") for its AVX-512 kernels.
 _AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 _detected_serial_work = None
@@ -156,6 +160,7 @@ class CpuBackend:
                                                                            state.params.size))
         self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
         self._prepared = set()  # the batch sizes prepare() has compiled or loaded the entry point of
+        self._share_after = 0.0  # time.monotonic() from which split steps may use several threads again
         self._batch_size = config.batch_size
 
     memory_name = "memory"
@@ -254,10 +259,13 @@ class CpuBackend:
         outputs = (out[0], out[1], out[2], epoch_rows, out[3] if squares else _NO_SQUARES)
         if parts > 1:
             ws = self._split_workspaces.get((batch_rows, parts))
-            threads = parts if n_steps >= MIN_SHARED_STEPS else 1
+            threads = parts if n_steps >= MIN_SHARED_STEPS and time.monotonic() >= self._share_after else 1
             with blas_single_threaded(calling_thread_only=threads == 1):  # each of the threads calls BLAS
-                return split_threads.run_split(self._serial_entry(), threads, (*args, *ws.parts, ws.norm_sums,
+                done = split_threads.run_split(self._serial_entry(), threads, (*args, *ws.parts, ws.norm_sums,
                                                *outputs, ws.part_grads, ws.part_values, ws.claims), ws.claims, n_steps)
+            if ws.claims[serial.RETIRE]:  # a thread waited for a descheduled one: the CPU is busy, work alone
+                self._share_after = time.monotonic() + ALONE_SECONDS
+            return done
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows
         with contextlib.nullcontext() if no_blas else blas_single_threaded(calling_thread_only=True):

@@ -12,6 +12,9 @@ indices 8 apart), so that threads polling one counter do not contend for another
     UPDATE_WORK   update parts finished, over all steps
     UPDATES_DONE  steps whose update is complete (its last part's finisher counts it)
     STOP          0, or 1 + the step whose loss was not finite (nothing after it runs)
+    JOINED        threads that entered the call (the first to enter is the one that never retires)
+    RETIRE        set when a thread waited longer than SPINS_BEFORE_YIELD polls: the CPU is shared with
+                  other work, and every thread but the first stops claiming tasks (serial.py)
 The caller of a split call zeroes them; a call on one thread (parts == 1) zeroes its own.
 """
 import platform
@@ -21,15 +24,17 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-NEXT, GRADS_DONE, UPDATE_WORK, UPDATES_DONE, STOP = 0, 8, 16, 24, 32
-CLAIM_SLOTS = 40
-# Polls of a counter with the CPU's spin hint before a waiting thread starts giving its core away
-# (sched_yield) on each poll: about 100 us on x86 (a `pause` takes 24 ns on this Zen 5), far more than a
-# step's hand-off between two threads (about 0.2 us), and short enough that a thread waiting on one that
-# was descheduled (a CPU shared with other jobs) soon lets the other jobs run instead of burning its time
-# slice. Measured here: yielding after 500 polls (12 us) made split steps of [64, 100, 10], batch 200, 20-60%
-# slower than spinning (34-56 against 33-41 us a step, varying from run to run).
-SPINS_BEFORE_YIELD = 4096
+NEXT, GRADS_DONE, UPDATE_WORK, UPDATES_DONE, STOP, JOINED, RETIRE = 0, 8, 16, 24, 32, 40, 48
+CLAIM_SLOTS = 56
+# Polls of a counter with the CPU's spin hint before a waiting thread gives up on sharing: about 1 ms on x86
+# (a `pause` takes 24 ns on this Zen 5), far more than a step's hand-off between two threads (about 0.2
+# us) or a helper thread's late start, and about what a thread descheduled by another job stays off its
+# core. The waiting thread then sets RETIRE and gives its core away (sched_yield) on every further poll.
+# Measured here: yielding after 500 polls (12 us) made split steps of [64, 100, 10], batch 200, 20-60%
+# slower than spinning (34-56 against 33-41 us a step, varying from run to run); beside one busy process
+# per core, split steps that never retired took 5x (that network) to 21x ([32, 256, 256, 1], batch 64)
+# their quiet time.
+SPINS_BEFORE_YIELD = 40000
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
@@ -97,6 +102,8 @@ def wait_for(claims, index, target):
     while load_acquire(claims, index) < target:
         if load_acquire(claims, STOP) != 0:
             return False
+        if spins == SPINS_BEFORE_YIELD:  # a thread this one waits for was descheduled: stop sharing
+            fetch_add(claims, RETIRE, 1)
         relax(spins)
         spins += 1
     return load_acquire(claims, STOP) == 0

@@ -17,7 +17,9 @@ grads, the others into part_grads), and the update into `parts` parameter ranges
 gradients (in part order) and applying the optimizer to its range. Several threads call run_steps at
 once on the same arguments (split_threads.py); they claim these tasks in order through shared counters
 (claims.py), so that a step costs two hand-offs between threads (about 0.2 us each) instead of a dozen
-parallel regions. The numbers depend on `parts` alone, never on the threads or their timing.
+parallel regions. The numbers depend on `parts` alone, never on the threads or their timing. A thread
+that waits about a millisecond for another (descheduled: the CPU is shared) makes every thread but the
+first retire, which then runs the rest of the call alone.
 
 Shapes (N = rows of the data set, b = batch_rows, S = n_steps, P = params.size, p = parts, m = ceil(b / p)):
     order    (S * b,) int64: step s trains on rows order[s * b:(s + 1) * b] of X / labels / targets / weights
@@ -54,7 +56,8 @@ from ..sums import squared_weights, sum_at, sum_first
 from ._jit import ERROR_MODEL, FASTMATH
 from .activations import slope_offsets
 from .borrow import borrowed
-from .claims import CLAIM_SLOTS, GRADS_DONE, NEXT, STOP, UPDATE_WORK, UPDATES_DONE, fetch_add, load_acquire, wait_for
+from .claims import (CLAIM_SLOTS, GRADS_DONE, JOINED, NEXT, RETIRE, STOP, UPDATE_WORK, UPDATES_DONE, fetch_add,
+                     load_acquire, wait_for)
 from .dense_forward import activation_offsets
 from .max_norm import apply_max_norm_serial
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
@@ -134,12 +137,17 @@ def run_steps_for(uses):
         activations, part_grads, part_values = borrowed(activations), borrowed(part_grads), borrowed(part_values)
         if parts == 1:  # called on the caller's thread alone: its own counters
             claims[:] = 0
+        # The first thread to enter runs until every task is done; the others stop claiming once a thread
+        # waited so long that the CPU is evidently shared with other work (claims.RETIRE).
+        first = fetch_add(claims, JOINED, 1) == 0
         # Step s is 2 x parts tasks, handed out in order: its gradient parts (rows), then its update parts
         # (parameters). A gradient part waits for the step before to be updated; an update part waits for
         # the step's gradient parts. Every task a thread waits for has been claimed by a thread that is
         # running it, so the call finishes whatever the threads' number or timing (even if one thread runs
         # every task). Each part's arithmetic is fixed by the parts, not by which thread ran it.
         while True:
+            if not first and load_acquire(claims, RETIRE) != 0:
+                break
             task = fetch_add(claims, NEXT, 1)
             s, r = task // (2 * parts), task % (2 * parts)
             if s >= n_steps:

@@ -153,3 +153,34 @@ def test_bad_arguments_raise_in_every_thread_instead_of_hanging():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "raised: run_steps: order, lrs or the step outputs are shorter than n_steps" in out.stdout
+
+
+def test_a_retired_helper_leaves_the_call_to_the_first_thread(rng, monkeypatch):
+    """claims.RETIRE set (as a thread sets it after waiting about a millisecond for a descheduled one): a
+    thread that joins second claims nothing, the first runs every task; the same bits as the parts run
+    alone. And the backend then runs its split calls on one thread for a while (ALONE_SECONDS)."""
+    import threading
+    from fastbp.cpu import claims as claim_slots, split_threads
+    sizes = [6, 20, 3]
+    X, y = data(rng, sizes, 64, "cross_entropy")
+    alone, _, _ = train(monkeypatch, sizes, X, y, shared_steps=2 ** 62, epochs=1, batch_size=16,
+                        loss="cross_entropy")
+    seen = {}
+
+    def retiring(run_steps, threads, args, claims, n_steps):
+        """run_split with RETIRE set before any thread joins, the helper joining second (after the caller
+        finished), and the caller's return value checked."""
+        claims[:] = 0
+        claims[claim_slots.RETIRE] = 1
+        done = run_steps(*args)
+        helper = threading.Thread(target=lambda: seen.setdefault("helper", run_steps(*args)))
+        helper.start()
+        helper.join()
+        seen["joined"] = int(claims[claim_slots.JOINED])
+        return done
+    with monkeypatch.context() as m:
+        m.setattr(split_threads, "run_split", retiring)
+        retired, _, _ = train(monkeypatch, sizes, X, y, epochs=1, batch_size=16, loss="cross_entropy")
+    assert seen["joined"] == 2 and seen["helper"] == 4  # it joined, claimed nothing, and returned
+    assert_same_state(alone, retired)
+    assert retired._backend._share_after > 0  # RETIRE seen: the next calls keep to one thread

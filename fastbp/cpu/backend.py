@@ -50,7 +50,7 @@ MIN_PART_ROWS = 32
 MIN_SHARED_STEPS = 4
 # After a split call's thread waited for a descheduled one (the CPU shared with other jobs: claims.RETIRE),
 # calls run their parts on the calling thread alone for this long before trying two threads again.
-ALONE_SECONDS = 2.0
+ALONE_SECONDS = 0.25
 # OpenBLAS's names (threadpoolctl's "architecture") for its AVX-512 kernels.
 _AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 _detected_serial_work = None

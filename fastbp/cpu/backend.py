@@ -39,12 +39,15 @@ SERIAL_WORK_AVX512 = 6 * 2 ** 20
 SERIAL_WORK_OTHER = 3 * 2 ** 20
 # From SPLIT_WORK multiply-adds per step up to serial_work(), a training step's batch is split into parts
 # that the kernel threads share (serial.py's split steps), each part at least MIN_PART_ROWS rows. Measured
-# by scripts/serial_crossover.py on the 2-core Zen 5 VM (README, "Small networks"): split steps were
-# 1.05-1.51x one part's speed wherever the parts had 32 rows or more ([16, 64, 64, 4] at batch 64 (0.35 M
-# multiply-adds) to [784, 128, 10] at batch 64 (6.5 M); [32, 256, 256, 1] at batch 64 0.92-1.27x from run to
-# run), and slower with 8 or 16 rows a part (0.62-0.89x: BLAS runs narrow products slowly).
+# by scripts/serial_crossover.py and the small-model benchmark on the 2-core Zen 5 VM (README, "Small
+# networks"): with 64 rows a part or more, split steps ran 1.2-1.9x one part's speed ([32, 64, 64, 4] at
+# batch 128, [64, 100, 10] at batch 128 to 400); with 32 rows a part anywhere from 0.73x to 1.35x from run to
+# run ([32, 256, 256, 1] at batch 64: 0.73-1.30x; on this VM two threads of vector code are sometimes a
+# third slower for seconds at a time), and slower with 8 or 16 (0.62-0.89x: BLAS runs narrow products
+# slowly). A one-part step also keeps Trainer.step's speed (the parts of a single step run one after the
+# other) and a CPU shared with other jobs (split steps fall back to one thread, but their parts stay).
 SPLIT_WORK = 256 * 2 ** 10
-MIN_PART_ROWS = 32
+MIN_PART_ROWS = 64
 # Calls of fewer steps run a split step's parts on the calling thread alone (the same numbers: the parts
 # decide them, not the threads): waking a helper thread costs tens of microseconds, a step's worth.
 MIN_SHARED_STEPS = 4

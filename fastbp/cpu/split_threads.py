@@ -52,7 +52,22 @@ def run_split(run_steps, threads, args, claims, n_steps):
     try:
         run_steps(*args)
     finally:
-        for future in futures:
-            future.result()
+        _wait_for_helpers(futures)
     stop = int(claims[STOP])
     return stop - 1 if stop else n_steps
+
+
+def _wait_for_helpers(futures):
+    """Every helper's return (its exception re-raised). A KeyboardInterrupt while waiting (a Ctrl-C that no
+    guard holds back) is raised only once the helpers have returned: until then they still change the
+    state, and an exception must leave it that of whole steps."""
+    interrupted = None
+    for future in futures:
+        while True:
+            try:
+                future.result()
+                break
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted

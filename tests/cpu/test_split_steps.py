@@ -184,3 +184,55 @@ def test_a_retired_helper_leaves_the_call_to_the_first_thread(rng, monkeypatch):
     assert seen["joined"] == 2 and seen["helper"] == 4  # it joined, claimed nothing, and returned
     assert_same_state(alone, retired)
     assert retired._backend._share_after > 0  # RETIRE seen: the next calls keep to one thread
+
+
+CTRL_C_CHILD = textwrap.dedent("""
+    import sys, numpy as np, fastbp
+    from fastbp.cpu import backend
+    backend.SPLIT_WORK, backend.MIN_PART_ROWS, backend.MIN_SHARED_STEPS = 0, 2, 1
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4096, 8)).astype(np.float32)
+    y = rng.standard_normal((4096, 1)).astype(np.float32)
+    options = dict(batch_size=16, seed=5, dropout=0.1, threads=2)
+    t = fastbp.Trainer([8, 32, 1], **options)
+    t.fit(X[:64], y[:64], epochs=1, verbose=0)  # compiled (or loaded) before the parent starts counting
+    assert t._backend.split_parts(3, 16, t._optimizer_settings()) == 2
+    print("training", flush=True)
+    try:
+        t.fit(X, y, epochs=10 ** 6, verbose=0)
+        print("finished?!")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    # Replay the same number of steps one Trainer.step at a time: the same bits, or the state was torn.
+    steps = t.step_count
+    r = fastbp.Trainer([8, 32, 1], **options)
+    r.fit(X[:64], y[:64], epochs=1, verbose=0)
+    while r.step_count < steps:
+        order = r._rng.permutation(4096)
+        for start in range(0, 4096, 16):
+            if r.step_count == steps:
+                break
+            r.step(X[order[start:start + 16]], y[order[start:start + 16]])
+    same = all(np.array_equal(getattr(t.state, k), getattr(r.state, k)) for k in ("params", "moment1", "moment2"))
+    print("whole steps" if same else "torn", steps, flush=True)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_mid_split_chunk_leaves_a_whole_number_of_steps():
+    import os
+    import signal
+    import time
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        assert child.stdout.readline().strip() == "training"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    verdict, steps = out.split()[-3:-1], int(out.split()[-1])
+    assert " ".join(verdict) == "whole steps" and steps > 4 + 100

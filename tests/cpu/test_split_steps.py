@@ -236,3 +236,28 @@ def test_ctrl_c_mid_split_chunk_leaves_a_whole_number_of_steps():
     assert child.returncode == 0, err
     verdict, steps = out.split()[-3:-1], int(out.split()[-1])
     assert " ".join(verdict) == "whole steps" and steps > 4 + 100
+
+
+def test_two_trainers_splitting_steps_from_two_threads_at_once(rng, monkeypatch):
+    """Each Trainer's split calls share one pool of helper threads: from two Python threads at once (a helper
+    busy with the other Trainer's call starts late, finds nothing left and returns), each gets the bits it
+    gets alone, several times over."""
+    import threading
+    sizes = [10, 48, 3]
+    X, y = data(rng, sizes, 240, "cross_entropy")
+    alone = [train(monkeypatch, sizes, X, y, batch_size=24, loss="cross_entropy", dropout=d)[0] for d in (0.0, 0.2)]
+    monkeypatch.setattr(cpu_backend, "SERIAL_WORK", 2 ** 62)
+    monkeypatch.setattr(cpu_backend, "SPLIT_WORK", 0)
+    monkeypatch.setattr(cpu_backend, "MIN_PART_ROWS", 2)
+    monkeypatch.setattr(cpu_backend, "MIN_SHARED_STEPS", 1)
+    for _ in range(4):
+        trainers = [fastbp.Trainer(sizes, seed=5, threads=2, batch_size=24, loss="cross_entropy", dropout=d)
+                    for d in (0.0, 0.2)]
+        threads = [threading.Thread(target=t.fit, args=(X, y), kwargs=dict(epochs=2, verbose=0)) for t in trainers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+            assert not thread.is_alive()
+        for t, a in zip(trainers, alone):
+            assert_same_state(t, a)

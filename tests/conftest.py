@@ -35,6 +35,25 @@ _LOSS_OPTIONS = {"huber_delta": ("huber", {"huber_delta": 0.3}),
                  "smoothed_ce": ("cross_entropy", {"label_smoothing": 0.2})}
 
 
+def interrupted_child(script, seconds=1.0, timeout=120):
+    """(returncode, stdout, stderr) of `python -c script` run from the project root and sent SIGINT `seconds`
+    after its first line, which must say "training" (the Ctrl-C tests: a child that trains until stopped)."""
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=root)
+    try:
+        assert child.stdout.readline().strip() == "training"
+        time.sleep(seconds)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=timeout)
+    finally:
+        child.kill()
+    return child.returncode, out, err
+
+
 def loss_options(name):
     """(loss, options) for a test's loss name: the Trainer's loss and its extra keywords (the reference's
     loss_and_gradients and Network take the same keywords)."""

@@ -1,8 +1,5 @@
 """fit's epochs in compiled chunks (loop.py, cpu/serial.py) against the step-at-a-time loop: the same steps,
 bit for bit, whatever the options, the chunk sizes, a stop by a callback, a non-finite loss or a Ctrl-C."""
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 
@@ -10,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastbp
+from conftest import interrupted_child
 from fastbp import loop, schedules
 from fastbp.callbacks import LambdaCallback
 from fastbp.cpu import backend as cpu_backend
@@ -266,17 +264,8 @@ CTRL_C_CHILD = textwrap.dedent("""
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_ctrl_c_mid_chunk_leaves_a_whole_number_of_steps():
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        assert child.stdout.readline().strip() == "training"
-        import time
-        time.sleep(1.0)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
-    finally:
-        child.kill()
-    assert child.returncode == 0, err
+    returncode, out, err = interrupted_child(CTRL_C_CHILD)
+    assert returncode == 0, err
     verdict, steps = out.split()[-3:-1], int(out.split()[-1])
     assert " ".join(verdict) == "whole steps" and steps > 64 + 100
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastbp
+from conftest import interrupted_child
 from fastbp import loop
 from fastbp.cpu import backend as cpu_backend
 
@@ -221,19 +222,8 @@ CTRL_C_CHILD = textwrap.dedent("""
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 def test_ctrl_c_mid_split_chunk_leaves_a_whole_number_of_steps():
-    import os
-    import signal
-    import time
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    try:
-        assert child.stdout.readline().strip() == "training"
-        time.sleep(1.0)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
-    finally:
-        child.kill()
-    assert child.returncode == 0, err
+    returncode, out, err = interrupted_child(CTRL_C_CHILD)
+    assert returncode == 0, err
     verdict, steps = out.split()[-3:-1], int(out.split()[-1])
     assert " ".join(verdict) == "whole steps" and steps > 4 + 100
 

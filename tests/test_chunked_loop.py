@@ -3,6 +3,7 @@ bit for bit, whatever the options, the chunk sizes, a stop by a callback, a non-
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 
@@ -236,11 +237,15 @@ def test_micro_batches_train_step_by_step_to_the_same_numbers(rng, monkeypatch):
 
 CTRL_C_CHILD = textwrap.dedent("""
     import sys, numpy as np, fastbp
+    from fastbp.cpu import backend
+    {setup}
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, 8)).astype(np.float32)
     y = rng.standard_normal((4096, 1)).astype(np.float32)
-    t = fastbp.Trainer([8, 32, 1], batch_size=1, seed=5, dropout=0.1)
+    options = dict(batch_size={batch}, seed=5, dropout=0.1, threads={threads})
+    t = fastbp.Trainer([8, 32, 1], **options)
     t.fit(X[:64], y[:64], epochs=1, verbose=0)  # compiled (or loaded) before the parent starts counting
+    assert t._backend.split_parts(3, {batch}, t._optimizer_settings()) == {parts}
     print("training", flush=True)
     try:
         t.fit(X, y, epochs=10 ** 6, verbose=0)
@@ -250,24 +255,36 @@ CTRL_C_CHILD = textwrap.dedent("""
         pass
     # Replay the same number of steps one Trainer.step at a time: the same bits, or the state was torn.
     steps = t.step_count
-    r = fastbp.Trainer([8, 32, 1], batch_size=1, seed=5, dropout=0.1)
+    r = fastbp.Trainer([8, 32, 1], **options)
     r.fit(X[:64], y[:64], epochs=1, verbose=0)
     while r.step_count < steps:
-        for i in r._rng.permutation(4096):
+        order = r._rng.permutation(4096)
+        for start in range(0, 4096, {batch}):
             if r.step_count == steps:
                 break
-            r.step(X[i:i + 1], y[i:i + 1])
+            r.step(X[order[start:start + {batch}]], y[order[start:start + {batch}]])
     same = all(np.array_equal(getattr(t.state, k), getattr(r.state, k)) for k in ("params", "moment1", "moment2"))
     print("whole steps" if same else "torn", steps, flush=True)
 """)
+# One-row steps on the serial path; and steps of 16 rows split in two parts that two threads share
+# (cpu/serial.py's split steps, forced on for a network this small).
+CTRL_C_PATHS = {"one_part": dict(setup="", batch=1, threads=None, parts=1),
+                "split": dict(setup="backend.SPLIT_WORK, backend.MIN_PART_ROWS, backend.MIN_SHARED_STEPS = 0, 2, 1",
+                              batch=16, threads=2, parts=2)}
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_ctrl_c_mid_chunk_leaves_a_whole_number_of_steps():
-    returncode, out, err = interrupted_child(CTRL_C_CHILD)
+@pytest.mark.parametrize("path", CTRL_C_PATHS)
+def test_ctrl_c_mid_chunk_leaves_a_whole_number_of_steps(path):
+    """A Ctrl-C during a chunk (on the split path, while the helper thread still runs its parts) lands after
+    the chunk's whole steps: the state is that of a step loop stopped there."""
+    options = CTRL_C_PATHS[path]
+    if options["threads"] and numba.config.NUMBA_NUM_THREADS < options["threads"]:
+        pytest.skip("split steps need two kernel threads (NUMBA_NUM_THREADS >= 2)")
+    returncode, out, err = interrupted_child(CTRL_C_CHILD.format(**options))
     assert returncode == 0, err
     verdict, steps = out.split()[-3:-1], int(out.split()[-1])
-    assert " ".join(verdict) == "whole steps" and steps > 64 + 100
+    assert " ".join(verdict) == "whole steps" and steps > 64 // options["batch"] + 100
 
 
 def test_a_first_fit_says_it_compiles_and_compiles_before_the_first_epoch(rng, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Split steps (cpu/serial.py, split_threads.py, claims.py): each step's batch cut into parts that threads
 claim. The same bits whichever threads run the parts, and as the step loop; the one-part path's numbers to
-float32 rounding; a non-finite loss, an epoch's part with no rows and bad arguments handled, never a hang."""
+float32 rounding; a non-finite loss, an epoch's part with no rows and bad arguments handled, never a hang
+(a Ctrl-C mid chunk: tests/test_chunked_loop.py)."""
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 import fastbp
-from conftest import interrupted_child
 from fastbp import loop
 from fastbp.cpu import backend as cpu_backend
 
@@ -186,46 +186,6 @@ def test_a_retired_helper_leaves_the_call_to_the_first_thread(rng, monkeypatch):
     assert_same_state(alone, retired)
     assert retired._backend._share_after > 0  # RETIRE seen: the next calls keep to one thread
 
-
-CTRL_C_CHILD = textwrap.dedent("""
-    import sys, numpy as np, fastbp
-    from fastbp.cpu import backend
-    backend.SPLIT_WORK, backend.MIN_PART_ROWS, backend.MIN_SHARED_STEPS = 0, 2, 1
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((4096, 8)).astype(np.float32)
-    y = rng.standard_normal((4096, 1)).astype(np.float32)
-    options = dict(batch_size=16, seed=5, dropout=0.1, threads=2)
-    t = fastbp.Trainer([8, 32, 1], **options)
-    t.fit(X[:64], y[:64], epochs=1, verbose=0)  # compiled (or loaded) before the parent starts counting
-    assert t._backend.split_parts(3, 16, t._optimizer_settings()) == 2
-    print("training", flush=True)
-    try:
-        t.fit(X, y, epochs=10 ** 6, verbose=0)
-        print("finished?!")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        pass
-    # Replay the same number of steps one Trainer.step at a time: the same bits, or the state was torn.
-    steps = t.step_count
-    r = fastbp.Trainer([8, 32, 1], **options)
-    r.fit(X[:64], y[:64], epochs=1, verbose=0)
-    while r.step_count < steps:
-        order = r._rng.permutation(4096)
-        for start in range(0, 4096, 16):
-            if r.step_count == steps:
-                break
-            r.step(X[order[start:start + 16]], y[order[start:start + 16]])
-    same = all(np.array_equal(getattr(t.state, k), getattr(r.state, k)) for k in ("params", "moment1", "moment2"))
-    print("whole steps" if same else "torn", steps, flush=True)
-""")
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_ctrl_c_mid_split_chunk_leaves_a_whole_number_of_steps():
-    returncode, out, err = interrupted_child(CTRL_C_CHILD)
-    assert returncode == 0, err
-    verdict, steps = out.split()[-3:-1], int(out.split()[-1])
-    assert " ".join(verdict) == "whole steps" and steps > 4 + 100
 
 
 def test_two_trainers_splitting_steps_from_two_threads_at_once(rng, monkeypatch):

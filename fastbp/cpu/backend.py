@@ -165,7 +165,7 @@ class CpuBackend:
         self._split_workspaces = WorkspaceCache(lambda key: SplitWorkspace(state.dims, self.activations, *key,
                                                                            state.params.size))
         self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
-        self._prepared = set()  # the batch sizes prepare() has compiled or loaded the entry point of
+        self._prepared = set()  # (batch rows, entry point) pairs prepare() has compiled or loaded
         self._share_after = 0.0  # time.monotonic() from which split steps may use several threads again
         self._batch_size = config.batch_size
 
@@ -290,9 +290,9 @@ class CpuBackend:
         """Whether the first step of n rows will compile its entry point: not compiled in this process yet,
         and not in Numba's on-disk cache (its index file is missing; a cache of another version or machine
         is not told apart, and then it compiles after all)."""
-        if n in self._prepared:
-            return False
         entry = self._entry_point(n)
+        if (n, entry) in self._prepared:
+            return False
         if entry.signatures:
             return False
         try:
@@ -303,11 +303,14 @@ class CpuBackend:
     def prepare(self, n):
         """Compiles, or loads from the cache, the entry point of steps of n rows, by a call on no rows:
         fit calls it before its first epoch so that compilation is not counted in the epoch's speed."""
-        if n in self._prepared:  # a later fit's: compiled already (its call costs tens of microseconds)
+        # A later fit's: compiled already (its call costs tens of microseconds). Keyed by the entry point too:
+        # a thread limit set since (threadpool_limits) can move n to the other path.
+        key = (n, self._entry_point(n))
+        if key in self._prepared:
             return
         s, empty_X = self.state, np.zeros((0, int(self.state.dims[0])), np.float32)
         no_rows = np.zeros(0, np.int64)
-        self._prepared.add(n)
+        self._prepared.add(key)
         if self.takes_serial_path(n):
             self._run_steps(step.STEP, empty_X, None, None, None, no_rows, 0, 0, _UNUSED_SETTINGS, np.zeros(0), 0,
                             0, NO_DROPOUT, np.zeros((3, 0)))

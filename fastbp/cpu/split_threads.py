@@ -36,12 +36,14 @@ def _helpers(count):
 
 
 def _forget_pool():
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
+    """In a forked child: the parent's pool threads do not exist here, and its lock may have been held by
+    a thread that does not exist either."""
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)  # the parent's pool threads do not exist in the child
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def run_split(run_steps, threads, args, claims, n_steps):

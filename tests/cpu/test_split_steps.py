@@ -211,3 +211,29 @@ def test_two_trainers_splitting_steps_from_two_threads_at_once(rng, monkeypatch)
             assert not thread.is_alive()
         for t, a in zip(trainers, alone):
             assert_same_state(t, a)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork")
+def test_split_steps_in_a_forked_child():
+    """The parent's helper pool does not survive a fork: a child started after the parent split its steps
+    gets its own pool (register_at_fork), and the same bits as the parent's fit of the same network."""
+    script = textwrap.dedent("""
+        import multiprocessing, numpy as np, fastbp
+        from fastbp.cpu import backend
+        backend.SPLIT_WORK, backend.MIN_PART_ROWS, backend.MIN_SHARED_STEPS = 0, 2, 1
+        rng = np.random.default_rng(0)
+        X, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 3, 96)
+
+        def fitted(_=None):
+            t = fastbp.Trainer([6, 20, 3], loss="cross_entropy", batch_size=16, seed=1, threads=2)
+            t.fit(X, y, epochs=3, verbose=0)
+            return t.state.params.copy()
+
+        parent = fitted()  # starts the helper pool here
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.map(fitted, [0])[0]
+        print("same" if np.array_equal(parent, child) else "different")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "same"

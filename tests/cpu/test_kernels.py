@@ -141,7 +141,8 @@ def test_gemm_blocks_compose_the_whole_product(rng, m, n, k):
                 assert np.isnan(C[:, n:]).all()
 
 
-@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 32, 9), (33, 1, 1), (9, 3, 33), (3, 257, 1), (40, 40, 40)])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 32, 9), (1, 1, 33), (33, 1, 1), (5, 17, 6), (9, 3, 33), (3, 257, 1),
+                                     (40, 40, 40)])
 def test_gemm_into_scales_the_old_result_by_beta_on_both_paths(rng, m, n, k):
     """C = op(A) op(B) + beta C for beta 0 (C's old contents, NaN here, never read), 1 and 0.5, with strided
     C rows, every transpose; small_gemm's loops (all but the last shape) and BLAS agree with NumPy."""

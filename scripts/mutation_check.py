@@ -128,6 +128,11 @@ MUTANTS = [
      "diff * scale", ["tests/cpu/test_kernels.py", "-k", "loss_gradients and huber"]),
     ("label_smoothing_delta_unspread", "fastbp/cpu/loss_delta.py", "        spread = np.float32(smoothing / m * scale)\n",
      "        spread = np.float32(0.0)\n", ["tests/cpu/test_kernels.py", "-k", "loss_gradients and smoothed"]),
+    ("small_gemm_drops_a_term", "fastbp/cpu/blas.py", "+ (a2 * b[b2 + _u(j)] + a3 * b[b3 + _u(j)])",
+     "+ a2 * b[b2 + _u(j)]", ["tests/cpu/test_kernels.py", "-k", "gemm"]),
+    ("small_gemm_rank_one_drops_beta", "fastbp/cpu/blas.py",
+     "c[c_row + _u(j)] = beta * c[c_row + _u(j)] + av * b[_u(j * b_step)]",
+     "c[c_row + _u(j)] = av * b[_u(j * b_step)]", ["tests/cpu/test_kernels.py", "-k", "gemm"]),
     # ---- the serial entry point's variants (serial.Uses) ----
     ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",

@@ -133,6 +133,9 @@ MUTANTS = [
     ("small_gemm_rank_one_drops_beta", "fastbp/cpu/blas.py",
      "c[c_row + _u(j)] = beta * c[c_row + _u(j)] + av * b[_u(j * b_step)]",
      "c[c_row + _u(j)] = av * b[_u(j * b_step)]", ["tests/cpu/test_kernels.py", "-k", "gemm"]),
+    ("cross_entropy_rows_unshifted_label", "fastbp/cpu/loss_delta.py",
+     "(np.float64(row[label]) - np.float64(zmax))", "np.float64(row[label])",
+     ["tests/cpu/test_kernels.py", "-k", "cross_entropy_blocks"]),
     # ---- the serial entry point's variants (serial.Uses) ----
     ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",

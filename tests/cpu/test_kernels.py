@@ -242,6 +242,39 @@ def test_flush_to_zero_inside_kernels_only():
     assert np.float32(1e-38) * np.float32(0.5) > 0  # the caller's floating-point mode is untouched
 
 
+@pytest.mark.parametrize("n, m", [(1, 1), (3, 10), (65, 3), (257, 33)])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_blocks_match_the_row_function(rng, n, m, smoothing):
+    """cross_entropy_rows (the training steps' blocks of rows, exps vectorized) against cross_entropy_row and
+    the sample-weight rule, rows in any block split: loss, hits and delta to float32 rounding; a label out
+    of range gives a NaN loss and a zero delta, a row of weight 0 a loss of 0 and a zero delta."""
+    from fastbp.cpu.loss_delta import cross_entropy_row, cross_entropy_rows
+    z = (4 * rng.standard_normal((n, m))).astype(np.float32)
+    labels = rng.integers(0, m, n + 4)
+    labels[0] = m  # out of range
+    rows = 1 + rng.permutation(n + 3)[:n].astype(np.int64)
+    rows[0] = 0  # batch row 0: the bad label; batch row n // 2 (n > 1): weight 0
+    weights = rng.random(n + 4) + 0.1
+    weights[rows[n // 2]] = 0.0 if n > 1 else weights[rows[n // 2]]
+    scale = 1.0 / weights[rows].sum()
+    expected_loss, expected_hits, expected_delta = np.zeros(n), np.zeros(n), np.zeros((n, m), np.float32)
+    for i in range(n):
+        w = weights[rows[i]]
+        acc, expected_hits[i] = cross_entropy_row(z[i], expected_delta[i], rows[i], m, labels, smoothing,
+                                                  np.float32(w * scale), w != 0)
+        expected_loss[i] = 0.0 if w == 0 else acc * w
+    for split in (1, 2, 3):
+        delta, row_loss, row_hits = z.copy(), np.full(n, np.nan), np.full(n, np.nan)  # in place, as the steps
+        for b in range(split):
+            cross_entropy_rows(delta.ravel(), delta.ravel(), b * n // split, (b + 1) * n // split, m, labels,
+                               weights, rows, smoothing, scale, row_loss, row_hits)
+        np.testing.assert_array_equal(row_hits, expected_hits)
+        assert np.isnan(row_loss[0]) and np.isnan(expected_loss[0]) and not delta[0].any()
+        assert (row_loss[n // 2] == 0 and not delta[n // 2].any()) if n > 1 else True
+        np.testing.assert_allclose(row_loss[1:], expected_loss[1:], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(delta, expected_delta, rtol=1e-5, atol=1e-6 * np.abs(expected_delta).max())
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_predict_and_evaluate_apply_no_dropout(rng, loss):
     """A Trainer with dropout 0.5: predict and evaluate are the reference's forward pass without masks."""

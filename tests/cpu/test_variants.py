@@ -139,8 +139,8 @@ def test_the_same_step_with_and_without_an_unused_part():
 
 def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
     """On an empty kernel cache (its own NUMBA_CACHE_DIR), a first fit and predict of a ReLU network with
-    cross_entropy compiles the code of that loss and of relu, and none of max-norm, dropout, the other
-    activations or the other losses (each is compile time in a first run)."""
+    cross_entropy compiles the code of that loss (with exp32, its training steps' exp) and of relu, and none
+    of max-norm, dropout, the other activations or the other losses (each is compile time in a first run)."""
     script = textwrap.dedent("""
         import numpy as np
         import fastbp
@@ -161,7 +161,7 @@ def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
                    "poisson_row": loss_delta.poisson_row, "huber_row": loss_delta.huber_row,
                    "l1_row": loss_delta.l1_row,
                    "activate_row": activations.activate_row, "cross_entropy_row": loss_delta.cross_entropy_row,
-                   "relu_rows": dense_forward.relu_rows}
+                   "cross_entropy_rows": loss_delta.cross_entropy_rows, "relu_rows": dense_forward.relu_rows}
         for name, kernel in kernels.items():
             print(name, len(kernel.signatures))
     """)
@@ -169,5 +169,6 @@ def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     compiled = {name: int(count) for name, count in (line.split() for line in out.stdout.splitlines())}
-    assert compiled.pop("cross_entropy_row") == 1 and compiled.pop("relu_rows") == 1  # what it uses
+    for used in ("cross_entropy_row", "cross_entropy_rows", "exp32", "relu_rows"):  # what it uses
+        assert compiled.pop(used) == 1, used
     assert compiled == dict.fromkeys(compiled, 0)

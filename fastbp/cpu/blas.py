@@ -11,8 +11,15 @@ while fastbp's kernels run (threads.py does that); otherwise both thread pools f
 """
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from numba.np.linalg import _BLAS
 
+# Without Numba's runtime (_nrt=False): gemm_into, gemm and gemm_block allocate nothing, and a function
+# compiled with the runtime counts a reference to each array argument on entry and exit, through calls
+# into the runtime even for the kernels' borrowed arrays (borrow.py): 18 such calls per product, from
+# gemm_block down. Without them a one-row step of [8, 32, 1] took 347 ns against 395-408, [8, 4, 4, 4, 4, 1]
+# 653 against 853-888 (train_steps of 4,096 one-row steps, median of 30).
 # Explicit signatures: callers pass the TRANS/NO_TRANS constants, which Numba would otherwise treat
 # as literal types and compile a separate copy for every combination (seconds of first-run time).
 # (Inlining gemm and gemm_block into the kernels instead was measured: 1.2 s less for the one-thread
@@ -118,8 +125,23 @@ def small_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
             c[at] = total if beta == 0 else beta * c[at] + total
 
 
+@intrinsic
+def _on_stack(typingctx, value):
+    """A pointer to a float32 slot on the caller's stack holding `value`, valid until the caller returns:
+    BLAS takes alpha and beta by address, and an array for them would need Numba's runtime (gemm_into runs
+    without it: see there)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, context.get_value_type(types.float32))
+        builder.store(args[0], slot)
+        return slot
+    return types.CPointer(types.float32)(types.float32), codegen
+
+
 @njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, types.float32, _vec, _i8), cache=True, nogil=True,
-      fastmath=_SMALL_FASTMATH)
+      fastmath=_SMALL_FASTMATH, _nrt=False)
 def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """C = op(A) @ op(B) + beta C, all row-major float32, op(X) = X or X^T.
 
@@ -136,16 +158,13 @@ def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     if m * n * k <= SMALL_MACS or m == 1:
         small_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
         return
-    scalars = np.zeros(2, np.float32)
-    scalars[0] = 1.0
-    scalars[1] = beta
-    status = _xxgemm(ord("s"), trans_b, trans_a, n, m, k, scalars[0:].ctypes, b.ctypes, ldb,
-                     a.ctypes, lda, scalars[1:].ctypes, c.ctypes, ldc)
+    status = _xxgemm(ord("s"), trans_b, trans_a, n, m, k, _on_stack(np.float32(1.0)), b.ctypes, ldb, a.ctypes, lda,
+                     _on_stack(beta), c.ctypes, ldc)
     if status != 0:
         raise RuntimeError("BLAS sgemm failed")
 
 
-@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True)
+@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True, _nrt=False)
 def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     """C = op(A) @ op(B) (see gemm_into)."""
     gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, np.float32(0.0), c, ldc)
@@ -168,7 +187,7 @@ def split_rows(m, n, threads):
 
 
 @njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8, _i8, _i8, _i8, _i8),
-      cache=True, nogil=True)
+      cache=True, nogil=True, _nrt=False)
 def gemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, r0, r1, c0, c1):
     """C[r0:r1, c0:c1] of C = op(A) @ op(B) (see gemm): the rows of op(A) and columns of op(B) it needs."""
     if r0 == 0 and c0 == 0:  # a block at the start (one thread's whole product): no slices, which cost

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def sum_at(values, rows):
     """values[rows[0]] + values[rows[1]] + ... as float64, in the order of rows."""
     total = 0.0
@@ -18,7 +18,7 @@ def sum_at(values, rows):
     return total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def sum_first(values, n):
     """values[0] + ... + values[n - 1] as float64, in index order."""
     total = 0.0
@@ -27,7 +27,7 @@ def sum_first(values, n):
     return total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def squared_weights(params, offsets, dims):
     """The sum of every layer's squared weights, not its biases, as float64: params (P,) float32 holds
     layer l's (dims[l] + 1, dims[l + 1]) block at offsets[l], its last row the biases. Four running sums

@@ -88,7 +88,7 @@ def _silu_with_slope(v):
     return v * s, s + v * _sigmoid_product(v)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def activate_row_with_slope(row, slope, activation):
     """In place on row (k,) float32: act(row), and slope (k,) float32 <- act'(row) for the slope-storing
     activations. The choice of activation is made once per row, outside the loops, so that each loop
@@ -104,7 +104,7 @@ def activate_row_with_slope(row, slope, activation):
             row[j], slope[j] = _silu_with_slope(row[j])
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def activate_row(row, activation):
     """In place on row (k,) float32: act(row) for the activations whose derivative is taken from A."""
     if activation == RELU:
@@ -130,7 +130,7 @@ def activate_row(row, activation):
             row[j] = v if v > np.float32(20.0) else math.log1p(np.exp(v))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def multiply_by_derivative(a, d, activation):
     """a[j] <- d[j] * act'(Z_j) with A = a[j] = act(Z_j), for the activations whose derivative is taken from
     A (the others' is stored: multiply by their slope block instead). a, d: (k,) float32."""

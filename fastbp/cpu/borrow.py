@@ -6,6 +6,9 @@ hundred slices, and those atomics cost more than the arithmetic (measured here: 
 of one row at 445 ns, of which the products take under 100). borrowed(a) is `a` with its memory record
 cleared: slices of it count nothing. Safe only for arrays that outlive the compiled call, as the
 arguments of an entry point do (its caller holds them), and only while no borrowed view escapes the call.
+The leaf kernels the entry points call (a row's activation, a loss row, the products in blas.py, the
+sums) are compiled without Numba's runtime (_nrt=False): they allocate nothing, and a function compiled
+with it calls into the runtime for every array argument and every slice, counted or not.
 """
 from numba import types
 from numba.core import cgutils

@@ -29,7 +29,7 @@ from .dropout import keeps
 TILE_ROWS = 256
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def undo_dropout(acts, tile, rows, width, row0, layer, key, threshold):
     """Turns stored D back into A and scales/zeroes the tile's delta by the layer's dropout mask."""
     keep = np.float32(1.0 - threshold / 2.0 ** 24)
@@ -43,7 +43,7 @@ def undo_dropout(acts, tile, rows, width, row0, layer, key, threshold):
                 tile[i * width + j] = 0.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def multiply_derivative_rows(acts, tile, rows, width, activation):
     """acts[i, :width] <- tile[i, :] * act'(Z[i, :]) for the tile's rows, act' taken from A = acts[i, :width]
     (an activation that does not store act'); acts row stride width + 1, tile row stride width."""
@@ -52,7 +52,7 @@ def multiply_derivative_rows(acts, tile, rows, width, activation):
                                activation)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def relu_derivative_rows(acts, tile, rows, width):
     """multiply_derivative_rows for relu alone: what a network whose hidden layers are all relu compiles."""
     for i in range(rows):
@@ -62,7 +62,7 @@ def relu_derivative_rows(acts, tile, rows, width):
             a[j] = d[j] if a[j] > 0 else np.float32(0.0)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
     """multiply_derivative_rows for any activation: a slope-storing one's act' is read from slopes (its
     stored act'(Z), row stride width)."""

@@ -32,7 +32,7 @@ def activation_offsets(dims, n):
     return off
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def copy_row(X, src, a0_row, d0):
     """a0_row (d0 + 1,) <- [X[src], 1]."""
     for j in range(d0):
@@ -40,7 +40,7 @@ def copy_row(X, src, a0_row, d0):
     a0_row[d0] = 1.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def gather_row(X, src, a0_row, d0, row, key, input_threshold):
     """a0_row (d0 + 1,) <- [X[src], 1], through inverted dropout on the features (layer INPUT_LAYER's masks,
     batch row `row`) when input_threshold > 0."""
@@ -68,7 +68,7 @@ def gather_input(X, rows, a0, dropout_used, key, input_threshold):
             copy_row(X, rows[i], a0[i * (d0 + 1):(i + 1) * (d0 + 1)], d0)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def activate_rows(z, ld, r0, r1, c0, c1, activation):
     """In place on z (rows, ld) row-major: z[r0:r1, c0:c1] <- act(z[r0:r1, c0:c1]), for an activation that
     does not store act'(Z) (activations.activate_row)."""
@@ -76,7 +76,7 @@ def activate_rows(z, ld, r0, r1, c0, c1, activation):
         activate_row(z[i * ld + c0:i * ld + c1], activation)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def relu_rows(z, ld, r0, r1, c0, c1):
     """activate_rows for relu alone: what a network whose hidden layers are all relu compiles instead."""
     for i in range(r0, r1):
@@ -85,7 +85,7 @@ def relu_rows(z, ld, r0, r1, c0, c1):
             row[j] = max(row[j], np.float32(0.0))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
     """activate_rows for any activation; for a slope-storing one also slopes[r0:r1, c0:c1] (row stride
     ld_slope) <- act'(z[r0:r1, c0:c1])."""
@@ -97,7 +97,7 @@ def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
         activate_rows(z, ld, r0, r1, c0, c1, activation)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def drop_block(z, ld, r0, r1, c0, c1, layer, key, threshold, inv_keep, row0):
     """In place: inverted dropout on z[r0:r1, c0:c1] (see dropout.py); z's row i is batch row row0 + i."""
     for i in range(r0, r1):

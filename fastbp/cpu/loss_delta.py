@@ -43,7 +43,7 @@ SOFTMAX_ROWS = 64
 # its own. Each returns (loss, hits) of one row z (m,) and writes its delta, scaled by `scale`, into d (m,)
 # when want_delta (d may be z); src: the row's index in labels / targets.
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def row_max(z, m):
     """The largest of z[:m] and the index of its first occurrence."""
     zmax = z[0]
@@ -55,7 +55,7 @@ def row_max(z, m):
     return zmax, best
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def softmax_delta(d, m, label, total, smoothing, scale):
     """In place on d (m,) = exp(z - max z): the cross-entropy delta scale (softmax(z) - q), q the label's
     smoothed one-hot, from the exps' sum `total`."""
@@ -66,7 +66,7 @@ def softmax_delta(d, m, label, total, smoothing, scale):
     d[label] -= np.float32((1.0 - smoothing) * scale)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def cross_entropy_row(z, d, src, m, labels, smoothing, scale, want_delta):
     label = labels[src]
     if label < 0 or label >= m:
@@ -103,7 +103,7 @@ def cross_entropy_row(z, d, src, m, labels, smoothing, scale, want_delta):
     return acc, hits
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def cross_entropy_rows(z, d, r0, r1, m, labels, weights, rows, smoothing, scale, row_loss, row_hits):
     """weighted_row_loss_and_delta for cross_entropy with its delta, on batch rows [r0, r1) of z (n, m)
     row-major (d: the same layout, may be z), in three passes so that the exps vectorize: each row's max,
@@ -150,7 +150,7 @@ def cross_entropy_rows(z, d, r0, r1, m, labels, weights, rows, smoothing, scale,
         softmax_delta(e, m, label, total, smoothing, np.float32(w * scale))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def mse_row(z, d, src, m, targets, scale, want_delta):
     acc = 0.0
     for j in range(m):
@@ -161,7 +161,7 @@ def mse_row(z, d, src, m, targets, scale, want_delta):
     return acc, 0.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def huber_row(z, d, src, m, targets, huber_delta, scale, want_delta):
     acc = 0.0
     delta = np.float32(huber_delta)
@@ -175,7 +175,7 @@ def huber_row(z, d, src, m, targets, huber_delta, scale, want_delta):
     return acc, 0.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def l1_row(z, d, src, m, targets, scale, want_delta):
     acc = 0.0
     for j in range(m):
@@ -186,7 +186,7 @@ def l1_row(z, d, src, m, targets, scale, want_delta):
     return acc, 0.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def poisson_row(z, d, src, m, targets, scale, want_delta):
     acc = 0.0
     for j in range(m):
@@ -199,7 +199,7 @@ def poisson_row(z, d, src, m, targets, scale, want_delta):
     return acc, 0.0
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def bce_row(z, d, src, m, targets, scale, want_delta):
     acc = 0.0
     hits = 0.0
@@ -258,7 +258,7 @@ def weighted_row_loss_and_delta(kind, z, d, src, m, labels, targets, weights, lo
     return acc * w, hits
 
 
-@njit(cache=True, nogil=True)  # no prange inside: called, not inlined (inlining costs compile time)
+@njit(cache=True, nogil=True, _nrt=False)  # no prange inside: called, not inlined (inlining costs compile time)
 def clear_weightless_rows(acts, act_off, slope_off, dims, rows, weights):
     """Zeros, in every input and hidden activation block and every slope block of acts (laid out by
     activation_offsets and slope_offsets for at least rows.size rows), the rows i whose sample weight
@@ -277,7 +277,7 @@ def clear_weightless_rows(acts, act_off, slope_off, dims, rows, weights):
                         acts[start + j] = np.float32(0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def mean_loss(row_loss, n, weight_total, m, loss):
     """The batch's (weighted) mean loss from the n per-row sums, added in row order."""
     total_loss = 0.0

@@ -140,8 +140,7 @@ def cross_entropy_rows(z, d, r0, r1, m, labels, weights, rows, smoothing, scale,
         if w == 0.0 or label < 0 or label >= m:  # no delta; the loss of a weightless row is 0, not NaN x 0
             for j in range(m):
                 e[j] = np.float32(0.0)
-            if w == 0.0:
-                row_loss[i] = 0.0
+            row_loss[i] = 0.0 if w == 0.0 else np.nan  # (labels read again: changed in place meanwhile, still NaN)
             continue
         total = np.float32(0.0)
         for j in range(m):

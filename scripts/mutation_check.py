@@ -136,6 +136,8 @@ MUTANTS = [
     ("cross_entropy_rows_unshifted_label", "fastbp/cpu/loss_delta.py",
      "(np.float64(row[label]) - np.float64(zmax))", "np.float64(row[label])",
      ["tests/cpu/test_kernels.py", "-k", "cross_entropy_blocks"]),
+    ("inliner_copies_the_scope_per_block", "fastbp/cpu/inline_pipeline.py", "        _copying.scopes = {}\n",
+     "        _copying.scopes = None\n", ["tests/cpu/test_inline_pipeline.py"]),
     # ---- the serial entry point's variants (serial.Uses) ----
     ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",

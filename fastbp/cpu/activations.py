@@ -22,6 +22,7 @@ from numba import njit
 
 from ._jit import (ELU, FASTMATH, GELU, GELU_TANH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, SLOPE, SOFTPLUS,
                    TANH)
+from .inline_pipeline import InliningCompiler
 from .vector_math import exp32, tanh32
 
 KNOWN = (IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU, GELU_TANH, SILU)
@@ -88,7 +89,7 @@ def _silu_with_slope(v):
     return v * s, s + v * _sigmoid_product(v)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False, pipeline_class=InliningCompiler)
 def activate_row_with_slope(row, slope, activation):
     """In place on row (k,) float32: act(row), and slope (k,) float32 <- act'(row) for the slope-storing
     activations. The choice of activation is made once per row, outside the loops, so that each loop
@@ -104,7 +105,7 @@ def activate_row_with_slope(row, slope, activation):
             row[j], slope[j] = _silu_with_slope(row[j])
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False, pipeline_class=InliningCompiler)
 def activate_row(row, activation):
     """In place on row (k,) float32: act(row) for the activations whose derivative is taken from A."""
     if activation == RELU:

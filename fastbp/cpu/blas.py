@@ -15,6 +15,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import _BLAS
 
+from .inline_pipeline import InliningCompiler
+
 # Without Numba's runtime (_nrt=False): gemm_into, gemm and gemm_block allocate nothing, and a function
 # compiled with the runtime counts a reference to each array argument on entry and exit, through calls
 # into the runtime even for the kernels' borrowed arrays (borrow.py): 18 such calls per product, from
@@ -141,7 +143,7 @@ def _on_stack(typingctx, value):
 
 
 @njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, types.float32, _vec, _i8), cache=True, nogil=True,
-      fastmath=_SMALL_FASTMATH, _nrt=False)
+      fastmath=_SMALL_FASTMATH, _nrt=False, pipeline_class=InliningCompiler)
 def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """C = op(A) @ op(B) + beta C, all row-major float32, op(X) = X or X^T.
 

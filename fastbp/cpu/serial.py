@@ -59,6 +59,7 @@ from .borrow import borrowed
 from .claims import (CLAIM_SLOTS, GRADS_DONE, JOINED, NEXT, RETIRE, STOP, UPDATE_WORK, UPDATES_DONE, fetch_add,
                      load_acquire, wait_for)
 from .dense_forward import activation_offsets
+from .inline_pipeline import InliningCompiler
 from .denormals import flush_denormals, restore
 from .max_norm import apply_max_norm_serial
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
@@ -87,7 +88,7 @@ def run_steps_for(uses):
     keys each by the closure's constants, so they share the cache index without clashing)."""
     masked_decay, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
 
-    @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+    @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL, pipeline_class=InliningCompiler)
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
                   params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold,
                   input_threshold, decay_mask, acts, scratch, partials, row_loss, row_hits, norm_sums, step_loss,

@@ -36,6 +36,7 @@ from ._jit import ERROR_MODEL, FASTMATH
 from .activations import slope_offsets
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
+from .inline_pipeline import InliningCompiler
 from .loss_delta import clear_weightless_rows, loss_and_delta
 from .max_norm import apply_max_norm
 from .optimizers import clip_scale, optimizer_update, optimizer_update_masked
@@ -123,7 +124,8 @@ def run_for(uses):
 def _run_for(uses):
     _, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
 
-    @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+    @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL,
+      pipeline_class=InliningCompiler)
     def run(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params, grads,
             moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials,
             row_loss, row_hits, norm_sums, threads):
@@ -150,14 +152,16 @@ def _run_for(uses):
     return run
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL,
+      pipeline_class=InliningCompiler)
 def run_update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads):
     """update() as its own entry point, for a gradient that was completed outside the compiled step (summed
     over MPI ranks, distributed.py); compiled only by programs that use it."""
     update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, settings.kind, True)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL,
+      pipeline_class=InliningCompiler)
 def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, decay_mask, dims, offsets, threads):
     """run_update with weight decay only where decay_mask (P,) bool is True: Trainer(decay_biases=False)'s
     update, after a GRADIENTS call; its own entry point, compiled only by programs that use it."""
@@ -166,7 +170,8 @@ def run_update_masked(params, grads, moment1, moment2, settings, norm_sums, deca
     apply_max_norm(params, offsets, dims, settings.max_norm, threads)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL,
+      pipeline_class=InliningCompiler)
 def run_pipeline(mode, X, labels, targets, weights, weight_total, rows, dims, offsets, activations, loss, params,
                  grads, moment1, moment2, settings, dropout_key, dropout_threshold, input_threshold, weights_t, tiles,
                  partials, row_loss, row_hits, norm_sums, threads):

@@ -117,6 +117,8 @@ class Workspace:
         self.row_hits = np.zeros(n, np.float64)
         self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
         self.logits = slice(int(act_off[-2]), int(act_off[-1]))
+        # serial.run_steps' act_off and slope_off: this workspace's layout.
+        self.layout = (act_off, slope_offsets(dims, activations, n, act_off[-1]))
         # serial.run_steps' arguments for one part: the workspace as its only row, and no other part.
         self.one_part = (self.acts.reshape(1, -1), self.scratch.reshape(1, -1), self.partials.reshape(1, -1),
                          self.row_loss.reshape(1, -1), self.row_hits.reshape(1, -1))
@@ -137,6 +139,7 @@ class SplitWorkspace:
         self.part_values = np.zeros((parts, 3), np.float64)
         self.claims = np.zeros(serial.CLAIM_SLOTS, np.int64)
         self.norm_sums = each[0].norm_sums
+        self.layout = each[0].layout
 
 
 class CpuBackend:
@@ -267,15 +270,16 @@ class CpuBackend:
             ws = self._split_workspaces.get((batch_rows, parts))
             threads = parts if n_steps >= MIN_SHARED_STEPS and time.monotonic() >= self._share_after else 1
             with blas_single_threaded(calling_thread_only=threads == 1):  # each of the threads calls BLAS
-                done = split_threads.run_split(self._serial_entry(), threads, (*args, *ws.parts, ws.norm_sums,
-                                               *outputs, ws.part_grads, ws.part_values, ws.claims), ws.claims, n_steps)
+                done = split_threads.run_split(self._serial_entry(), threads,
+                                               (*args, *ws.parts, *ws.layout, ws.norm_sums, *outputs, ws.part_grads,
+                                                ws.part_values, ws.claims), ws.claims, n_steps)
             if ws.claims[serial.RETIRE]:  # a thread waited for a descheduled one: the CPU is busy, work alone
                 self._share_after = time.monotonic() + ALONE_SECONDS
             return done
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows
         with contextlib.nullcontext() if no_blas else blas_single_threaded(calling_thread_only=True):
-            return self._serial_entry()(*args, *ws.one_part, ws.norm_sums, *outputs, ws.no_part_grads,
+            return self._serial_entry()(*args, *ws.one_part, *ws.layout, ws.norm_sums, *outputs, ws.no_part_grads,
                                         ws.part_values, ws.claims)
 
     def _serial_entry(self):

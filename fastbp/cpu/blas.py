@@ -19,7 +19,7 @@ from .inline_pipeline import InliningCompiler
 
 # Without Numba's runtime (_nrt=False): gemm_into, gemm and gemm_block allocate nothing, and a function
 # compiled with the runtime counts a reference to each array argument on entry and exit, through calls
-# into the runtime even for the kernels' borrowed arrays (borrow.py): 18 such calls per product, from
+# into the runtime even for arrays without a memory record: 18 such calls per product, from
 # gemm_block down. Without them a one-row step of [8, 32, 1] took 347 ns against 395-408, [8, 4, 4, 4, 4, 1]
 # 653 against 853-888 (train_steps of 4,096 one-row steps, median of 30).
 # Explicit signatures: callers pass the TRANS/NO_TRANS constants, which Numba would otherwise treat

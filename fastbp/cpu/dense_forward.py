@@ -33,6 +33,24 @@ def activation_offsets(dims, n):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def offsets_match(dims, activations, n, act_off, slope_off):
+    """Whether act_off and slope_off are activation_offsets(dims, n) and slope_offsets(dims, activations, n,
+    act_off[-1]), checked without allocating (for callers compiled without Numba's runtime)."""
+    n_layers = dims.size - 1
+    if act_off.size != n_layers + 2 or slope_off.size != n_layers + 1 or activations.size != n_layers \
+            or act_off[0] != 0 or slope_off[0] != act_off[n_layers + 1]:
+        return False
+    for l in range(n_layers + 1):
+        if act_off[l + 1] != act_off[l] + n * (dims[l] + (1 if l < n_layers else 0)):
+            return False
+    for l in range(n_layers):
+        hidden = l < n_layers - 1
+        if slope_off[l + 1] != slope_off[l] + (n * dims[l + 1] if hidden and stores_slope(activations[l]) else 0):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def copy_row(X, src, a0_row, d0):
     """a0_row (d0 + 1,) <- [X[src], 1]."""
     for j in range(d0):

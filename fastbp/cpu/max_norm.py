@@ -15,10 +15,11 @@ from ._jit import FASTMATH
 from .blas import part
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def constrain_columns(W, fan_in, fan_out, c0, c1, max_norm):
-    """Columns c0 .. c1 - 1 of W (fan_in, fan_out) row-major, in place."""
-    scales = np.zeros(c1 - c0, np.float64)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
+def constrain_columns(W, fan_in, fan_out, c0, c1, max_norm, scales):
+    """Columns c0 .. c1 - 1 of W (fan_in, fan_out) row-major, in place; scales: (>= c1 - c0,) float64
+    scratch."""
+    scales[:c1 - c0] = 0.0
     for i in range(fan_in):
         row = W[i * fan_out + c0:i * fan_out + c1]
         for j in range(c1 - c0):
@@ -36,15 +37,19 @@ def constrain_columns(W, fan_in, fan_out, c0, c1, max_norm):
             row[j] = np.float32(row[j] * scales[j])
 
 
-@njit(cache=True, nogil=True)
-def apply_max_norm_serial(params, offsets, dims, max_norm):
+@njit(cache=True, nogil=True, _nrt=False)
+def apply_max_norm_serial(params, offsets, dims, max_norm, scales):
     """apply_max_norm on one thread, called rather than inlined (serial.run_steps): no parallel region, and
-    compiled once on its own instead of into every caller (each inlined copy is compile time)."""
+    compiled once on its own instead of into every caller (each inlined copy is compile time). scales:
+    (k,) float64 scratch, k >= 1: the columns go k at a time (each column's norm is the same sum in the
+    same order however the columns are grouped, so the numbers are apply_max_norm's)."""
     if max_norm <= 0:
         return
     for l in range(dims.size - 1):
         fan_in, fan_out = dims[l], dims[l + 1]
-        constrain_columns(params[offsets[l]:offsets[l] + fan_in * fan_out], fan_in, fan_out, 0, fan_out, max_norm)
+        for c0 in range(0, fan_out, scales.size):
+            constrain_columns(params[offsets[l]:offsets[l] + fan_in * fan_out], fan_in, fan_out, c0,
+                              min(c0 + scales.size, fan_out), max_norm, scales)
 
 
 @njit(parallel=True, cache=True, nogil=True, inline="always")
@@ -58,4 +63,4 @@ def apply_max_norm(params, offsets, dims, max_norm, threads):
         parts = min(threads, fan_out)
         for p in prange(parts):
             c0, c1 = part(fan_out, parts, p)
-            constrain_columns(W, fan_in, fan_out, c0, c1, max_norm)
+            constrain_columns(W, fan_in, fan_out, c0, c1, max_norm, np.empty(c1 - c0, np.float64))

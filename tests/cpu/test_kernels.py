@@ -406,3 +406,49 @@ def test_sample_weights_are_checked_and_unit_weights_change_nothing(rng):
     assert value == pytest.approx(value_kept, rel=1e-6)
     for (dW, db), (kW, kb) in zip(grads, grads_kept):
         assert rel_error(dW, kW) < 1e-6 and rel_error(db, kb) < 1e-6
+
+
+@pytest.mark.parametrize("sizes, activations", [([3, 1], ["identity"]), ([5, 33, 3], ["relu", "identity"]),
+                                                ([4, 7, 9, 2], ["tanh", "gelu", "identity"])])
+@pytest.mark.parametrize("n", [1, 3, 257])
+def test_offsets_match_accepts_the_layout_and_nothing_else(sizes, activations, n):
+    """serial.run_steps checks the workspace layout its caller passes (it allocates nothing, so it cannot
+    compute its own): dense_forward.offsets_match must accept exactly activation_offsets and slope_offsets,
+    and refuse a layout with any one entry off by one, or for other rows."""
+    from fastbp.cpu.activations import slope_offsets
+    from fastbp.cpu.dense_forward import activation_offsets, offsets_match
+    from fastbp.options import ACTIVATIONS as CODES
+    dims = np.array(sizes, np.int64)
+    codes = np.array([CODES[a] for a in activations], np.int64)
+    act_off = activation_offsets(dims, n)
+    slope_off = slope_offsets(dims, codes, n, act_off[-1])
+    assert offsets_match(dims, codes, n, act_off, slope_off)
+    assert not offsets_match(dims, codes, n + 1, act_off, slope_off)
+    assert not offsets_match(dims, codes, n, act_off[:-1], slope_off)
+    assert not offsets_match(dims, codes, n, act_off, slope_off[:-1])
+    for which, offsets in (("act", act_off), ("slope", slope_off)):
+        for i in range(offsets.size):
+            for delta in (-1, 1):
+                changed = offsets.copy()
+                changed[i] += delta
+                pair = (changed, slope_off) if which == "act" else (act_off, changed)
+                assert not offsets_match(dims, codes, n, *pair), (which, i, delta)
+
+
+def test_run_steps_refuses_a_layout_for_other_rows():
+    """A layout that is not the workspace's (here: for one row fewer) raises IndexError before any step."""
+    from fastbp.cpu import backend
+    t = fastbp.Trainer([4, 8, 3], loss="cross_entropy", batch_size=8, seed=0)
+    X = np.zeros((8, 4), np.float32)
+    labels = np.zeros(8, np.int64)
+    t.step(X, labels)
+    before = t.state.params.copy()
+    ws = t._backend._workspaces.get(8)
+    good = ws.layout
+    ws.layout = backend.Workspace(t.state.dims, t._backend.activations, 7).layout
+    try:
+        with pytest.raises(IndexError, match="act_off and slope_off"):
+            t.step(X, labels)
+    finally:
+        ws.layout = good
+    np.testing.assert_array_equal(t.state.params, before)

@@ -22,10 +22,14 @@ from .inline_pipeline import InliningCompiler
 # into the runtime even for arrays without a memory record: 18 such calls per product, from
 # gemm_block down. Without them a one-row step of [8, 32, 1] took 347 ns against 395-408, [8, 4, 4, 4, 4, 1]
 # 653 against 853-888 (train_steps of 4,096 one-row steps, median of 30).
-# Explicit signatures: callers pass the TRANS/NO_TRANS constants, which Numba would otherwise treat
-# as literal types and compile a separate copy for every combination (seconds of first-run time).
-# (Inlining gemm and gemm_block into the kernels instead was measured: 1.2 s less for the one-thread
-# entry point's first compile, 1.5 s more for the parallel one's; not kept.)
+# gemm_into has an explicit signature: callers pass the TRANS/NO_TRANS constants, which Numba would
+# otherwise treat as literal types and compile a separate copy for every combination (seconds of first-run
+# time). gemm and gemm_block, two small wrappers, are inlined into their callers instead: compiled on their
+# own, each re-optimized and re-emitted the whole of gemm_into, which Numba links into every caller (about
+# 0.5 s each). With inline_pipeline.py's inliner, a first fit and predict of [64, 100, 10] on an empty cache
+# then took 9.3-10.1 s against 9.7-10.7 s, and a first fit of [784, 512, 512, 10] 18.1-18.9 s against
+# 18.7-19.3 s (interleaved, three and two rounds; the same bits). Before that inliner, inlining them cost
+# the parallel entry point 1.5 s more than it saved.
 _i8 = types.int64
 _vec = types.Array(types.float32, 1, "C")
 
@@ -166,7 +170,7 @@ def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
         raise RuntimeError("BLAS sgemm failed")
 
 
-@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8), cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     """C = op(A) @ op(B) (see gemm_into)."""
     gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, np.float32(0.0), c, ldc)
@@ -188,8 +192,7 @@ def split_rows(m, n, threads):
     return min(threads, n), False
 
 
-@njit(types.void(_i8, _i8, _i8, _i8, _i8, _vec, _i8, _vec, _i8, _vec, _i8, _i8, _i8, _i8, _i8),
-      cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def gemm_block(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, r0, r1, c0, c1):
     """C[r0:r1, c0:c1] of C = op(A) @ op(B) (see gemm): the rows of op(A) and columns of op(B) it needs."""
     if r0 == 0 and c0 == 0:  # a block at the start (one thread's whole product): no slices, which cost

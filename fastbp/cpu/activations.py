@@ -32,13 +32,13 @@ _GELU_K = np.float32(math.sqrt(2.0 / math.pi))
 _GELU_C = np.float32(0.044715)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def stores_slope(activation):
     """Whether act'(Z) is stored in the forward pass (it is not a function of A)."""
     return activation == GELU or activation == GELU_TANH or activation == SILU
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, pipeline_class=InliningCompiler)
 def slope_offsets(dims, activations, n, start):
     """(L + 1,) int64: layer l's slope block, act'(Z_l) as (n, d_{l+1}) row-major, is [off[l], off[l + 1]),
     empty unless layer l is hidden and stores_slope(activations[l]); off[0] = start (the blocks follow the

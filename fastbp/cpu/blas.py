@@ -37,6 +37,7 @@ _BLAS()  # raises a clear error if SciPy's BLAS is missing
 _xxgemm = types.ExternalFunction("numba_xxgemm", _BLAS.numba_xxgemm(types.float32).sig)
 
 NO_TRANS = ord("N")
+_SINGLE = ord("s")  # the BLAS routine's type: a constant, so that no string code is compiled (0.1 s)
 TRANS = ord("T")
 _u = np.uint64
 # Products of at most this many multiply-adds, and those of one row (a batch of 1), are computed by
@@ -164,7 +165,7 @@ def gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     if m * n * k <= SMALL_MACS or m == 1:
         small_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
         return
-    status = _xxgemm(ord("s"), trans_b, trans_a, n, m, k, _on_stack(np.float32(1.0)), b.ctypes, ldb, a.ctypes, lda,
+    status = _xxgemm(_SINGLE, trans_b, trans_a, n, m, k, _on_stack(np.float32(1.0)), b.ctypes, ldb, a.ctypes, lda,
                      _on_stack(beta), c.ctypes, ldc)
     if status != 0:
         raise RuntimeError("BLAS sgemm failed")
@@ -176,13 +177,13 @@ def gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
     gemm_into(trans_a, trans_b, m, n, k, a, lda, b, ldb, np.float32(0.0), c, ldc)
 
 
-@njit(types.UniTuple(_i8, 2)(_i8, _i8, _i8), cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def part(total, parts, index):
     """[start, stop) of the index-th of `parts` near-equal contiguous pieces of range(total)."""
     return index * total // parts, (index + 1) * total // parts
 
 
-@njit(types.Tuple((_i8, types.boolean))(_i8, _i8, _i8), cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def split_rows(m, n, threads):
     """How many blocks to cut an (m, n) result into, and whether along rows (else columns).
 

@@ -94,7 +94,7 @@ def relax(typingctx, spins):
     return types.void(spins), codegen
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def wait_for(claims, index, target):
     """Waits until claims[index] >= target; False (at once) if the call was stopped (the STOP slot set)
     before or meanwhile, else True."""

@@ -23,6 +23,7 @@ from .activations import KNOWN, multiply_by_derivative, stores_slope
 from .blas import NO_TRANS, TRANS, gemm, part
 from .denormals import flush_denormals, restore
 from .dropout import keeps
+from .inline_pipeline import InliningCompiler
 
 # Rows per tile: big enough that re-packing W for every tile costs little, small enough that a
 # tile of the widest layer (256 x 4096 floats = 4 MB) stays near the core.
@@ -62,7 +63,7 @@ def relu_derivative_rows(acts, tile, rows, width):
             a[j] = d[j] if a[j] > 0 else np.float32(0.0)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False, pipeline_class=InliningCompiler)
 def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
     """multiply_derivative_rows for any activation: a slope-storing one's act' is read from slopes (its
     stored act'(Z), row stride width)."""

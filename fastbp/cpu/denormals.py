@@ -43,21 +43,21 @@ def _write_mxcsr(typingctx, value):
 
 
 if _X86:
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():
         """Turns FTZ and DAZ on for this thread; returns the previous state for restore()."""
         saved = _read_mxcsr()
         _write_mxcsr(saved | _FTZ_DAZ)
         return saved
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, inline="always")
     def restore(saved):
         _write_mxcsr(saved)
 else:
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():
         return 0
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, inline="always")
     def restore(saved):
         pass

@@ -19,6 +19,7 @@ from .activations import KNOWN, activate_row, activate_row_with_slope, stores_sl
 from .blas import NO_TRANS, gemm_block, part, split_rows
 from .denormals import flush_denormals, restore
 from .dropout import INPUT_LAYER, keeps
+from .inline_pipeline import InliningCompiler
 
 
 @njit(cache=True, nogil=True)
@@ -32,7 +33,7 @@ def activation_offsets(dims, n):
     return off
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def offsets_match(dims, activations, n, act_off, slope_off):
     """Whether act_off and slope_off are activation_offsets(dims, n) and slope_offsets(dims, activations, n,
     act_off[-1]), checked without allocating (for callers compiled without Numba's runtime)."""
@@ -103,7 +104,7 @@ def relu_rows(z, ld, r0, r1, c0, c1):
             row[j] = max(row[j], np.float32(0.0))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False, pipeline_class=InliningCompiler)
 def activate_block(z, ld, r0, r1, c0, c1, activation, slopes, ld_slope):
     """activate_rows for any activation; for a slope-storing one also slopes[r0:r1, c0:c1] (row stride
     ld_slope) <- act'(z[r0:r1, c0:c1])."""

@@ -232,7 +232,7 @@ def row_loss_and_delta(kind, z, d, src, m, labels, targets, loss, scale, want_de
     return bce_row(z, d, src, m, targets, scale, want_delta)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def delta_scale(loss, weight_total, m):
     """The mean's 1/total (cross_entropy: per row) or 1/(total m) (mse, bce, poisson: per output), float64;
     total = the batch's rows, or its summed sample weights."""

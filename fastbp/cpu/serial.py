@@ -71,13 +71,13 @@ from .variants import ANY
 _LOW63 = np.uint64(2 ** 63 - 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def dropout_key(key_base, step_count):
     """(key_base + step_count) mod 2^63: Trainer._dropout_key with key_base = dropout seed x its multiplier."""
     return np.int64((np.uint64(key_base) + np.uint64(step_count)) & _LOW63)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def param_part(size, parts, index):
     """[start, stop) of the index-th of `parts` pieces of range(size), cut at multiples of 16 (64 bytes of
     float32: no two threads write one cache line)."""

@@ -26,7 +26,7 @@ from .denormals import flush_denormals, restore
 SUM_CHUNKS = 64
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def split_batch(n, fan_in, fan_out, threads):
     return threads > 1 and n >= 3 * (fan_in + 1) and n >= 2 * threads
 

@@ -61,8 +61,8 @@ from ._jit import ERROR_MODEL, FASTMATH
 from .claims import (CLAIM_SLOTS, GRADS_DONE, JOINED, NEXT, RETIRE, STOP, UPDATE_WORK, UPDATES_DONE, fetch_add,
                      load_acquire, wait_for)
 from .dense_forward import offsets_match
-from .inline_pipeline import InliningCompiler
 from .denormals import flush_denormals, restore
+from .inline_pipeline import InliningCompiler
 from .max_norm import apply_max_norm_serial
 from .optimizers import NORM_CHUNKS, clip_scale, optimizer_update, optimizer_update_masked
 from .step import GRADIENTS, STEP, batch_pass

@@ -138,6 +138,10 @@ MUTANTS = [
      ["tests/cpu/test_kernels.py", "-k", "cross_entropy_blocks"]),
     ("inliner_copies_the_scope_per_block", "fastbp/cpu/inline_pipeline.py", "        _copying.scopes = {}\n",
      "        _copying.scopes = None\n", ["tests/cpu/test_inline_pipeline.py"]),
+    ("delta_product_skips_the_copy", "fastbp/cpu/step.py", "                transpose_into(block, fan_in, fan_out, w)\n",
+     "", ["tests/cpu/test_weight_copies.py", "-k", "rounding_alone"]),
+    ("transpose_drops_the_last_rows", "fastbp/cpu/blas.py", "    for i in range(i0, rows):  # the last rows\n",
+     "    for i in range(i0, i0):  # the last rows\n", ["tests/cpu/test_weight_copies.py", "-k", "transpose_into"]),
     # ---- the serial entry point's variants (serial.Uses) ----
     ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",

@@ -25,6 +25,7 @@ import numpy as np
 
 from fastbp import Trainer
 from fastbp.bench import WORKLOADS, gemm_ceiling, make_batch
+from fastbp.cpu.blas import TRANS
 from fastbp.cpu.delta_backward import propagate_delta
 from fastbp.cpu.dense_forward import activation_offsets, dense_layer, gather_input
 from fastbp.cpu.loss_delta import loss_and_delta
@@ -99,7 +100,7 @@ def breakdown(sizes, batch, loss):
             out.append((f"dW {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
             if l > 0:
                 fn = (lambda l=l, ld_delta=ld_delta: propagate_delta(
-                    acts(l + 1), ld_delta, block(s.params, l), acts(l), no_slopes, batch, sizes[l], sizes[l + 1],
+                    acts(l + 1), ld_delta, block(s.params, l), TRANS, acts(l), no_slopes, batch, sizes[l], sizes[l + 1],
                     act, l - 1, False, True, True, 0, 0, ws.scratch, threads))
                 out.append((f"delta {l}", median_time(fn), 2 * batch * sizes[l] * sizes[l + 1]))
         out.append(("optimizer", median_time(lambda: optimizer_update(s.params, s.grads, s.moment1, s.moment2,

@@ -94,10 +94,12 @@ def rng(request):
 @pytest.fixture(params=["serial", "parallel"])
 def kernel_path(request, monkeypatch):
     """Runs a test on each CPU path a step can take: "serial" (cpu/serial.py, one thread, whatever the
-    work) or "parallel" (cpu/step.py's parallel kernels, whatever the work; on a one-core machine the
-    serial path serves anyway)."""
+    work, its delta products on copies of W^T wherever blas.copy_beats_transposed picks them, as with
+    OpenBLAS's AVX-512 kernels; the rest of the suite copies as the machine's BLAS decides) or "parallel"
+    (cpu/step.py's parallel kernels, whatever the work; on a one-core machine the serial path serves anyway)."""
     from fastbp.cpu import backend
     monkeypatch.setattr(backend, "SERIAL_WORK", 2 ** 62 if request.param == "serial" else 0)
+    monkeypatch.setattr(backend, "COPY_WEIGHTS", request.param == "serial")
     return request.param
 
 

@@ -212,11 +212,14 @@ class _FakeBlas:
                                                ([None], cpu_backend.SERIAL_WORK_OTHER),  # not an OpenBLAS
                                                ([], cpu_backend.SERIAL_WORK_OTHER)])
 def test_serial_work_follows_the_blas_kernels(monkeypatch, kernels, expected):
-    """The one-thread crossover is the one measured for the loaded BLAS's kernels; SERIAL_WORK overrides it."""
+    """The one-thread crossover and the W^T copies are the ones measured for the loaded BLAS's kernels;
+    SERIAL_WORK overrides the crossover."""
     monkeypatch.setattr(cpu_backend, "SERIAL_WORK", None)
-    monkeypatch.setattr(cpu_backend, "_detected_serial_work", None)
+    monkeypatch.setattr(cpu_backend, "_avx512_blas", None)
     monkeypatch.setattr(cpu_backend, "blas_libraries", lambda: [_FakeBlas(k) for k in kernels])
     assert cpu_backend.serial_work() == expected
+    monkeypatch.setattr(cpu_backend, "COPY_WEIGHTS", None)  # W^T copies only where they were measured to pay
+    assert cpu_backend.copies_weights() == (expected == cpu_backend.SERIAL_WORK_AVX512)
     t = fastbp.Trainer([32, 256, 256, 1], batch_size=64, loss="mse")  # 4.77 M multiply-adds per step
     assert t._backend.takes_serial_path(64) == (expected > 64 * t._backend._macs_per_row
                                                  or t._backend.threads == 1 or fastbp.threads.kernel_threads(None) == 1)

@@ -15,7 +15,7 @@ from ..options import LossSettings, OptimizerSettings
 from ..workspaces import WorkspaceCache, available_host_bytes
 from ..threads import blas_libraries, blas_single_threaded, kernel_threads
 from . import pipeline, serial, split_threads, step, threading_layer
-from .blas import SMALL_MACS
+from .blas import SMALL_MACS, copy_beats_transposed
 from .delta_backward import TILE_ROWS
 from .dropout import NO_DROPOUT
 from .activations import slope_offsets
@@ -54,22 +54,48 @@ MIN_SHARED_STEPS = 4
 # After a split call's thread waited for a descheduled one (the CPU shared with other jobs: claims.RETIRE),
 # calls run their parts on the calling thread alone for this long before trying two threads again.
 ALONE_SECONDS = 0.25
+# Delta propagation multiplies by a copy of W^T, made each step, where blas.copy_beats_transposed says that is
+# faster: only with OpenBLAS's AVX-512 kernels, where it was measured (with its AVX2 kernels the copy only
+# costs). COPY_WEIGHTS, when set (True or False), overrides that (tests, scripts).
+COPY_WEIGHTS = None
 # OpenBLAS's names (threadpoolctl's "architecture") for its AVX-512 kernels.
 _AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
-_detected_serial_work = None
+_avx512_blas = None  # whether every loaded OpenBLAS runs them: found once (avx512_blas())
+
+
+def avx512_blas():
+    """Whether every loaded BLAS is an OpenBLAS running its AVX-512 kernels (found once, through threadpoolctl)."""
+    global _avx512_blas
+    if _avx512_blas is None:
+        kernels = [str(getattr(lib, "architecture", "")).lower() for lib in blas_libraries()]
+        _avx512_blas = bool(kernels) and all(k in _AVX512_KERNELS for k in kernels)
+    return _avx512_blas
 
 
 def serial_work():
-    """SERIAL_WORK, or the crossover for the loaded BLAS: SERIAL_WORK_AVX512 when every loaded OpenBLAS runs
-    AVX-512 kernels (found once, through threadpoolctl), else SERIAL_WORK_OTHER."""
-    global _detected_serial_work
+    """SERIAL_WORK, or the crossover for the loaded BLAS: SERIAL_WORK_AVX512 with OpenBLAS's AVX-512 kernels
+    (avx512_blas()), else SERIAL_WORK_OTHER."""
     if SERIAL_WORK is not None:
         return SERIAL_WORK
-    if _detected_serial_work is None:
-        kernels = [str(getattr(lib, "architecture", "")).lower() for lib in blas_libraries()]
-        _detected_serial_work = SERIAL_WORK_AVX512 if kernels and all(k in _AVX512_KERNELS for k in kernels) \
-            else SERIAL_WORK_OTHER
-    return _detected_serial_work
+    return SERIAL_WORK_AVX512 if avx512_blas() else SERIAL_WORK_OTHER
+
+
+def copies_weights():
+    """COPY_WEIGHTS, or whether the loaded BLAS runs small delta products faster on a copy of W^T
+    (avx512_blas(): see COPY_WEIGHTS)."""
+    return avx512_blas() if COPY_WEIGHTS is None else bool(COPY_WEIGHTS)
+
+
+def weight_t_offsets(dims, n, copies):
+    """(L + 1,) int64: step.py's weight_t_off for batches of n rows, with copies: a W^T copy for each layer a
+    delta goes back through whose product (a tile of up to TILE_ROWS of the n rows, delta_backward.py)
+    blas.copy_beats_transposed picks; without: none."""
+    off = np.zeros(len(dims), np.int64)
+    rows = min(int(n), TILE_ROWS)
+    for l in range(1, len(dims) - 1):
+        fan_in, fan_out = int(dims[l]), int(dims[l + 1])
+        off[l + 1] = off[l] + (fan_in * fan_out if copies and copy_beats_transposed(rows, fan_in, fan_out) else 0)
+    return off
 
 
 # Settings for the calls that update nothing (the compiled entry point takes them regardless).
@@ -80,12 +106,16 @@ _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1
 
 class Workspace:
     """Scratch memory for batches of n rows: activations (overwritten by the deltas in the backward
-    pass), per-thread tiles for delta propagation, per-row losses."""
+    pass), per-thread tiles for delta propagation, per-row losses. copies: W^T copies where they pay
+    (copies_weights(), weight_t_offsets)."""
 
-    def __init__(self, dims, activations, n):
+    def __init__(self, dims, activations, n, copies=False):
         act_off = activation_offsets(dims, n)
-        # The activation blocks, then the slope blocks of the activations that store act'(Z) (activations.py).
-        self.acts = np.zeros(int(slope_offsets(dims, activations, n, act_off[-1])[-1]), np.float32)
+        slope_off = slope_offsets(dims, activations, n, act_off[-1])
+        weight_t_off = weight_t_offsets(dims, n, copies)
+        # The activation blocks, then the slope blocks of the activations that store act'(Z) (activations.py),
+        # then the W^T copies (step.py).
+        self.acts = np.zeros(int(slope_off[-1] + weight_t_off[-1]), np.float32)
         # The ones column of each layer input carries the bias through the product; the products
         # write only the columns before it, so it is set once here.
         for l in range(dims.size - 1):
@@ -117,8 +147,8 @@ class Workspace:
         self.row_hits = np.zeros(n, np.float64)
         self.norm_sums = np.zeros(NORM_CHUNKS, np.float64)
         self.logits = slice(int(act_off[-2]), int(act_off[-1]))
-        # serial.run_steps' act_off and slope_off: this workspace's layout.
-        self.layout = (act_off, slope_offsets(dims, activations, n, act_off[-1]))
+        # serial.run_steps' act_off, slope_off and weight_t_off: this workspace's layout.
+        self.layout = (act_off, slope_off, weight_t_off)
         # serial.run_steps' arguments for one part: the workspace as its only row, and no other part.
         self.one_part = (self.acts.reshape(1, -1), self.scratch.reshape(1, -1), self.partials.reshape(1, -1),
                          self.row_loss.reshape(1, -1), self.row_hits.reshape(1, -1))
@@ -131,8 +161,8 @@ class SplitWorkspace:
     """Scratch memory for steps of n rows split into `parts` (serial.py): a Workspace of ceil(n / parts)
     rows per part, stacked row by row, and every part's gradient but the first (which goes to grads)."""
 
-    def __init__(self, dims, activations, n, parts, n_params):
-        each = [Workspace(dims, activations, -(-n // parts)) for _ in range(parts)]
+    def __init__(self, dims, activations, n, parts, n_params, copies=False):
+        each = [Workspace(dims, activations, -(-n // parts), copies) for _ in range(parts)]
         self.parts = tuple(np.stack([getattr(w, name) for w in each])
                            for name in ("acts", "scratch", "partials", "row_loss", "row_hits"))
         self.part_grads = np.zeros((parts - 1, n_params), np.float32)
@@ -153,7 +183,8 @@ class CpuBackend:
         numba.get_num_threads()  # loads the threading layer now, so that threadpoolctl can see and limit it
         self.activations = config.activation_codes()
         self.loss = LossSettings.of(config)
-        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n))
+        copies = copies_weights()
+        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n, copies))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
         # What its kernels use: the entry points are compiled for it alone (variants.py).
@@ -166,7 +197,7 @@ class CpuBackend:
         self._blas_free_rows = SMALL_MACS // int(max((state.dims[:-1] + 1) * (state.dims[1:] + 1)))
         self._step_outputs = np.zeros((3, 1), np.float64)  # one step's loss, hits, weight (serial path)
         self._split_workspaces = WorkspaceCache(lambda key: SplitWorkspace(state.dims, self.activations, *key,
-                                                                           state.params.size))
+                                                                           state.params.size, copies))
         self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
         self._prepared = set()  # (batch rows, entry point) pairs prepare() has compiled or loaded
         self._share_after = 0.0  # time.monotonic() from which split steps may use several threads again

@@ -2,7 +2,9 @@
 
 Shapes (n = batch rows, fan_in/fan_out of the layer the delta comes back through):
     delta    (n, fan_out) float32, row stride ld_delta
-    block    (fan_in + 1, fan_out) float32 row-major: that layer's [W; b]; only W is read
+    weights  with weights_trans TRANS: that layer's block [W; b], (fan_in + 1, fan_out) float32 row-major, of
+             which only W is read; with NO_TRANS: a copy of W^T, (fan_out, fan_in) row-major
+             (blas.transpose_into: some BLAS run delta @ W^T faster so, blas.copy_beats_transposed)
     acts     (n, fan_in + 1) float32: on entry A_prev = act(Z_prev) with its ones column; on exit
              columns [:fan_in] hold delta_prev. A_prev has no further use once its delta exists (dW of
              this layer was computed before), so the delta takes its place and needs no memory of its own.
@@ -78,9 +80,22 @@ def multiply_derivative_into(acts, tile, rows, width, activation, slopes):
         multiply_derivative_rows(acts, tile, rows, width, activation)
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def weight_t_offsets_fit(dims, weight_t_off):
+    """Whether weight_t_off (L + 1,) int64 lays out W^T copies (step.py) for dims: from 0, each layer's block
+    either empty or W^T of d_l x d_{l+1} floats, none for the first layer (no delta goes back through it)."""
+    if weight_t_off.size != dims.size or weight_t_off[0] != 0 or weight_t_off[1] != 0:
+        return False
+    for l in range(1, dims.size - 1):
+        length = weight_t_off[l + 1] - weight_t_off[l]
+        if length != 0 and length != dims[l] * dims[l + 1]:
+            return False
+    return True
+
+
 @njit(parallel=True, cache=True, nogil=True, inline="always")
-def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, activation, layer, relu_only,
-                    slopes_used, dropout_used, dropout_key, dropout_threshold, scratch, threads):
+def propagate_delta(delta, ld_delta, weights, weights_trans, acts, slopes, n, fan_in, fan_out, activation, layer,
+                    relu_only, slopes_used, dropout_used, dropout_key, dropout_threshold, scratch, threads):
     if activation not in KNOWN:
         raise ValueError("unknown activation code")
     if not slopes_used and stores_slope(activation):
@@ -96,9 +111,9 @@ def propagate_delta(delta, ld_delta, block, acts, slopes, n, fan_in, fan_out, ac
         tile = scratch[p * TILE_ROWS * fan_in:(p + 1) * TILE_ROWS * fan_in]
         for t0 in range(r0, r1, TILE_ROWS):
             rows = min(TILE_ROWS, r1 - t0)
-            # op(B) = W^T: W is the block's first fan_in rows, row stride fan_out.
-            gemm(NO_TRANS, TRANS, rows, fan_in, fan_out, delta[t0 * ld_delta:], ld_delta, block, fan_out,
-                 tile, fan_in)
+            # op(B) = W^T: W is the block's first fan_in rows, row stride fan_out; or W^T itself, row stride fan_in.
+            gemm(NO_TRANS, weights_trans, rows, fan_in, fan_out, delta[t0 * ld_delta:], ld_delta, weights,
+                 fan_out if weights_trans == TRANS else fan_in, tile, fan_in)
             if dropout_used and dropout_threshold > 0:
                 undo_dropout(acts[t0 * (fan_in + 1):], tile, rows, fan_in, t0, layer, dropout_key, dropout_threshold)
             if relu_only:

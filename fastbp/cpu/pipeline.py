@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._jit import FASTMATH, IDENTITY
-from .blas import NO_TRANS, TRANS, gemm, gemm_into, part
+from .blas import NO_TRANS, TRANS, gemm, gemm_into, part, transpose_into
 from .activations import slope_offsets
 from .delta_backward import multiply_derivative_into, undo_dropout
 from .dense_forward import activate_block, activation_offsets, drop_block, gather_row
@@ -68,10 +68,7 @@ def pipeline_gradients(X, labels, targets, weights, weight_total, rows, dims, of
     if tiles.size < threads * per_thread or partials.size < (threads - 1) * size or weights_t.size < size:
         raise IndexError("pipeline workspace too small")
     for l in range(1, n_layers):  # W^T of the layers a delta goes back through
-        fan_in, fan_out = dims[l], dims[l + 1]
-        for i in range(fan_in):
-            for j in range(fan_out):
-                weights_t[offsets[l] + j * fan_in + i] = params[offsets[l] + i * fan_out + j]
+        transpose_into(params[offsets[l]:offsets[l + 1]], dims[l], dims[l + 1], weights_t[offsets[l]:offsets[l + 1]])
     scale = delta_scale(loss, weight_total, m)
     inv_keep = np.float32(2.0 ** 24 / (2.0 ** 24 - dropout_threshold))
     for p in prange(threads):

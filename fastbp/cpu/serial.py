@@ -34,6 +34,8 @@ Shapes (N = rows of the data set, b = batch_rows, S = n_steps, P = params.size, 
     act_off, slope_off  (L + 2,), (L + 1,) int64: dense_forward.activation_offsets(dims, m) and
              activations.slope_offsets(dims, activations, m, act_off[-1]), the layout of each part's acts
              (backend.Workspace.layout); checked on entry
+    weight_t_off (L + 1,) int64: the W^T copies' blocks after the slope blocks in each part's acts (step.py;
+             backend.Workspace.layout too); checked on entry
     part_grads (p - 1, P) float32: parts 1 .. p - 1's gradients ((0, 0) with one part)
     part_values (p, 3) float64 scratch: each part's loss, hits and the step's weight
     claims   (CLAIM_SLOTS,) int64: the threads' shared counters (claims.py)
@@ -60,6 +62,7 @@ from ..sums import squared_weights, sum_at, sum_first
 from ._jit import ERROR_MODEL, FASTMATH
 from .claims import (CLAIM_SLOTS, GRADS_DONE, JOINED, NEXT, RETIRE, STOP, UPDATE_WORK, UPDATES_DONE, fetch_add,
                      load_acquire, wait_for)
+from .delta_backward import weight_t_offsets_fit
 from .dense_forward import offsets_match
 from .denormals import flush_denormals, restore
 from .inline_pipeline import InliningCompiler
@@ -100,8 +103,8 @@ def run_steps_for(uses):
     def run_steps(mode, X, labels, targets, weights, order, batch_rows, n_steps, dims, offsets, activations, loss,
                   params, grads, moment1, moment2, settings, lrs, key_base, first_step, dropout_threshold,
                   input_threshold, decay_mask, acts, scratch, partials, row_loss, row_hits, act_off, slope_off,
-                  norm_sums, step_loss, step_hits, step_weight, epoch_rows, epoch_squares, part_grads, part_values,
-                  claims):
+                  weight_t_off, norm_sums, step_loss, step_hits, step_weight, epoch_rows, epoch_squares, part_grads,
+                  part_values, claims):
         parts = acts.shape[0]
         # Steps per epoch (epoch_rows > 0), and where the last step ends in order.
         epoch_steps = (epoch_rows + batch_rows - 1) // batch_rows if epoch_rows > 0 else 0
@@ -118,11 +121,13 @@ def run_steps_for(uses):
         # Every check that could fail in a task is made here, before any task is claimed: a thread that
         # raised halfway would leave the others waiting for its task.
         part_rows = (batch_rows + parts - 1) // parts  # the rows each part's workspace is laid out for
-        if not offsets_match(dims, activations, part_rows, act_off, slope_off):
-            raise IndexError("run_steps: act_off and slope_off are not the offsets of a part's workspace")
+        if not offsets_match(dims, activations, part_rows, act_off, slope_off) \
+                or not weight_t_offsets_fit(dims, weight_t_off):
+            raise IndexError("run_steps: act_off, slope_off or weight_t_off are not the offsets of a part's "
+                             "workspace")
         if parts < 1 or scratch.shape[0] != parts or partials.shape[0] != parts or row_loss.shape[0] != parts \
                 or row_hits.shape[0] != parts or row_loss.shape[1] < part_rows or row_hits.shape[1] < part_rows \
-                or acts.shape[1] < slope_off[-1] \
+                or acts.shape[1] < slope_off[-1] + weight_t_off[-1] \
                 or part_grads.shape[0] != parts - 1 or (parts > 1 and part_grads.shape[1] != params.size) \
                 or part_values.shape[0] < parts or part_values.shape[1] < 3 or claims.size < CLAIM_SLOTS \
                 or norm_sums.size < NORM_CHUNKS:
@@ -179,9 +184,10 @@ def run_steps_for(uses):
                 value, hits = 0.0, 0.0
                 if hi > lo:
                     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows[lo:hi],
-                                       part_rows, act_off, slope_off, dims, offsets, activations, loss, loss_code,
-                                       params, part_grad, relu_only, slopes, dropout, key, dropout_threshold,
-                                       input_threshold, acts[r], scratch[r], partials[r], row_loss[r], row_hits[r], 1)
+                                       part_rows, act_off, slope_off, weight_t_off, dims, offsets, activations, loss,
+                                       loss_code, params, part_grad, relu_only, slopes, dropout, key,
+                                       dropout_threshold, input_threshold, acts[r], scratch[r], partials[r],
+                                       row_loss[r], row_hits[r], 1)
                     hits = sum_first(row_hits[r], hi - lo)
                 else:  # an epoch's last batch with fewer rows than parts: this part adds nothing
                     part_grad[:] = 0.0

@@ -16,6 +16,10 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
              overwrites each layer's block with its delta (the logits with delta_L, A_l with delta_l)
     scratch  (threads * TILE_ROWS * max hidden width,) float32 tiles for delta propagation
     partials float32 per-thread partial weight gradients (see weight_grad.py)
+    weight_t_off (L + 1,) int64: layer l's copy of W^T for its delta propagation (delta_backward.py), when
+             weight_t_off[l + 1] - weight_t_off[l] = d_l d_{l+1}, lies in acts at slope_offsets(...)[-1] +
+             weight_t_off[l]; a block of length 0: the product reads W in place (the same numbers up to the
+             BLAS's order of the sums). Chosen for the BLAS by the caller (cpu/backend.weight_t_offsets)
     row_loss (n,) float64 scratch;  row_hits (n,) float64: each row's accuracy (loss_delta.py)
     norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
     dropout_key, dropout_threshold, input_threshold  this step's dropout masks (dropout.py) on the hidden
@@ -34,6 +38,7 @@ from numba import njit
 
 from ._jit import ERROR_MODEL, FASTMATH
 from .activations import slope_offsets
+from .blas import NO_TRANS, TRANS, transpose_into
 from .delta_backward import propagate_delta
 from .dense_forward import activation_offsets, dense_forward, gather_input
 from .inline_pipeline import InliningCompiler
@@ -63,9 +68,9 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, act_off, slope_off, dims, offsets,
-               activations, loss, loss_kind, params, grads, relu_only, slopes_used, dropout_used, dropout_key,
-               dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, act_off, slope_off, weight_t_off,
+               dims, offsets, activations, loss, loss_kind, params, grads, relu_only, slopes_used, dropout_used,
+               dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
     mean loss of the batch (0.0 in FORWARD mode). loss_kind: loss.kind, or a compile-time constant of the
@@ -76,14 +81,15 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_row
     blocks' starts, and the ones columns the workspace set there: backend.Workspace); a shorter batch (an
     epoch's last, in serial.run_steps) uses the first rows.size rows of each block; act_off and slope_off:
     activation_offsets and slope_offsets for layout_rows (computed once by a caller that runs many batches:
-    two allocations a step cost a tenth of a one-row step)."""
+    two allocations a step cost a tenth of a one-row step); weight_t_off: the W^T copies (above), checked by
+    the caller (delta_backward.weight_t_offsets_fit)."""
     n = rows.size
     if layout_rows < n:
         raise IndexError("batch_pass: the workspace is laid out for fewer rows than the batch has")
     n_layers = dims.size - 1
     if act_off.size != n_layers + 2 or slope_off.size != n_layers + 1 or act_off[1] != layout_rows * (dims[0] + 1):
         raise IndexError("batch_pass: act_off and slope_off are not the offsets of the workspace's layout")
-    if acts.size < slope_off[-1]:
+    if acts.size < slope_off[-1] + weight_t_off[-1]:
         raise IndexError("acts workspace too small for the batch")
     gather_input(X, rows, acts[:act_off[1]], dropout_used, dropout_key, input_threshold)
     dense_forward(params, offsets, dims, acts, act_off, slope_off, n, activations, relu_only, slopes_used,
@@ -107,8 +113,12 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_row
         weight_gradient(a_prev, delta, ld_delta, n, fan_in, fan_out, grads[offsets[l]:offsets[l + 1]], partials,
                         threads)
         if l > 0:
-            propagate_delta(delta, ld_delta, block, a_prev, acts[slope_off[l - 1]:slope_off[l]], n, fan_in, fan_out,
-                            activations[l - 1], l - 1, relu_only, slopes_used, dropout_used, dropout_key,
+            w, w_trans = block, TRANS
+            if weight_t_off[l + 1] > weight_t_off[l]:  # this product reads a copy of W^T
+                w, w_trans = acts[slope_off[-1] + weight_t_off[l]:slope_off[-1] + weight_t_off[l + 1]], NO_TRANS
+                transpose_into(block, fan_in, fan_out, w)
+            propagate_delta(delta, ld_delta, w, w_trans, a_prev, acts[slope_off[l - 1]:slope_off[l]], n, fan_in,
+                            fan_out, activations[l - 1], l - 1, relu_only, slopes_used, dropout_used, dropout_key,
                             dropout_threshold, scratch, threads)
     return value
 
@@ -140,10 +150,13 @@ def _run_for(uses):
         optimizer_code = optimizer if optimizer != ANY else settings.kind
         act_off = activation_offsets(dims, rows.size)
         slope_off = slope_offsets(dims, activations, rows.size, act_off[-1])
+        # No W^T copies on the parallel path: with its tiles of up to TILE_ROWS rows, the copy pays
+        # (blas.copy_beats_transposed) only for layers of under 4,096 weights, and saves less than a microsecond.
+        no_copies = np.zeros(dims.size, np.int64)
         value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, rows.size, act_off,
-                           slope_off, dims, offsets, activations, loss, loss_code, params, grads, relu_only, slopes,
-                           dropout, dropout_key, dropout_threshold, input_threshold, acts, scratch, partials,
-                           row_loss, row_hits, threads)
+                           slope_off, no_copies, dims, offsets, activations, loss, loss_code, params, grads,
+                           relu_only, slopes, dropout, dropout_key, dropout_threshold, input_threshold, acts, scratch,
+                           partials, row_loss, row_hits, threads)
         if mode == STEP and np.isfinite(value):
             update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, optimizer_code,
                    constrained)

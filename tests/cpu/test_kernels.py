@@ -447,7 +447,7 @@ def test_run_steps_refuses_a_layout_for_other_rows():
     good = ws.layout
     ws.layout = backend.Workspace(t.state.dims, t._backend.activations, 7).layout
     try:
-        with pytest.raises(IndexError, match="act_off and slope_off"):
+        with pytest.raises(IndexError, match="act_off, slope_off or weight_t_off"):
             t.step(X, labels)
     finally:
         ws.layout = good

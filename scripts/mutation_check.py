@@ -142,6 +142,8 @@ MUTANTS = [
      "", ["tests/cpu/test_weight_copies.py", "-k", "rounding_alone"]),
     ("transpose_drops_the_last_rows", "fastbp/cpu/blas.py", "    for i in range(i0, rows):  # the last rows\n",
      "    for i in range(i0, i0):  # the last rows\n", ["tests/cpu/test_weight_copies.py", "-k", "transpose_into"]),
+    ("alone_never_starts_over", "fastbp/cpu/backend.py", "                    self._alone_seconds = 0.0\n",
+     "                    pass\n", ["tests/cpu/test_split_steps.py", "-k", "time_alone"]),
     # ---- the serial entry point's variants (serial.Uses) ----
     ("serial_relu_derivative_at_zero", "fastbp/cpu/delta_backward.py",
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",

@@ -51,8 +51,16 @@ MIN_PART_ROWS = 64
 # Calls of fewer steps run a split step's parts on the calling thread alone (the same numbers: the parts
 # decide them, not the threads): waking a helper thread costs tens of microseconds, a step's worth.
 MIN_SHARED_STEPS = 4
-# After a split call's thread waited for a descheduled one (the CPU shared with other jobs: claims.RETIRE),
-# calls run their parts on the calling thread alone for this long before trying two threads again.
+# After a split call's thread waited for a descheduled one (claims.RETIRE), calls run their parts on the calling
+# thread alone for a while before trying two threads again: FIRST_ALONE_SECONDS after a retirement that ends
+# CLEAN_SECONDS or more of shared calls that all went well, else twice as long as the last time, up to
+# ALONE_SECONDS. On the 2-core VM of the README, quiet, the second vCPU is taken away for a millisecond or more
+# every 0.1 s or so: with 0.25 s alone after every such hiccup, sk_default's split steps ran on one thread for
+# most of the benchmark's rounds (51-52 us a step, against 34-36 with this rule; measured here, interleaved).
+# A CPU shared with other jobs interrupts shared calls every few milliseconds: the time alone grows to
+# ALONE_SECONDS within six tries and stays there.
+FIRST_ALONE_SECONDS = 0.01
+CLEAN_SECONDS = 0.05
 ALONE_SECONDS = 0.25
 # Delta propagation multiplies by a copy of W^T, made each step, where blas.copy_beats_transposed says that is
 # faster: only with OpenBLAS's AVX-512 kernels, where it was measured (with its AVX2 kernels the copy only
@@ -201,6 +209,8 @@ class CpuBackend:
         self._hits = None  # (rows, hits) of the last serial-path pass: its hits are not in one workspace
         self._prepared = set()  # (batch rows, entry point) pairs prepare() has compiled or loaded
         self._share_after = 0.0  # time.monotonic() from which split steps may use several threads again
+        self._alone_seconds = 0.0  # the last time alone after a retirement (0: none since CLEAN_SECONDS of sharing)
+        self._clean_since = None  # time.monotonic() at the first of the shared calls since then, all clean
         self._batch_size = config.batch_size
 
     memory_name = "memory"
@@ -299,13 +309,21 @@ class CpuBackend:
         outputs = (out[0], out[1], out[2], epoch_rows, out[3] if squares else _NO_SQUARES)
         if parts > 1:
             ws = self._split_workspaces.get((batch_rows, parts))
-            threads = parts if n_steps >= MIN_SHARED_STEPS and time.monotonic() >= self._share_after else 1
+            began = time.monotonic()
+            threads = parts if n_steps >= MIN_SHARED_STEPS and began >= self._share_after else 1
             with blas_single_threaded(calling_thread_only=threads == 1):  # each of the threads calls BLAS
                 done = split_threads.run_split(self._serial_entry(), threads,
                                                (*args, *ws.parts, *ws.layout, ws.norm_sums, *outputs, ws.part_grads,
                                                 ws.part_values, ws.claims), ws.claims, n_steps)
             if ws.claims[serial.RETIRE]:  # a thread waited for a descheduled one: the CPU is busy, work alone
-                self._share_after = time.monotonic() + ALONE_SECONDS
+                self._alone_seconds = min(ALONE_SECONDS, 2 * self._alone_seconds or FIRST_ALONE_SECONDS)
+                self._share_after = time.monotonic() + self._alone_seconds
+                self._clean_since = None
+            elif threads > 1:
+                if self._clean_since is None:
+                    self._clean_since = began
+                elif time.monotonic() - self._clean_since >= CLEAN_SECONDS:
+                    self._alone_seconds = 0.0
             return done
         ws = self._workspaces.get(batch_rows)
         no_blas = batch_rows <= self._blas_free_rows

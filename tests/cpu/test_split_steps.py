@@ -188,6 +188,55 @@ def test_a_retired_helper_leaves_the_call_to_the_first_thread(rng, monkeypatch):
 
 
 
+def test_time_alone_doubles_with_each_retirement_and_starts_over_after_clean_sharing(rng, monkeypatch):
+    """After a retirement, split calls keep to one thread for FIRST_ALONE_SECONDS, twice as long after each
+    further one up to ALONE_SECONDS (a CPU busy with other jobs); CLEAN_SECONDS of shared calls without one
+    start over (a quiet machine's passing hiccup), shorter clean sharing does not. A scripted clock and
+    run_split (RETIRE set or not after the calling thread ran every task)."""
+    import types
+    from fastbp.cpu import claims as claim_slots, split_threads
+    sizes = [6, 20, 3]
+    X, y = data(rng, sizes, 64, "cross_entropy")
+    clock, retiring, shared = [100.0], [True], []
+
+    def scripted(run_steps, threads, args, claims, n_steps):
+        claims[:] = 0
+        done = run_steps(*args)
+        shared.append(threads > 1)
+        claims[claim_slots.RETIRE] = int(threads > 1 and retiring[0])
+        return done
+    monkeypatch.setattr(split_threads, "run_split", scripted)
+    monkeypatch.setattr(cpu_backend, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    for name, value in (("SERIAL_WORK", 2 ** 62), ("SPLIT_WORK", 0), ("MIN_PART_ROWS", 2), ("MIN_SHARED_STEPS", 1)):
+        monkeypatch.setattr(cpu_backend, name, value)
+    t = fastbp.Trainer(sizes, loss="cross_entropy", seed=5, threads=2, batch_size=16)
+    backend = t._backend
+
+    def epoch_at(when, retire):
+        """An epoch at clock time `when`: whether any of its calls shared the threads."""
+        clock[0], retiring[0] = when, retire
+        shared.clear()
+        t.fit(X, y, epochs=1, verbose=0)
+        return any(shared)
+
+    first, longest = cpu_backend.FIRST_ALONE_SECONDS, cpu_backend.ALONE_SECONDS
+    now, expected = 100.0, first
+    while True:  # retirements in a row: each time alone twice the last, up to ALONE_SECONDS
+        assert epoch_at(now, True)
+        assert backend._alone_seconds == pytest.approx(expected)
+        assert not epoch_at(now + 0.99 * expected, True)  # alone until then
+        now += expected
+        if expected == longest:
+            break
+        expected = min(longest, 2 * expected)
+    clean = cpu_backend.CLEAN_SECONDS
+    assert epoch_at(now, False) and epoch_at(now + clean / 2, False)  # clean, but not for long enough
+    assert epoch_at(now + clean / 2, True) and backend._alone_seconds == longest
+    now += clean / 2 + longest
+    assert epoch_at(now, False) and epoch_at(now + 1.01 * clean, False)  # CLEAN_SECONDS of clean sharing
+    assert epoch_at(now + 1.01 * clean, True) and backend._alone_seconds == pytest.approx(first)
+
+
 def test_two_trainers_splitting_steps_from_two_threads_at_once(rng, monkeypatch):
     """Each Trainer's split calls share one pool of helper threads: from two Python threads at once (a helper
     busy with the other Trainer's call starts late, finds nothing left and returns), each gets the bits it

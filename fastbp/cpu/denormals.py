@@ -43,16 +43,23 @@ def _write_mxcsr(typingctx, value):
 
 
 if _X86:
+    # Writing MXCSR costs tens of cycles, so each function writes it only where the bits are not on already:
+    # inside a call that set them (serial.run_steps does for the whole call), a kernel's own pair then
+    # writes nothing. Measured here, steps of [16, 64, 64, 4] at batch 32 (the rl workload, a dozen pairs a
+    # step): 7.6-7.7 -> 7.2-7.5 us (three interleaved rounds).
     @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():
         """Turns FTZ and DAZ on for this thread; returns the previous state for restore()."""
         saved = _read_mxcsr()
-        _write_mxcsr(saved | _FTZ_DAZ)
+        if saved & _FTZ_DAZ != _FTZ_DAZ:
+            _write_mxcsr(saved | _FTZ_DAZ)
         return saved
 
     @njit(cache=True, nogil=True, inline="always")
     def restore(saved):
-        _write_mxcsr(saved)
+        """Undoes flush_denormals(): MXCSR back to `saved`, what flush_denormals returned."""
+        if saved & _FTZ_DAZ != _FTZ_DAZ:
+            _write_mxcsr(saved)
 else:
     @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():

@@ -150,9 +150,9 @@ def run_steps_for(uses):
         # waited so long that the CPU is evidently shared with other work (claims.RETIRE).
         first = fetch_add(claims, JOINED, 1) == 0
         # Subnormals flushed for the whole call (denormals.py): the kernels' own flush_denormals/restore pairs
-        # then rewrite the value already there, which costs nothing, where each change of the mode costs
-        # about 10 ns in a loop of its own (measured in the step, interleaved: one-row steps of [8, 32, 1]
-        # 414-490 -> 395-408 ns, of [8, 32, 32, 1] 1130-1199 -> 864-907 ns).
+        # then find the mode set and write nothing, where each change of the mode costs about 10 ns in a loop
+        # of its own (measured in the step, interleaved: one-row steps of [8, 32, 1] 414-490 -> 395-408 ns,
+        # of [8, 32, 32, 1] 1130-1199 -> 864-907 ns).
         fp_state = flush_denormals()
         # Step s is 2 x parts tasks, handed out in order: its gradient parts (rows), then its update parts
         # (parameters). A gradient part waits for the step before to be updated; an update part waits for

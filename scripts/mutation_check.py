@@ -149,9 +149,10 @@ MUTANTS = [
      "            a[j] = d[j] if a[j] > 0 else np.float32(0.0)\n",
      "            a[j] = d[j] if a[j] >= 0 else np.float32(0.0)\n",
      ["tests/cpu/test_variants.py", "-k", "generic_variants and relu"]),
-    ("short_batch_own_layout", "fastbp/cpu/serial.py", "                                       part_rows, act_off, slope_off,",
-     "                                       hi - lo, activation_offsets(dims, hi - lo), slope_offsets(dims, "
-     "activations, hi - lo, activation_offsets(dims, hi - lo)[-1]),",
+    ("short_batch_own_layout", "fastbp/cpu/serial.py",
+     "                                       part_rows, (act_off, slope_off, weight_t_off),",
+     "                                       hi - lo, (activation_offsets(dims, hi - lo), slope_offsets(dims, "
+     "activations, hi - lo, activation_offsets(dims, hi - lo)[-1]), weight_t_off),",
      ["tests/test_chunked_loop.py", "-k", "whole_epochs_at_once and short"]),
     ("split_update_drops_a_part", "fastbp/cpu/serial.py", "                        grads[i] += extra[i]\n",
      "                        grads[i] += 0.0\n",

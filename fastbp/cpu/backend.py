@@ -112,14 +112,22 @@ _UNUSED_SETTINGS = OptimizerSettings(kind=0, lr=0.0, beta1=0.0, beta2=0.0, eps=1
                                      eps_hat=False, max_norm=0.0)
 
 
+# The workspaces' layouts come from the kernels' own functions run as Python (py_func): called from Python,
+# the compiled ones would each be compiled on their own for a few additions (0.4 s of a first fit, for these
+# three, measured here), where the kernels that need them inline them.
+_activation_offsets = activation_offsets.py_func
+_slope_offsets = slope_offsets.py_func
+_split_batch = split_batch.py_func
+
+
 class Workspace:
     """Scratch memory for batches of n rows: activations (overwritten by the deltas in the backward
     pass), per-thread tiles for delta propagation, per-row losses. copies: W^T copies where they pay
     (copies_weights(), weight_t_offsets)."""
 
     def __init__(self, dims, activations, n, copies=False):
-        act_off = activation_offsets(dims, n)
-        slope_off = slope_offsets(dims, activations, n, act_off[-1])
+        act_off = _activation_offsets(dims, n)
+        slope_off = _slope_offsets(dims, activations, n, act_off[-1])
         weight_t_off = weight_t_offsets(dims, n, copies)
         # The activation blocks, then the slope blocks of the activations that store act'(Z) (activations.py),
         # then the W^T copies (step.py).
@@ -135,7 +143,7 @@ class Workspace:
         self.scratch = np.zeros(max(1, min(max_threads, n) * TILE_ROWS * hidden_width), np.float32)
         # Two threads is the count that splits the most layers; size for it, with every thread's partial.
         split_layers = [(dims[l] + 1) * dims[l + 1] for l in range(dims.size - 1)
-                        if split_batch(n, dims[l], dims[l + 1], 2)]
+                        if _split_batch(n, dims[l], dims[l + 1], 2)]
         partial_floats = [1] + [(max_threads - 1) * size for size in split_layers]
         # The per-thread pipeline (narrow layers, long batches): a tile workspace per thread, ones columns
         # preset, and every thread but the first accumulating a whole gradient of its own.
@@ -144,7 +152,7 @@ class Workspace:
             self.weights_t = np.zeros(int(sum((dims[:-1] + 1) * dims[1:])), np.float32)
             per_thread = pipeline.tile_floats(dims, activations)
             self.tiles = np.zeros(max_threads * per_thread, np.float32)
-            tile_off = activation_offsets(dims, pipeline.TILE_ROWS)
+            tile_off = _activation_offsets(dims, pipeline.TILE_ROWS)
             for t in range(max_threads):
                 for l in range(dims.size - 1):
                     start = t * per_thread + tile_off[l]
@@ -191,12 +199,14 @@ class CpuBackend:
         numba.get_num_threads()  # loads the threading layer now, so that threadpoolctl can see and limit it
         self.activations = config.activation_codes()
         self.loss = LossSettings.of(config)
-        copies = copies_weights()
-        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n, copies))
         self._norm_sums = np.zeros(NORM_CHUNKS, np.float64)  # apply_update's scratch
         self._decay_mask = decay_masks(state, config)
         # What its kernels use: the entry points are compiled for it alone (variants.py).
-        self._uses = uses_of(config, self.activations, self.loss, self._decay_mask)
+        self._uses = uses_of(config, self.activations, self.loss, self._decay_mask, copies_weights())
+        # W^T copies in the workspaces: where the BLAS wants them and the variant has their code (the generic
+        # variant always has).
+        copies = self._uses.copies and copies_weights()
+        self._workspaces = WorkspaceCache(lambda n: Workspace(state.dims, self.activations, n, copies))
         # Multiply-adds per batch row of a step's products: what decides the serial path (serial_work()).
         self._macs_per_row = int(sum((state.dims[:-1] + 1) * state.dims[1:]))
         # Batches of up to this many rows make no BLAS call on the serial path: each of their products is

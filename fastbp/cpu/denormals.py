@@ -19,47 +19,59 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 _FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero)
 
 
+def _mxcsr_call(builder, name, slot):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()]),
+                                        name)
+    builder.call(fn, [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+
+
+def _has_ftz_daz(builder, value):
+    bits = ir.Constant(ir.IntType(32), _FTZ_DAZ)
+    return builder.icmp_unsigned("==", builder.and_(value, bits), bits)
+
+
+# Writing MXCSR costs tens of cycles, so each function writes it only where the bits are not on already: inside
+# a call that set them (serial.run_steps does for the whole call), a kernel's own pair then writes nothing.
+# Measured here, steps of [16, 64, 64, 4] at batch 32 (the rl workload, a dozen pairs a step): 7.6-7.7 ->
+# 7.2-7.5 us (three interleaved rounds). The test is in the intrinsics' IR, not in Python: the pairs are
+# inlined into every kernel, and a branch of Numba IR at each costs the first compile time.
 @intrinsic
-def _read_mxcsr(typingctx):
+def _flush(typingctx):
+    """FTZ and DAZ on; returns the previous MXCSR."""
     def codegen(context, builder, signature, args):
         slot = cgutils.alloca_once(builder, ir.IntType(32))
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()]),
-                                            "llvm.x86.sse.stmxcsr")
-        builder.call(fn, [builder.bitcast(slot, ir.IntType(8).as_pointer())])
-        return builder.zext(builder.load(slot), ir.IntType(64))
+        _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", slot)
+        saved = builder.load(slot)
+        with builder.if_then(builder.not_(_has_ftz_daz(builder, saved))):
+            builder.store(builder.or_(saved, ir.Constant(ir.IntType(32), _FTZ_DAZ)), slot)
+            _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", slot)
+        return builder.zext(saved, ir.IntType(64))
     return types.int64(), codegen
 
 
 @intrinsic
-def _write_mxcsr(typingctx, value):
+def _restore(typingctx, saved):
+    """MXCSR back to `saved` (what _flush returned), written only if _flush changed it."""
     def codegen(context, builder, signature, args):
-        slot = cgutils.alloca_once(builder, ir.IntType(32))
-        builder.store(builder.trunc(args[0], ir.IntType(32)), slot)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()]),
-                                            "llvm.x86.sse.ldmxcsr")
-        builder.call(fn, [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+        value = builder.trunc(args[0], ir.IntType(32))
+        with builder.if_then(builder.not_(_has_ftz_daz(builder, value))):
+            slot = cgutils.alloca_once(builder, ir.IntType(32))
+            builder.store(value, slot)
+            _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", slot)
         return context.get_dummy_value()
     return types.none(types.int64), codegen
 
 
 if _X86:
-    # Writing MXCSR costs tens of cycles, so each function writes it only where the bits are not on already:
-    # inside a call that set them (serial.run_steps does for the whole call), a kernel's own pair then
-    # writes nothing. Measured here, steps of [16, 64, 64, 4] at batch 32 (the rl workload, a dozen pairs a
-    # step): 7.6-7.7 -> 7.2-7.5 us (three interleaved rounds).
     @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():
         """Turns FTZ and DAZ on for this thread; returns the previous state for restore()."""
-        saved = _read_mxcsr()
-        if saved & _FTZ_DAZ != _FTZ_DAZ:
-            _write_mxcsr(saved | _FTZ_DAZ)
-        return saved
+        return _flush()
 
     @njit(cache=True, nogil=True, inline="always")
     def restore(saved):
         """Undoes flush_denormals(): MXCSR back to `saved`, what flush_denormals returned."""
-        if saved & _FTZ_DAZ != _FTZ_DAZ:
-            _write_mxcsr(saved)
+        _restore(saved)
 else:
     @njit(cache=True, nogil=True, inline="always")
     def flush_denormals():

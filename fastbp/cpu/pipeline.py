@@ -49,8 +49,8 @@ def fits(dims, n, threads):
 def tile_floats(dims, activations):
     """Floats of one thread's tile workspace: every layer's activation block, the slope blocks, then the
     scratch tile."""
-    act_off = activation_offsets(dims, TILE_ROWS)
-    return int(slope_offsets(dims, activations, TILE_ROWS, act_off[-1])[-1]) + TILE_ROWS * int(max(dims))
+    act_off = activation_offsets.py_func(dims, TILE_ROWS)  # as Python: see backend.py's _activation_offsets
+    return int(slope_offsets.py_func(dims, activations, TILE_ROWS, act_off[-1])[-1]) + TILE_ROWS * int(max(dims))
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, inline="always")

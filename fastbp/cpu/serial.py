@@ -91,7 +91,7 @@ def param_part(size, parts, index):
 def run_steps_for(uses):
     """run_steps compiled for one variants.Uses: one dispatcher per variant in a process (Numba's disk cache
     keys each by the closure's constants, so they share the cache index without clashing)."""
-    masked_decay, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
+    masked_decay, constrained, dropout, slopes, loss_kind, relu_only, optimizer, copies = uses
 
     # Without Numba's runtime (_nrt=False): run_steps allocates nothing (the caller passes every array, the
     # workspace's layout included), and with the runtime every array argument and every slice of one (a
@@ -140,6 +140,8 @@ def run_steps_for(uses):
             raise ValueError("run_steps: max_norm given to a variant compiled without the constraint")
         if not dropout and (dropout_threshold > 0 or input_threshold > 0):
             raise ValueError("run_steps: dropout given to a variant compiled without it")
+        if not copies and weight_t_off[-1] > 0:
+            raise ValueError("run_steps: W^T copies laid out for a variant compiled without them")
         # The loss and the optimizer: this variant's constants, or the run-time codes in the generic variant
         # (variants.ANY). Either way the compiled code holds one of the two branches.
         loss_code = loss_kind if loss_kind != ANY else loss.kind
@@ -184,8 +186,8 @@ def run_steps_for(uses):
                 value, hits = 0.0, 0.0
                 if hi > lo:
                     value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows[lo:hi],
-                                       part_rows, act_off, slope_off, weight_t_off, dims, offsets, activations, loss,
-                                       loss_code, params, part_grad, relu_only, slopes, dropout, key,
+                                       part_rows, (act_off, slope_off, weight_t_off), dims, offsets, activations, loss,
+                                       loss_code, params, part_grad, relu_only, slopes, dropout, copies, key,
                                        dropout_threshold, input_threshold, acts[r], scratch[r], partials[r],
                                        row_loss[r], row_hits[r], 1)
                     hits = sum_first(row_hits[r], hi - lo)

@@ -68,21 +68,24 @@ def update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, act_off, slope_off, weight_t_off,
-               dims, offsets, activations, loss, loss_kind, params, grads, relu_only, slopes_used, dropout_used,
-               dropout_key, dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
+def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_rows, layout, dims, offsets, activations,
+               loss, loss_kind, params, grads, relu_only, slopes_used, dropout_used, copies_used, dropout_key,
+               dropout_threshold, input_threshold, acts, scratch, partials, row_loss, row_hits, threads):
     """Modes FORWARD to GRADIENTS of one batch (no update): the body that run() and serial.run_steps share,
     inlined into each, so both compute the same numbers for the same thread count. Returns the (weighted)
     mean loss of the batch (0.0 in FORWARD mode). loss_kind: loss.kind, or a compile-time constant of the
-    caller equal to it (then only that loss is compiled); relu_only, slopes_used, dropout_used: compile-time
-    constants of the caller, True compiles relu alone (every hidden layer must be relu), False leaves out
-    the code of the slope-storing activations (there must be none) or of dropout (the thresholds must be
-    0) before compiling (variants.Uses). layout_rows >= rows.size: the rows acts is laid out for (its
-    blocks' starts, and the ones columns the workspace set there: backend.Workspace); a shorter batch (an
-    epoch's last, in serial.run_steps) uses the first rows.size rows of each block; act_off and slope_off:
-    activation_offsets and slope_offsets for layout_rows (computed once by a caller that runs many batches:
-    two allocations a step cost a tenth of a one-row step); weight_t_off: the W^T copies (above), checked by
-    the caller (delta_backward.weight_t_offsets_fit)."""
+    caller equal to it (then only that loss is compiled); relu_only, slopes_used, dropout_used, copies_used:
+    compile-time constants of the caller, True compiles relu alone (every hidden layer must be relu), False
+    leaves out the code of the slope-storing activations (there must be none), of dropout (the thresholds
+    must be 0) or of the W^T copies (weight_t_off must have none) before compiling (variants.Uses).
+    layout_rows >= rows.size: the rows acts is laid out for (its blocks' starts, and the ones columns the
+    workspace set there: backend.Workspace); a shorter batch (an epoch's last, in serial.run_steps) uses the
+    first rows.size rows of each block. layout: (act_off, slope_off, weight_t_off), activation_offsets and
+    slope_offsets for layout_rows and the W^T copies (above), computed once by a caller that runs many
+    batches (two allocations a step cost a tenth of a one-row step); weight_t_off is checked by the caller
+    (delta_backward.weight_t_offsets_fit). One tuple, not three arguments: a call of more than 30 arguments
+    compiles to a call with *args, which Numba's inliner refuses."""
+    act_off, slope_off, weight_t_off = layout
     n = rows.size
     if layout_rows < n:
         raise IndexError("batch_pass: the workspace is laid out for fewer rows than the batch has")
@@ -114,7 +117,7 @@ def batch_pass(mode, X, labels, targets, weights, weight_total, rows, layout_row
                         threads)
         if l > 0:
             w, w_trans = block, TRANS
-            if weight_t_off[l + 1] > weight_t_off[l]:  # this product reads a copy of W^T
+            if copies_used and weight_t_off[l + 1] > weight_t_off[l]:  # this product reads a copy of W^T
                 w, w_trans = acts[slope_off[-1] + weight_t_off[l]:slope_off[-1] + weight_t_off[l + 1]], NO_TRANS
                 transpose_into(block, fan_in, fan_out, w)
             propagate_delta(delta, ld_delta, w, w_trans, a_prev, acts[slope_off[l - 1]:slope_off[l]], n, fan_in,
@@ -127,12 +130,12 @@ def run_for(uses):
     """run (the parallel entry point) compiled for one variants.Uses; one dispatcher per variant in a process.
     Masked weight decay is not run's (a masked update is its own entry point, run_update_masked): networks
     that differ only there share a variant."""
-    return _run_for(uses._replace(masked_decay=False))
+    return _run_for(uses._replace(masked_decay=False, copies=False))
 
 
 @functools.lru_cache(maxsize=None)
 def _run_for(uses):
-    _, constrained, dropout, slopes, loss_kind, relu_only, optimizer = uses
+    _, constrained, dropout, slopes, loss_kind, relu_only, optimizer, _ = uses
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model=ERROR_MODEL,
       pipeline_class=InliningCompiler)
@@ -153,10 +156,10 @@ def _run_for(uses):
         # No W^T copies on the parallel path: with its tiles of up to TILE_ROWS rows, the copy pays
         # (blas.copy_beats_transposed) only for layers of under 4,096 weights, and saves less than a microsecond.
         no_copies = np.zeros(dims.size, np.int64)
-        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, rows.size, act_off,
-                           slope_off, no_copies, dims, offsets, activations, loss, loss_code, params, grads,
-                           relu_only, slopes, dropout, dropout_key, dropout_threshold, input_threshold, acts, scratch,
-                           partials, row_loss, row_hits, threads)
+        value = batch_pass(min(mode, GRADIENTS), X, labels, targets, weights, weight_total, rows, rows.size,
+                           (act_off, slope_off, no_copies), dims, offsets, activations, loss, loss_code, params, grads,
+                           relu_only, slopes, dropout, False, dropout_key, dropout_threshold, input_threshold, acts,
+                           scratch, partials, row_loss, row_hits, threads)
         if mode == STEP and np.isfinite(value):
             update(params, grads, moment1, moment2, settings, norm_sums, dims, offsets, threads, optimizer_code,
                    constrained)

@@ -42,6 +42,7 @@ class Uses(NamedTuple):
     loss: int           # the loss code (options.LOSSES), or ANY: only that loss's row function is compiled
     relu_only: bool     # every hidden layer is relu (the default): relu's code alone, not every activation's
     optimizer: int      # the optimizer code (options.OPTIMIZERS), or ANY: only its update rule is compiled
+    copies: bool        # delta products may read copies of W^T (step.py: where the BLAS runs them faster)
 
 
 def specialize():
@@ -52,17 +53,19 @@ def specialize():
 def generic_uses(masked_decay):
     """The variant that serves every configuration (with this kind of weight decay)."""
     return Uses(masked_decay=masked_decay, max_norm=True, dropout=True, slopes=True, loss=ANY, relu_only=False,
-                optimizer=ANY)
+                optimizer=ANY, copies=True)
 
 
-def uses_of(config, activations, loss, decay_mask):
+def uses_of(config, activations, loss, decay_mask, copies):
     """The Uses of a network: its options.Config, activation codes (L,) int64 (the last, the output's, is
-    identity), options.LossSettings and optimizers.decay_masks array; the generic variant when not
-    specialize()."""
+    identity), options.LossSettings and optimizers.decay_masks array, and whether its BLAS wants W^T copies
+    (backend.copies_weights(): a network with a hidden layer then gets their code); the generic variant when
+    not specialize()."""
     if not specialize():
         return generic_uses(bool(decay_mask.size))
     hidden = activations[:-1]
     return Uses(masked_decay=bool(decay_mask.size), max_norm=bool(config.max_norm),
                 dropout=config.dropout > 0 or config.input_dropout > 0,
                 slopes=any(stores_slope(code) for code in hidden), loss=int(loss.kind),
-                relu_only=bool(np.all(hidden == ACTIVATIONS["relu"])), optimizer=OPTIMIZERS[config.optimizer])
+                relu_only=bool(np.all(hidden == ACTIVATIONS["relu"])), optimizer=OPTIMIZERS[config.optimizer],
+                copies=bool(copies) and hidden.size > 0)

@@ -36,28 +36,34 @@ def run_one_step(t, settings=None, dropout=None):
                                  dropout or t._dropout)
 
 
-def test_the_variant_follows_the_configuration():
+def test_the_variant_follows_the_configuration(monkeypatch):
+    monkeypatch.setattr(backend, "COPY_WEIGHTS", False)
     assert small_trainer()._backend._uses == (False, False, False, False, LOSSES["cross_entropy"], True,
-                                              OPTIMIZERS["adam"])
+                                              OPTIMIZERS["adam"], False)
+    monkeypatch.setattr(backend, "COPY_WEIGHTS", True)  # a BLAS that wants W^T copies (backend.copies_weights)
     uses = fastbp.Trainer([5, 8, 4, 3], activation=["relu", "silu"], loss="mse", dropout=0.1, max_norm=2.0,
                           decay_biases=False, weight_decay=0.1, optimizer="adamw")._backend._uses
-    assert uses == (True, True, True, True, LOSSES["mse"], False, OPTIMIZERS["adamw"])
+    assert uses == (True, True, True, True, LOSSES["mse"], False, OPTIMIZERS["adamw"], True)
     assert small_trainer(input_dropout=0.2)._backend._uses.dropout
     assert not small_trainer(activation="tanh")._backend._uses.relu_only
-    assert fastbp.Trainer([5, 3])._backend._uses.relu_only  # no hidden layer: nothing but the output's identity
+    plain = fastbp.Trainer([5, 3])._backend._uses
+    assert plain.relu_only  # no hidden layer: nothing but the output's identity
+    assert not plain.copies  # and no delta goes back through a layer
 
 
-PARTS = ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu", "optimizer"]
+PARTS = ["max_norm", "dropout", "input_dropout", "slopes", "loss", "not_relu", "optimizer", "copies"]
 
 
 # On the parallel path, every part but the slopes (whose check needs a tanh network's variant: 15 s more
-# to compile for the same check in the same kernel, dense_layer, as the serial path's).
+# to compile for the same check in the same kernel, dense_layer, as the serial path's) and the W^T copies
+# (the parallel path makes none).
 @pytest.mark.parametrize("part, path", [(part, "serial") for part in PARTS]
-                         + [(part, "parallel") for part in PARTS if part != "slopes"])
+                         + [(part, "parallel") for part in PARTS if part not in ("slopes", "copies")])
 def test_a_variant_refuses_a_part_it_was_compiled_without(monkeypatch, part, path):
     """Each part asked of a variant compiled without it (the backend's fields changed behind its back): a
     ValueError before any update, not a step that silently leaves the part out."""
     monkeypatch.setattr(backend, "SERIAL_WORK", 2 ** 62 if path == "serial" else 0)
+    monkeypatch.setattr(backend, "COPY_WEIGHTS", False)
     t = small_trainer(activation="tanh" if part == "slopes" else "relu")
     before = t.state.params.copy()
     settings, dropout = None, None
@@ -73,6 +79,10 @@ def test_a_variant_refuses_a_part_it_was_compiled_without(monkeypatch, part, pat
         settings = t._optimizer_settings()._replace(kind=OPTIMIZERS["sgd"])
     elif part == "not_relu":
         t._backend.activations = np.array([ACTIVATIONS["tanh"], ACTIVATIONS["identity"]], np.int64)
+    elif part == "copies":  # a workspace with a W^T copy of the output layer's weights
+        monkeypatch.setattr(backend, "copy_beats_transposed", lambda m, n, k: True)
+        t._backend._workspaces.get(4)
+        t._backend._workspaces._items[4] = backend.Workspace(t.state.dims, t._backend.activations, 4, True)
     else:
         t._backend.loss = LossSettings(LOSSES["mse"], 1.0, 0.0)
     with pytest.raises(ValueError, match="compiled"):
@@ -140,11 +150,14 @@ def test_the_same_step_with_and_without_an_unused_part():
 def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
     """On an empty kernel cache (its own NUMBA_CACHE_DIR), a first fit and predict of a ReLU network with
     cross_entropy compiles the code of that loss (with exp32, its training steps' exp) and of relu, and none
-    of max-norm, dropout, the other activations or the other losses (each is compile time in a first run)."""
+    of max-norm, dropout, the other activations, the other losses or the W^T copies where the BLAS wants none
+    (each is compile time in a first run)."""
     script = textwrap.dedent("""
         import numpy as np
         import fastbp
-        from fastbp.cpu import activations, delta_backward, dense_forward, dropout, loss_delta, max_norm, vector_math
+        from fastbp.cpu import (activations, backend, blas, delta_backward, dense_forward, dropout, loss_delta,
+                                max_norm, vector_math)
+        backend.COPY_WEIGHTS = False  # a BLAS that runs delta products as fast without W^T copies
         rng = np.random.default_rng(0)
         X = rng.standard_normal((64, 6)).astype(np.float32)
         t = fastbp.Trainer([6, 8, 3], loss="cross_entropy", batch_size=16, seed=0)
@@ -161,7 +174,8 @@ def test_a_plain_network_compiles_none_of_the_optional_parts(tmp_path):
                    "poisson_row": loss_delta.poisson_row, "huber_row": loss_delta.huber_row,
                    "l1_row": loss_delta.l1_row,
                    "activate_row": activations.activate_row, "cross_entropy_row": loss_delta.cross_entropy_row,
-                   "cross_entropy_rows": loss_delta.cross_entropy_rows, "relu_rows": dense_forward.relu_rows}
+                   "cross_entropy_rows": loss_delta.cross_entropy_rows, "relu_rows": dense_forward.relu_rows,
+                   "transpose_into": blas.transpose_into}
         for name, kernel in kernels.items():
             print(name, len(kernel.signatures))
     """)

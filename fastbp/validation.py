@@ -62,28 +62,30 @@ def _as_numeric_array(value, name):
     return arr
 
 
-# Arrays of at most this many elements are checked with isfinite (its temporary is small); larger ones
-# through a float64 sum, which needs none.
-_SMALL_CHECK = 4096
+# isfinite over blocks of this many elements (a C-contiguous array's, else of whole rows): its temporary
+# stays small whatever the array's size, and it is 4x faster than the float64 sum that served before
+# (measured here, 8192 x 16 float32: 9 against 36 us; a fit validates its data on every call).
+_CHECK_BLOCK = 1 << 16
+
+
+def _all_finite(arr):
+    """Whether arr (any shape) holds no NaN or infinity."""
+    if arr.ndim == 0 or arr.size <= _CHECK_BLOCK:
+        return bool(np.isfinite(arr).all())
+    if arr.flags.c_contiguous:
+        flat = arr.reshape(-1)  # a view
+        return all(np.isfinite(flat[i:i + _CHECK_BLOCK]).all() for i in range(0, flat.size, _CHECK_BLOCK))
+    rows = max(1, _CHECK_BLOCK * len(arr) // arr.size)
+    return all(np.isfinite(arr[i:i + rows]).all() for i in range(0, len(arr), rows))
 
 
 def check_finite(arr, name, first_row=0):
     """ValueError naming the first NaN or infinity; arr's row 0 is row first_row of the caller's data."""
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind != "f" or _all_finite(arr):
         return
-    if arr.size <= _SMALL_CHECK:  # a step's few rows: two ufunc calls, no errstate block (a few us)
-        if np.isfinite(arr).all():
-            return
-    else:
-        # A float64 sum is finite exactly when no element is NaN or infinite (float32 and float64 data
-        # alike cannot overflow it short of 1e300-sized values), and needs no temporary array.
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(arr.sum(dtype=np.float64)):
-                return
-    if not np.isfinite(arr).all():
-        bad = [int(i) for i in np.argwhere(~np.isfinite(arr))[0]]
-        bad[0] += first_row
-        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(bad)})")
+    bad = [int(i) for i in np.argwhere(~np.isfinite(arr))[0]]
+    bad[0] += first_row
+    raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(bad)})")
 
 
 def features(X, n_features, name="X", first_row=0):

@@ -1,4 +1,6 @@
 """Bad input: a clear exception naming the problem, raised before any kernel runs, state untouched."""
+import re
+
 import numpy as np
 import pytest
 
@@ -53,6 +55,24 @@ def test_bad_data_is_refused_before_any_kernel(trainer, X, y, error, match):
     if "label" not in match and "one-hot" not in match and y is Y_OK:
         with pytest.raises(error, match=match):
             trainer.predict(X)
+
+
+@pytest.mark.parametrize("shape, order", [((70000,), "C"), ((9000, 17), "C"), ((9000, 17), "F"), ((3, 40000), "C")])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_check_finite_finds_any_bad_element_in_large_arrays(shape, order, value):
+    """Arrays larger than a check block, contiguous or not (checked a block of rows at a time): a bad element
+    anywhere, in the first block, a middle one or the last element, is found and named by its index."""
+    from fastbp.validation import check_finite
+    arr = np.ones(shape, np.float32, order=order)
+    check_finite(arr, "X")
+    check_finite(arr[::2], "X")  # a strided view
+    for flat_index in (0, arr.size // 2 + 7, arr.size - 1):
+        index = np.unravel_index(flat_index, shape)
+        bad = arr.copy(order=order)
+        bad[index] = value
+        expected = (int(index[0]) + 5, *(int(i) for i in index[1:]))  # row 0 is the caller's row 5
+        with pytest.raises(ValueError, match=re.escape(f"first at index {expected}")):
+            check_finite(bad, "X", first_row=5)
 
 
 def test_regression_and_bce_targets():

@@ -435,8 +435,10 @@ def test_offsets_match_accepts_the_layout_and_nothing_else(sizes, activations, n
                 assert not offsets_match(dims, codes, n, *pair), (which, i, delta)
 
 
-def test_run_steps_refuses_a_layout_for_other_rows():
-    """A layout that is not the workspace's (here: for one row fewer) raises IndexError before any step."""
+@pytest.mark.parametrize("wrong", ["other_rows", "copy_of_another_size"])
+def test_run_steps_refuses_a_layout_that_is_not_the_workspaces(wrong):
+    """A layout that is not the workspace's (for one row fewer, or with a W^T copy one element short of W's
+    size: step.py) raises IndexError before any step."""
     from fastbp.cpu import backend
     t = fastbp.Trainer([4, 8, 3], loss="cross_entropy", batch_size=8, seed=0)
     X = np.zeros((8, 4), np.float32)
@@ -445,7 +447,10 @@ def test_run_steps_refuses_a_layout_for_other_rows():
     before = t.state.params.copy()
     ws = t._backend._workspaces.get(8)
     good = ws.layout
-    ws.layout = backend.Workspace(t.state.dims, t._backend.activations, 7).layout
+    if wrong == "other_rows":
+        ws.layout = backend.Workspace(t.state.dims, t._backend.activations, 7).layout
+    else:
+        ws.layout = (good[0], good[1], np.array([0, 0, 8 * 3 - 1], np.int64))
     try:
         with pytest.raises(IndexError, match="act_off, slope_off or weight_t_off"):
             t.step(X, labels)

@@ -19,7 +19,7 @@ Shapes (N = rows of the data set given, n = rows in this batch, see dense_forwar
     weight_t_off (L + 1,) int64: layer l's copy of W^T for its delta propagation (delta_backward.py), when
              weight_t_off[l + 1] - weight_t_off[l] = d_l d_{l+1}, lies in acts at slope_offsets(...)[-1] +
              weight_t_off[l]; a block of length 0: the product reads W in place (the same numbers up to the
-             BLAS's order of the sums). Chosen for the BLAS by the caller (cpu/backend.weight_t_offsets)
+             BLAS's order of the sums). Chosen for the BLAS by the caller (cpu/backend.weight_t_offsets).
     row_loss (n,) float64 scratch;  row_hits (n,) float64: each row's accuracy (loss_delta.py)
     norm_sums (NORM_CHUNKS,) float64 scratch for gradient clipping
     dropout_key, dropout_threshold, input_threshold  this step's dropout masks (dropout.py) on the hidden
